@@ -1,0 +1,56 @@
+package discover
+
+import (
+	"context"
+
+	"github.com/nixrb-discover/nixrb-discover/advertise"
+)
+
+// Source is one way of finding builders (tailnet, mDNS, static file).
+//
+// Run blocks until ctx is done, calling emit with the whole current set of
+// candidates each time it changes (a snapshot, not a delta). When the source
+// itself fails (tailscaled restarting), it emits a Snapshot with Err set and
+// no candidates: membership then keeps that source's last good set. Run
+// returns nil when ctx is cancelled. emit must not be called concurrently.
+type Source interface {
+	// Name is the source's kind: "tailnet", "mdns" or "static".
+	Name() string
+	Run(ctx context.Context, emit func(Snapshot)) error
+}
+
+// Snapshot is the whole set of candidates one source sees now.
+type Snapshot struct {
+	// Source is the emitting source's Name.
+	Source string
+	// Candidates is every builder the source sees, trusted or not.
+	Candidates []Candidate
+	// Err, when set, means the source is down; Candidates is then ignored
+	// and the last good snapshot is kept.
+	Err error
+	// Recheck lists candidate Keys to health-check at once (an mDNS
+	// goodbye is a hint, never proof, that a builder left).
+	Recheck []string
+}
+
+// Candidate is one builder as a source sees it.
+type Candidate struct {
+	// Key is the stable identity: "tailnet:<StableNodeID>",
+	// "mdns:<SHA256 fingerprint of the trusted host key>" (or
+	// "mdns-untrusted:<instance>"), "static:<host>".
+	Key string
+	// Name is what users call it: the MagicDNS name, mDNS instance or host.
+	Name string
+	// Address is the host written into the machines URI and dialled by
+	// the health check: a MagicDNS name, a tailnet IP, or a LAN address.
+	Address string
+	// Advert is the builder's advert; nil for static entries.
+	Advert *advertise.Advert
+	// Trusted says whether this candidate may reach the machines file.
+	Trusted bool
+	// TrustReason explains the trust decision ("tailnet peer with
+	// tag:nix-builder", "signed by fleet key ab12…", "unsigned advert").
+	TrustReason string
+	// TrustHint is the exact flag that would trust an untrusted candidate.
+	TrustHint string
+}
