@@ -53,4 +53,7 @@ type Candidate struct {
 	TrustReason string
 	// TrustHint is the exact flag that would trust an untrusted candidate.
 	TrustHint string
+	// Problem, when set, says why the candidate cannot be used even if
+	// trusted ("advert fetch failed: …", "advert invalid: field systems: …").
+	Problem string
 }
