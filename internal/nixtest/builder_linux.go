@@ -1,0 +1,340 @@
+package nixtest
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// BuilderOptions configure [StartBuilder]. The zero value (with a Version)
+// is a builder that accepts root with no keys: set AuthorizedKeys.
+type BuilderOptions struct {
+	// Version is the Nix (and OpenSSH) the builder runs: V28 from the
+	// host, V226 (OpenSSH 10) from the trixie chroot. Required.
+	Version Version
+	// Hostname is the builder's hostname in its UTS namespace, which a
+	// [TrivialDerivation] writes to its output. Default
+	// "nixtest-<version>-<slot>".
+	Hostname string
+	// SSHUser is the login user, created if missing (with useradd -m and
+	// an unlocked, password-less entry) on the host for V28 or inside the
+	// chroot for V226. A user that already exists on the host is used as
+	// it is. Default "root".
+	SSHUser string
+	// TrustedUsers is the builder's nix.conf trusted-users. Nil means
+	// root and SSHUser; a non-nil empty slice means nobody.
+	TrustedUsers []string
+	// AuthorizedKeys are the authorized_keys lines for SSHUser.
+	AuthorizedKeys []string
+	// SystemFeatures is the builder's nix.conf system-features. Nil
+	// keeps Nix's default.
+	SystemFeatures []string
+	// HostKey is the sshd host private key in OpenSSH format. Nil
+	// generates an ed25519 key.
+	HostKey []byte
+	// ExtraSSHDConfig is added to sshd_config. sshd keeps the first
+	// value of a keyword, so lines before the first "Match" go before the
+	// fixture's defaults (and win over them); the rest goes at the end.
+	ExtraSSHDConfig string
+	// ExtraNixConf is appended to the builder's nix.conf.
+	ExtraNixConf string
+}
+
+// Builder is a running remote builder: sshd and nix-daemon in a network,
+// mount and UTS namespace of their own, with their own /nix and /etc/nix.
+// Fields are fixed for the builder's life; HostKey and SSHDPID change with
+// SetHostKey and RestartSSHD and are methods. Methods are safe for
+// concurrent use.
+type Builder struct {
+	// Version is the Nix the builder runs.
+	Version Version
+	// Hostname is the builder's hostname.
+	Hostname string
+	// User is the SSH login user.
+	User string
+	// Addr is the builder's address, reachable from the root namespace.
+	Addr netip.Addr
+	// HostAddr is the root namespace's address on the builder's link.
+	HostAddr netip.Addr
+	// Port is sshd's port on Addr (22: the namespace is the builder's own).
+	Port int
+	// HostKeyPath is the host private key file (its public key is next
+	// to it, with ".pub").
+	HostKeyPath string
+	// Dir is the builder's work directory (its /nix is Dir/nix).
+	Dir string
+	// Netns is the network namespace name (ip netns exec Netns ...).
+	Netns string
+	// Root is the trixie chroot the builder runs in (V226), else "".
+	Root string
+
+	opts  BuilderOptions
+	slot  *netSlot
+	inner string // Dir as seen by sshd: Dir (V28) or /nixtest (V226)
+
+	mu        sync.Mutex
+	hostKey   string
+	sshd      *proc
+	holderPID int // a sleep in the builder's namespaces, for nsenter
+}
+
+// StartBuilder starts a builder and waits (bounded) until its nix-daemon
+// socket exists and its sshd sends a banner. Everything is stopped by PID,
+// the namespace deleted and the work directory removed in t.Cleanup.
+func StartBuilder(t testing.TB, opts BuilderOptions) *Builder {
+	t.Helper()
+	RequireTools(t)
+	if !opts.Version.valid() {
+		t.Fatalf("nixtest: StartBuilder: invalid version %v", opts.Version)
+	}
+	b := &Builder{Version: opts.Version, Port: 22, opts: opts, User: opts.SSHUser}
+	b.Dir = newWorkDir(t, "builder")
+	b.inner = b.Dir
+	if opts.Version == V226 {
+		b.Root = EnsureTrixie(t)
+		b.inner = "/nixtest"
+	}
+	ctx := context.Background()
+	slot, err := newNetSlot(ctx)
+	if err != nil {
+		t.Fatalf("nixtest: StartBuilder: %v", err)
+	}
+	b.slot, b.Netns, b.Addr, b.HostAddr = slot, slot.ns, slot.peerIP, slot.hostIP
+	t.Cleanup(func() { b.cleanup(t) })
+
+	if b.User == "" {
+		b.User = "root"
+	}
+	b.Hostname = opts.Hostname
+	if b.Hostname == "" {
+		b.Hostname = "nixtest-" + strings.ReplaceAll(strings.TrimPrefix(opts.Version.String(), "nix-"), ".", "") + "-" + strconv.Itoa(slot.idx)
+	}
+	if err := ensureUser(ctx, opts.Version, b.Root, b.User); err != nil {
+		t.Fatalf("nixtest: StartBuilder: %v", err)
+	}
+	if err := b.writeFiles(t); err != nil {
+		t.Fatalf("nixtest: StartBuilder: %v", err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", b.Netns,
+		"unshare", "--mount", "--uts", "--propagation", "private",
+		"sh", filepath.Join(b.Dir, "start.sh"))
+	if err := b.launch(cmd); err != nil {
+		t.Fatalf("nixtest: StartBuilder: %v", err)
+	}
+	if err := b.waitStarted(); err != nil {
+		t.Fatalf("nixtest: StartBuilder %s: %v", b.Hostname, err)
+	}
+	return b
+}
+
+func (b *Builder) writeFiles(t testing.TB) error {
+	for _, d := range []string{"nix", "etc-nix", "tmp", "authorized_keys"} {
+		if err := os.Mkdir(filepath.Join(b.Dir, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.Chmod(filepath.Join(b.Dir, "tmp"), 0o1777); err != nil {
+		return err
+	}
+	trusted := b.opts.TrustedUsers
+	if trusted == nil {
+		trusted = []string{"root"}
+		if b.User != "root" {
+			trusted = append(trusted, b.User)
+		}
+	}
+	conf := "sandbox = false\nsubstituters =\nbuild-users-group =\n" +
+		"trusted-users = " + strings.Join(trusted, " ") + "\n"
+	if b.opts.SystemFeatures != nil {
+		conf += "system-features = " + strings.Join(b.opts.SystemFeatures, " ") + "\n"
+	}
+	conf += b.opts.ExtraNixConf + "\n"
+	writeFile(t, filepath.Join(b.Dir, "etc-nix", "nix.conf"), conf, 0o644)
+	keys := strings.Join(b.opts.AuthorizedKeys, "\n") + "\n"
+	writeFile(t, filepath.Join(b.Dir, "authorized_keys", b.User), keys, 0o644)
+
+	b.HostKeyPath = filepath.Join(b.Dir, "ssh_host_ed25519_key")
+	if err := b.writeHostKey(b.opts.HostKey); err != nil {
+		return err
+	}
+	writeFile(t, filepath.Join(b.Dir, "sshd_config"), b.sshdConfig(), 0o644)
+	writeFile(t, filepath.Join(b.Dir, "start.sh"), b.startScript(), 0o755)
+	writeFile(t, filepath.Join(b.Dir, "sshd.sh"), b.sshdScript(), 0o755)
+	return nil
+}
+
+// writeHostKey installs priv (nil: a new ed25519 key) as the host key.
+func (b *Builder) writeHostKey(priv []byte) error {
+	var pub string
+	var err error
+	if priv == nil {
+		priv, pub, err = GenerateKey("nixtest-host")
+	} else {
+		pub, err = PublicKeyOf(priv)
+	}
+	if err != nil {
+		return fmt.Errorf("host key: %w", err)
+	}
+	if err := os.WriteFile(b.HostKeyPath, priv, 0o600); err != nil {
+		return fmt.Errorf("host key: %w", err)
+	}
+	if err := os.WriteFile(b.HostKeyPath+".pub", []byte(pub+"\n"), 0o644); err != nil {
+		return fmt.Errorf("host key: %w", err)
+	}
+	b.mu.Lock()
+	b.hostKey = pub
+	b.mu.Unlock()
+	return nil
+}
+
+func (b *Builder) sshdConfig() string {
+	extra := b.opts.ExtraSSHDConfig
+	var head, matches string
+	if i := strings.Index(extra, "\nMatch "); i >= 0 {
+		head, matches = extra[:i], extra[i+1:]
+	} else if strings.HasPrefix(extra, "Match ") {
+		matches = extra
+	} else {
+		head = extra
+	}
+	var c strings.Builder
+	c.WriteString("# nixtest builder " + b.Hostname + "\n" + head + "\n")
+	fmt.Fprintf(&c, `Port %d
+ListenAddress %s
+AddressFamily inet
+HostKey %s/ssh_host_ed25519_key
+PidFile none
+UsePAM no
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+AuthorizedKeysFile %s/authorized_keys/%%u
+StrictModes yes
+UseDNS no
+PrintMotd no
+MaxStartups 1000
+MaxSessions 100
+LogLevel VERBOSE
+`, b.Port, b.Addr, b.inner, b.inner)
+	if b.Version == V226 {
+		// OpenSSH 9.8+ refuses a source after repeated unauthenticated
+		// connections, which health checks and banner probes are.
+		c.WriteString("PerSourcePenalties no\n")
+	}
+	c.WriteString(matches + "\n")
+	return c.String()
+}
+
+func (b *Builder) startScript() string {
+	q := shellQuote
+	var s strings.Builder
+	s.WriteString("set -eu\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C\nunset TMPDIR\n")
+	fmt.Fprintf(&s, "D=%s\n", q(b.Dir))
+	if b.Version == V28 {
+		s.WriteString(`mount --bind "$D/nix" /nix
+mount --bind "$D/etc-nix" /etc/nix
+mount --bind "$D/tmp" /tmp
+mkdir -p /run/sshd
+`)
+	} else {
+		fmt.Fprintf(&s, "R=%s\n", q(b.Root))
+		s.WriteString(`mount -t proc proc "$R/proc"
+mount --rbind /dev "$R/dev"
+mount -t sysfs sysfs "$R/sys"
+mount -t tmpfs -o mode=0755 tmpfs "$R/run"
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+mkdir -m 0755 "$R/run/sshd"
+mount --bind "$D/nix" "$R/nix"
+mount --bind "$D/etc-nix" "$R/etc/nix"
+mount --bind "$D" "$R/nixtest"
+`)
+	}
+	fmt.Fprintf(&s, "echo %s > /proc/sys/kernel/hostname\n", q(b.Hostname))
+	s.WriteString(`sleep infinity </dev/null >/dev/null 2>&1 &
+echo $! > "$D/holder.pid"
+`)
+	daemon := "nix-daemon"
+	if b.Version == V226 {
+		daemon = `chroot "$R" /usr/bin/nix-daemon`
+	}
+	s.WriteString(daemon + ` </dev/null >>"$D/nix-daemon.log" 2>&1 &
+echo $! > "$D/nix-daemon.pid"
+exec sh "$D/sshd.sh"
+`)
+	return s.String()
+}
+
+func (b *Builder) sshdScript() string {
+	if b.Version == V28 {
+		return "exec /usr/sbin/sshd -D -e -f " + shellQuote(filepath.Join(b.Dir, "sshd_config")) + "\n"
+	}
+	return "exec chroot " + shellQuote(b.Root) + " /usr/sbin/sshd -D -e -f /nixtest/sshd_config\n"
+}
+
+// HostKey returns the current host public key line ("ssh-ed25519 AAAA…").
+func (b *Builder) HostKey() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.hostKey
+}
+
+// HostKeyBase64 returns the host key as field 8 of a machines line wants
+// it: the base64 of the whole public key line.
+func (b *Builder) HostKeyBase64() string {
+	return base64.StdEncoding.EncodeToString([]byte(b.HostKey()))
+}
+
+// StoreURI returns proto://User@Addr, for proto "ssh" or "ssh-ng".
+func (b *Builder) StoreURI(proto string) string {
+	return proto + "://" + b.User + "@" + b.Addr.String()
+}
+
+// MachineLine returns a machines-file line for the builder: protocol proto
+// ("ssh" or "ssh-ng"), the SSH key keyPath ("" for "-"), one job, speed 1,
+// its SystemFeatures as supported features and its host key in field 8.
+func (b *Builder) MachineLine(proto, keyPath string) string {
+	if keyPath == "" {
+		keyPath = "-"
+	}
+	features := "-"
+	if len(b.opts.SystemFeatures) > 0 {
+		features = strings.Join(b.opts.SystemFeatures, ",")
+	}
+	return strings.Join([]string{b.StoreURI(proto), System, keyPath, "1", "1", features, "-", b.HostKeyBase64()}, " ")
+}
+
+// Logs returns sshd's and nix-daemon's logs so far.
+func (b *Builder) Logs() string {
+	sshd, _ := os.ReadFile(filepath.Join(b.Dir, "sshd.log"))
+	daemon, _ := os.ReadFile(filepath.Join(b.Dir, "nix-daemon.log"))
+	return "--- sshd.log\n" + string(sshd) + "--- nix-daemon.log\n" + string(daemon)
+}
+
+func (b *Builder) cleanup(t testing.TB) {
+	if t.Failed() && b.Dir != "" {
+		t.Logf("nixtest: builder %s (%s, %s) logs:\n%s", b.Hostname, b.Version, b.Addr, tail(b.Logs(), 60))
+	}
+	b.mu.Lock()
+	p := b.sshd
+	b.mu.Unlock()
+	if err := b.slot.destroy(); err != nil {
+		t.Errorf("nixtest: builder %s: %v", b.Hostname, err)
+	}
+	if p != nil {
+		select {
+		case <-p.done:
+		case <-time.After(5 * time.Second):
+			t.Errorf("nixtest: builder %s: sshd %d not reaped", b.Hostname, p.cmd.Process.Pid)
+		}
+	}
+}
