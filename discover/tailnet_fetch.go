@@ -1,0 +1,398 @@
+package discover
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"tailscale.com/tailcfg"
+
+	"github.com/nixrb-discover/nixrb-discover/advertise"
+)
+
+// Fetch pool limits: at most tnMaxFetches adverts in flight, of which at
+// most tnMaxRetryFetches for peers whose last fetch failed, so that dead
+// builders can never hold the slots a new builder needs.
+const (
+	tnMaxFetches      = 128
+	tnMaxRetryFetches = 16
+	// tnStaleAfter is how many refresh failures in a row a candidate with a
+	// good advert rides out before it gets a Problem (one lost fetch is
+	// not a dead builder; the SSH health check is the judge of that).
+	tnStaleAfter = 3
+)
+
+// tnRetryBackoff is the wait before re-fetching a peer that failed n times
+// in a row: 1 s doubling, capped at 60 s.
+func tnRetryBackoff(n int) time.Duration {
+	return min(time.Second<<min(max(n-1, 0), 6), time.Minute)
+}
+
+// tnEntry is one candidate peer and its advert state.
+type tnEntry struct {
+	seq      uint64 // identifies this entry's fetch results
+	peer     *tnPeer
+	reason   string
+	advert   *advertise.Advert
+	lastErr  string // Problem text of the last failed fetch
+	fetched  bool   // a first fetch has finished (success or not)
+	failures int    // failed fetches in a row
+	due      time.Time
+	inflight bool
+}
+
+// fetchResult is what a fetch goroutine hands back to the loop.
+type fetchResult struct {
+	id     tailcfg.NodeID
+	seq    uint64
+	retry  bool // counted in tnLoop.retrying
+	advert *advertise.Advert
+	err    error
+}
+
+// tnLoop is the source's state, owned by one goroutine (no locks).
+type tnLoop struct {
+	s        *TailnetSource
+	emit     func(Snapshot)
+	log      *slog.Logger
+	client   *http.Client
+	tags     []string
+	port     string
+	refresh  time.Duration
+	peers    tnPeers
+	entries  map[tailcfg.NodeID]*tnEntry
+	seq      uint64
+	inflight int
+	retrying int // in-flight fetches for peers with failures > 0
+	results  chan fetchResult
+	started  bool      // the bus has said something (up or down)
+	down     error     // non-nil while the IPN bus is down
+	last     *Snapshot // last emitted
+}
+
+func (s *TailnetSource) newLoop(emit func(Snapshot)) *tnLoop {
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	timeout := s.FetchTimeout
+	if timeout <= 0 {
+		timeout = DefaultTailnetFetchTimeout
+	}
+	l := &tnLoop{
+		s:       s,
+		emit:    emit,
+		log:     log.With("source", s.Name()),
+		client:  s.newHTTPClient(timeout),
+		tags:    s.Tags,
+		port:    strconv.Itoa(advertise.DefaultAdvertPort),
+		refresh: s.Refresh,
+		peers:   tnPeers{},
+		entries: map[tailcfg.NodeID]*tnEntry{},
+		results: make(chan fetchResult, tnMaxFetches),
+	}
+	if l.tags == nil {
+		l.tags = []string{DefaultBuilderTag}
+	}
+	if s.AdvertPort > 0 {
+		l.port = strconv.Itoa(s.AdvertPort)
+	}
+	if l.refresh <= 0 {
+		l.refresh = DefaultTailnetRefresh
+	}
+	return l
+}
+
+func (l *tnLoop) run(ctx context.Context, bus <-chan busEvent) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		l.dispatch(ctx, now)
+		l.maybeEmit()
+		if next, ok := l.nextDue(); ok {
+			timer.Reset(max(next.Sub(now), 0))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-bus:
+			l.onBus(ev)
+		case r := <-l.results:
+			l.onResult(r, time.Now())
+		case <-timer.C:
+		}
+	}
+}
+
+func (l *tnLoop) onBus(ev busEvent) {
+	l.started = true
+	if ev.err != nil {
+		if l.down == nil || l.down.Error() != ev.err.Error() {
+			l.log.Warn("tailnet source down", "err", ev.err)
+		}
+		l.down = ev.err
+		return
+	}
+	if ev.n.InitialStatus != nil {
+		if l.down != nil {
+			l.log.Info("tailnet source up again", "peers", len(ev.n.InitialStatus.Peer))
+		}
+		l.down = nil
+	}
+	if l.peers.apply(ev.n) {
+		l.reconcile(time.Now())
+	}
+}
+
+// reconcile makes the entries follow the peer table: an entry for each
+// online peer that qualifies, with its peer data refreshed.
+func (l *tnLoop) reconcile(now time.Time) {
+	for id, e := range l.entries {
+		p := l.peers[id]
+		reason, ok := l.qualifies(p)
+		if !ok {
+			delete(l.entries, id)
+			continue
+		}
+		old, _ := e.peer.fetchAddr()
+		cur, _ := p.fetchAddr()
+		if old != cur {
+			// Re-addressed: drop any fetch in flight and fetch again now.
+			l.seq++
+			e.seq, e.inflight, e.due = l.seq, false, now
+		}
+		e.peer, e.reason = p, reason
+	}
+	for id, p := range l.peers {
+		if _, ok := l.entries[id]; ok {
+			continue
+		}
+		if reason, ok := l.qualifies(p); ok {
+			l.seq++
+			l.entries[id] = &tnEntry{seq: l.seq, peer: p, reason: reason, due: now}
+		}
+	}
+}
+
+// qualifies says whether p is a candidate and why: online, with a tailnet
+// address, and tagged with one of the tags or named in Builders.
+func (l *tnLoop) qualifies(p *tnPeer) (string, bool) {
+	if p == nil || !p.online || len(p.addrs) == 0 {
+		return "", false
+	}
+	for _, t := range p.tags {
+		if slices.Contains(l.tags, t) {
+			return "tailnet peer with " + t, true
+		}
+	}
+	for _, b := range l.s.Builders {
+		if tnNameMatches(b, p.name) {
+			return "named by --builder", true
+		}
+	}
+	return "", false
+}
+
+// dispatch starts the fetches that are due, never-failing peers first,
+// within the pool limits.
+func (l *tnLoop) dispatch(ctx context.Context, now time.Time) {
+	var due []*tnEntry
+	for _, e := range l.entries {
+		if !e.inflight && !e.due.After(now) {
+			due = append(due, e)
+		}
+	}
+	slices.SortFunc(due, func(a, b *tnEntry) int {
+		if (a.failures == 0) != (b.failures == 0) {
+			if a.failures == 0 {
+				return -1
+			}
+			return 1
+		}
+		return a.due.Compare(b.due)
+	})
+	for _, e := range due {
+		if l.inflight >= tnMaxFetches {
+			return
+		}
+		if e.failures > 0 {
+			if l.retrying >= tnMaxRetryFetches {
+				continue
+			}
+			l.retrying++
+		}
+		l.inflight++
+		e.inflight = true
+		ip, _ := e.peer.fetchAddr()
+		r := fetchResult{id: e.peer.nodeID, seq: e.seq, retry: e.failures > 0}
+		url := "http://" + net.JoinHostPort(ip.String(), l.port) + advertise.AdvertPath
+		go func() {
+			r.advert, r.err = l.fetch(ctx, url)
+			l.results <- r // never blocks: cap(results) >= tnMaxFetches
+		}()
+	}
+}
+
+// onResult records a finished fetch and schedules the next one.
+func (l *tnLoop) onResult(r fetchResult, now time.Time) {
+	l.inflight--
+	if r.retry {
+		l.retrying--
+	}
+	e := l.entries[r.id]
+	if e == nil || e.seq != r.seq {
+		return // the peer left or came back as a new entry meanwhile
+	}
+	e.inflight = false
+	e.fetched = true
+	if r.err == nil {
+		e.advert, e.failures, e.lastErr = r.advert, 0, ""
+		e.due = now.Add(l.refresh)
+		return
+	}
+	e.failures++
+	e.lastErr = r.err.Error()
+	e.due = now.Add(tnRetryBackoff(e.failures))
+	l.log.Debug("advert fetch failed", "builder", e.peer.name, "attempt", e.failures, "err", r.err)
+}
+
+// nextDue is when the next fetch that the pool limits allow is due.
+func (l *tnLoop) nextDue() (time.Time, bool) {
+	var next time.Time
+	found := false
+	if l.inflight >= tnMaxFetches {
+		return next, false // a result wakes the loop
+	}
+	for _, e := range l.entries {
+		if e.inflight || (e.failures > 0 && l.retrying >= tnMaxRetryFetches) {
+			continue
+		}
+		if !found || e.due.Before(next) {
+			next, found = e.due, true
+		}
+	}
+	return next, found
+}
+
+// fetch gets and decodes one advert.
+func (l *tnLoop) fetch(ctx context.Context, url string) (*advertise.Advert, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("advert fetch failed: %w", err)
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := l.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("advert fetch failed: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, advertise.MaxJSONSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("advert fetch failed: %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("advert fetch failed: %s: %s", url, resp.Status)
+	}
+	a, err := advertise.DecodeJSON(body)
+	if err != nil {
+		return nil, fmt.Errorf("advert invalid: %w", err)
+	}
+	return a, nil
+}
+
+// snapshot is the current set: every candidate whose first fetch finished.
+func (l *tnLoop) snapshot() Snapshot {
+	snap := Snapshot{Source: l.s.Name()}
+	if l.down != nil {
+		snap.Err = l.down
+		return snap
+	}
+	for _, e := range l.entries {
+		if !e.fetched {
+			continue
+		}
+		snap.Candidates = append(snap.Candidates, l.candidate(e))
+	}
+	slices.SortFunc(snap.Candidates, func(a, b Candidate) int { return strings.Compare(a.Key, b.Key) })
+	return snap
+}
+
+func (l *tnLoop) candidate(e *tnEntry) Candidate {
+	p := e.peer
+	ip, _ := p.fetchAddr()
+	c := Candidate{
+		Key:         "tailnet:" + string(p.stableID),
+		Name:        p.name,
+		Address:     p.name,
+		Advert:      e.advert,
+		Trusted:     true,
+		TrustReason: e.reason,
+	}
+	if c.Name == "" {
+		c.Name = ip.String()
+	}
+	if l.s.Address == AddressIP || c.Address == "" {
+		c.Address = ip.String()
+	}
+	switch {
+	case e.advert == nil:
+		c.Problem = e.lastErr
+	case e.failures >= tnStaleAfter:
+		c.Problem = e.lastErr + " (showing the advert of the last fetch that worked)"
+	}
+	return c
+}
+
+// maybeEmit emits the current snapshot unless it equals the last one.
+func (l *tnLoop) maybeEmit() {
+	if !l.started {
+		return
+	}
+	snap := l.snapshot()
+	if l.last != nil && tnSameSnapshot(*l.last, snap) {
+		return
+	}
+	l.last = &snap
+	l.emit(snap)
+}
+
+// tnSameSnapshot compares two snapshots, ignoring errors' identity (their
+// text counts) and adverts' IssuedAt (a builder that stamps every response
+// would otherwise make every refresh a change).
+func tnSameSnapshot(a, b Snapshot) bool {
+	if (a.Err == nil) != (b.Err == nil) || (a.Err != nil && a.Err.Error() != b.Err.Error()) {
+		return false
+	}
+	if len(a.Candidates) != len(b.Candidates) {
+		return false
+	}
+	for i := range a.Candidates {
+		ca, cb := a.Candidates[i], b.Candidates[i]
+		if (ca.Advert == nil) != (cb.Advert == nil) {
+			return false
+		}
+		if ca.Advert != nil {
+			aa, ab := *ca.Advert, *cb.Advert
+			aa.IssuedAt, ab.IssuedAt = time.Time{}, time.Time{}
+			if !reflect.DeepEqual(aa, ab) {
+				return false
+			}
+		}
+		ca.Advert, cb.Advert = nil, nil
+		if !reflect.DeepEqual(ca, cb) {
+			return false
+		}
+	}
+	return true
+}
