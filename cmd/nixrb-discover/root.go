@@ -63,13 +63,15 @@ and keeps the Nix machines file holding exactly the builders that work.`),
 		FlagSet: fs,
 		Subcommands: []*ffcli.Command{
 			newVersionCmd(e),
+			newCheckMachinesCmd(e),
 		},
-		Exec: func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return usageError("unknown command %q (see 'nixrb-discover --help')", args[0])
-			}
-			return flag.ErrHelp
-		},
+	}
+	root.Exec = func(ctx context.Context, args []string) error {
+		if len(args) > 0 {
+			return usageError("unknown command %q (see 'nixrb-discover --help')", args[0])
+		}
+		fmt.Fprintln(e.stderr, ffcli.DefaultUsageFunc(root))
+		return &exitError{code: 2}
 	}
 	for _, c := range root.Subcommands {
 		c.FlagSet.SetOutput(e.stderr)
@@ -87,30 +89,5 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return &exitError{code: 2, err: err}
 	}
-	err := root.Run(ctx)
-	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintln(stderr, ffcli.DefaultUsageFunc(selected(root, args)))
-		if len(args) == 0 {
-			return &exitError{code: 2}
-		}
-	}
-	return err
-}
-
-// selected finds the subcommand args name, for help output.
-func selected(root *ffcli.Command, args []string) *ffcli.Command {
-	c := root
-	for _, a := range args {
-		found := false
-		for _, s := range c.Subcommands {
-			if s.Name == a {
-				c, found = s, true
-				break
-			}
-		}
-		if !found {
-			break
-		}
-	}
-	return c
+	return root.Run(ctx)
 }

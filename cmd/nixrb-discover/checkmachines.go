@@ -1,0 +1,120 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/render"
+	"github.com/peterbourgon/ff/v3/ffcli"
+)
+
+func newCheckMachinesCmd(e *env) *ffcli.Command {
+	fs := flag.NewFlagSet("nixrb-discover check-machines", flag.ContinueOnError)
+	nixVersion := fs.String("nix-version", "", "check against the rules of this Nix version (default: what the local nix reports, else the oldest rules)")
+	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn or error")
+	return &ffcli.Command{
+		Name:       "check-machines",
+		ShortUsage: "nixrb-discover check-machines [--nix-version V] FILE...",
+		ShortHelp:  "Validate Nix machines files exactly as Nix parses them",
+		LongHelp: strings.TrimSpace(`
+Reads each machines file as Nix does (comments, ';' separators, @includes,
+'-' for an empty field) and prints every problem as
+
+  FILE:LINE: field NAME: "VALUE": what is wrong
+
+Version-dependent rules follow --nix-version: fractional speed factors need
+Nix 2.20, a port in the store URI needs 2.31, and before 2.29 a '#' comment
+ends at the next ';'. A host key must be the base64 of one SSH public key
+line. Exit status: 0 valid, 1 invalid, 2 usage or I/O error.
+
+Example:
+  nixrb-discover check-machines /etc/nix/machines`),
+		FlagSet: fs,
+		Exec: func(ctx context.Context, args []string) error {
+			if len(args) == 0 {
+				return usageError("check-machines needs at least one FILE")
+			}
+			log, err := e.logger(*logLevel)
+			if err != nil {
+				return err
+			}
+			v, err := checkVersion(ctx, *nixVersion)
+			if err != nil {
+				return err
+			}
+			log.Debug("checking machines files", "nix_version", v.String())
+			opts := render.ParseOptions{
+				NixVersion:  v,
+				LocalSystem: localSystem(),
+				Warn: func(path string, line int, msg string) {
+					fmt.Fprintf(e.stderr, "%s:%d: warning: %s\n", path, line, msg)
+				},
+			}
+			invalid := false
+			for _, path := range args {
+				entries, err := render.ParseFile(path, opts)
+				var problems render.ParseErrors
+				if err != nil && !errors.As(err, &problems) {
+					return &exitError{code: 2, err: err}
+				}
+				for _, en := range entries {
+					if err := en.Machine.Validate(); err != nil {
+						problems = append(problems, &render.LineError{Path: en.Path, Line: en.Line, Err: err})
+					}
+				}
+				for _, p := range problems {
+					fmt.Fprintln(e.stdout, p.Error())
+				}
+				if len(problems) > 0 {
+					invalid = true
+					continue
+				}
+				fmt.Fprintf(e.stdout, "%s: %d machines, valid for Nix %s\n", path, len(entries), v)
+			}
+			if invalid {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+}
+
+// checkVersion returns the Nix version to check against: the flag, else
+// the local nix's, else unknown (the oldest rules).
+func checkVersion(ctx context.Context, flagValue string) (render.NixVersion, error) {
+	if flagValue != "" {
+		v, err := render.ParseNixVersion(flagValue)
+		if err != nil {
+			return v, usageError("--nix-version: %v", err)
+		}
+		return v, nil
+	}
+	return localNixVersion(ctx), nil
+}
+
+// localNixVersion runs `nix --version`; unknown if nix is missing.
+func localNixVersion(ctx context.Context) render.NixVersion {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "nix", "--version").Output()
+	if err != nil {
+		return render.NixVersion{}
+	}
+	v, _ := render.ParseNixVersion(string(out))
+	return v
+}
+
+// localSystem is Nix's name for this platform, used for "-" systems.
+func localSystem() string {
+	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "riscv64": "riscv64"}[runtime.GOARCH]
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	return arch + "-" + runtime.GOOS
+}
