@@ -38,7 +38,7 @@ const (
 var (
 	labelRE   = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?$`)
 	userRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
-	systemRE  = regexp.MustCompile(`^[a-z0-9_]+-[a-z0-9_]+$`)
+	systemRE  = regexp.MustCompile(`^[A-Za-z0-9_]+(-[A-Za-z0-9_]+)+$`)
 	featureRE = regexp.MustCompile(`^[A-Za-z0-9._+-]+$`)
 	keyIDRE   = regexp.MustCompile(`^[A-Za-z0-9+/=_.:-]+$`)
 )

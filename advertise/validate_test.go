@@ -142,6 +142,7 @@ func TestValidateAcceptsEdges(t *testing.T) {
 		{"zero-capacity-means-unknown", func(a *Advert) { a.Capacity = Capacity{} }},
 		{"ssh-protocol-high-port", func(a *Advert) { a.Protocol, a.SSHPort = ProtocolSSH, 65535 }},
 		{"single-label-hostname", func(a *Advert) { a.Hostname = "b1" }},
+		{"microarch-system-of-nix-extra-platforms", func(a *Advert) { a.Systems = []string{"x86_64-linux", "x86_64-v3-linux"} }},
 		{"rsa-host-key", func(a *Advert) {
 			a.HostKey = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAAAgQDD8Ntn3uvX0DNfH5tLYdD9ikRBS2sMZmfYuo5W7yhKp3qozV5+CgKKzsa0ETtVM1dqGsLmC1aIDn3qNwoU54JCdDwAVcQM0ggMsFkvtgnXcWfl3V5nSqqKYxbqHmXGtHqdZ6fIwtN6ir2eG3ZgXCHqq4CkATlf2A8ShsQmtHxjXQ=="
 		}},

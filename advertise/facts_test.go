@@ -1,0 +1,275 @@
+package advertise
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// realNix skips unless Debian's nix-bin (or another nix) is installed.
+func realNix(t *testing.T) string {
+	t.Helper()
+	nix, err := exec.LookPath("nix")
+	if err != nil {
+		t.Skip("nix not installed (apt-get install nix-bin)")
+	}
+	return nix
+}
+
+// nixConf points nix at a nix.conf of our own, with nothing from the
+// machine's or the user's configuration.
+func nixConf(t *testing.T, conf string) {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "nix.conf"), []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("NIX_CONF_DIR", dir)
+	t.Setenv("NIX_USER_CONF_FILES", filepath.Join(dir, "none.conf"))
+	t.Setenv("XDG_CONFIG_HOME", dir)
+	t.Setenv("XDG_CACHE_HOME", dir)
+	t.Setenv("TMPDIR", t.TempDir()) // Nix 2.8 leaves nix-PID-0 dirs behind
+}
+
+func fakeProcOptions(t *testing.T) FactsOptions {
+	return FactsOptions{
+		ProcRoot:    "testdata/proc",
+		StoreDir:    t.TempDir(),
+		HostKeyPath: "testdata/ssh_host_ed25519_key.pub",
+		GroupFile:   "testdata/group",
+		PasswdFile:  "testdata/passwd",
+		NixTimeout:  20 * time.Second,
+	}
+}
+
+func TestDetectFactsRealNix(t *testing.T) {
+	nix := realNix(t)
+	t.Run("nix-config-decides", func(t *testing.T) {
+		nixConf(t, "system-features = kvm big-parallel\nextra-platforms = aarch64-linux i686-linux\nmax-jobs = 6\nbuild-users-group = nixbld\n")
+		opts := fakeProcOptions(t)
+		opts.NixPath = nix
+		f, err := DetectFacts(context.Background(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !regexp.MustCompile(`^[a-z0-9_]+-linux$`).MatchString(f.System) {
+			t.Errorf("System = %q, want this machine's <arch>-linux", f.System)
+		}
+		if got := slices.Sorted(slices.Values(f.ExtraPlatforms)); !reflect.DeepEqual(got, []string{"aarch64-linux", "i686-linux"}) {
+			t.Errorf("ExtraPlatforms = %q", f.ExtraPlatforms)
+		}
+		if got := slices.Sorted(slices.Values(f.SystemFeatures)); !reflect.DeepEqual(got, []string{"big-parallel", "kvm"}) {
+			t.Errorf("SystemFeatures = %q", f.SystemFeatures)
+		}
+		if f.MaxJobs != 6 {
+			t.Errorf("MaxJobs = %d, want 6", f.MaxJobs)
+		}
+		if !regexp.MustCompile(`^\d+\.\d+`).MatchString(f.NixVersion) {
+			t.Errorf("NixVersion = %q", f.NixVersion)
+		}
+		if h, _ := os.Hostname(); f.Hostname != h {
+			t.Errorf("Hostname = %q, want %q", f.Hostname, h)
+		}
+		if f.HostKey != testHostKey(t) {
+			t.Errorf("HostKey = %q, want the key without its comment", f.HostKey)
+		}
+		if f.BuildUsers.Group != "nixbld" || f.Capacity.RunningBuilds != 2 || f.Capacity.Cores != 4 {
+			t.Errorf("build users %+v, capacity %+v: want group nixbld, 2 running builds, 4 cores", f.BuildUsers, f.Capacity)
+		}
+		a, err := BuildAdvert(f, Overrides{}, time.Now())
+		if err != nil {
+			t.Fatalf("BuildAdvert from real facts: %v", err)
+		}
+		if a.Systems[0] != f.System || len(a.Systems) != 3 {
+			t.Errorf("advert systems = %q, want the system first, then the extra platforms", a.Systems)
+		}
+	})
+	t.Run("max-jobs-auto-is-the-cpu-count", func(t *testing.T) {
+		nixConf(t, "max-jobs = auto\n")
+		opts := fakeProcOptions(t)
+		opts.NixPath = nix
+		f, err := DetectFacts(context.Background(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := countCPUs("/proc")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.MaxJobs != c {
+			t.Errorf("MaxJobs = %d, want the %d online CPUs", f.MaxJobs, c)
+		}
+	})
+	t.Run("overrides-are-not-asked-of-nix", func(t *testing.T) {
+		nixConf(t, "")
+		opts := fakeProcOptions(t)
+		opts.NixPath = nix
+		opts.HostKeyPath = "/nonexistent"
+		opts.Overrides = Overrides{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{}, MaxJobs: 2, Hostname: "b1", HostKey: testHostKey(t)}
+		f, err := DetectFacts(context.Background(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.System != "" || f.NixVersion == "" {
+			t.Errorf("facts %+v: want no Nix config read but the Nix version known", f)
+		}
+	})
+}
+
+// fakeNix writes an executable shell script standing in for nix.
+func fakeNix(t *testing.T, script string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "nix")
+	if err := os.WriteFile(p, []byte("#!/bin/sh\n"+script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestDetectFactsNixProblems(t *testing.T) {
+	t.Run("new-nix-config-show-is-tried-first", func(t *testing.T) {
+		opts := fakeProcOptions(t)
+		opts.NixPath = fakeNix(t, `case "$*" in
+*"config show --json") echo '{"system":{"value":"aarch64-darwin"},"extra-platforms":{"value":[]},"system-features":{"value":["apple-virt"]},"max-jobs":{"value":8}}';;
+--version) echo "nix (Nix) 2.26.3";;
+*) exit 1;;
+esac`)
+		f, err := DetectFacts(context.Background(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.System != "aarch64-darwin" || f.MaxJobs != 8 || f.NixVersion != "2.26.3" {
+			t.Errorf("facts = %+v", f)
+		}
+	})
+	t.Run("missing-nix-names-the-flags-that-replace-it", func(t *testing.T) {
+		opts := fakeProcOptions(t)
+		opts.NixPath = filepath.Join(t.TempDir(), "no-nix-here")
+		_, err := DetectFacts(context.Background(), opts)
+		for _, flag := range []string{"--nix", "--systems", "--supported-features", "--max-jobs"} {
+			if err == nil || !strings.Contains(err.Error(), flag) {
+				t.Errorf("err = %v, want it to name %s", err, flag)
+			}
+		}
+	})
+	t.Run("missing-nix-is-fine-when-overridden", func(t *testing.T) {
+		opts := fakeProcOptions(t)
+		opts.NixPath = filepath.Join(t.TempDir(), "no-nix-here")
+		opts.Overrides = Overrides{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{"kvm"}, MaxJobs: 4}
+		f, err := DetectFacts(context.Background(), opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := BuildAdvert(f, opts.Overrides, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.NixVersion != "" || a.MaxJobs != 4 {
+			t.Errorf("advert = %+v", a)
+		}
+	})
+	t.Run("failing-nix-shows-its-error", func(t *testing.T) {
+		opts := fakeProcOptions(t)
+		opts.NixPath = fakeNix(t, "echo 'error: cannot open nix.conf' >&2; exit 1\n")
+		_, err := DetectFacts(context.Background(), opts)
+		if err == nil || !strings.Contains(err.Error(), "cannot open nix.conf") {
+			t.Errorf("err = %v, want nix's own message", err)
+		}
+	})
+	t.Run("hung-nix-times-out", func(t *testing.T) {
+		opts := fakeProcOptions(t)
+		opts.NixPath = fakeNix(t, "exec sleep 30\n")
+		opts.NixTimeout = 200 * time.Millisecond
+		start := time.Now()
+		_, err := DetectFacts(context.Background(), opts)
+		if err == nil || !strings.Contains(err.Error(), "no answer within") {
+			t.Errorf("err = %v, want a timeout", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("took %s", d)
+		}
+	})
+	t.Run("endless-nix-output-is-cut", func(t *testing.T) {
+		opts := fakeProcOptions(t)
+		opts.NixPath = fakeNix(t, "exec yes\n")
+		_, err := DetectFacts(context.Background(), opts)
+		if err == nil || !strings.Contains(err.Error(), "more than") {
+			t.Errorf("err = %v, want an output bound error", err)
+		}
+	})
+	t.Run("missing-host-key-names-the-flag", func(t *testing.T) {
+		opts := fakeProcOptions(t)
+		opts.Overrides = Overrides{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{}, MaxJobs: 1}
+		opts.NixPath = "/nonexistent/nix"
+		opts.HostKeyPath = filepath.Join(t.TempDir(), "none.pub")
+		_, err := DetectFacts(context.Background(), opts)
+		if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "--host-key-file") {
+			t.Errorf("err = %v, want not-exist naming --host-key-file", err)
+		}
+	})
+}
+
+func TestBuildAdvert(t *testing.T) {
+	facts := Facts{
+		Hostname: "builder-01", HostKey: testHostKey(t),
+		System: "x86_64-linux", ExtraPlatforms: []string{"i686-linux", "x86_64-linux"},
+		SystemFeatures: []string{"kvm", "big-parallel"}, MaxJobs: 8, NixVersion: "2.8.0",
+		Capacity: Capacity{Cores: 8, Load1: 1.3, MemTotalMiB: 16000, MemAvailMiB: 9000, StoreFreeMiB: 50000, RunningBuilds: 1},
+	}
+	now := time.Date(2026, 11, 26, 4, 30, 15, 999, time.Local)
+	t.Run("facts-and-defaults", func(t *testing.T) {
+		a, err := BuildAdvert(facts, Overrides{AgentVersion: "v1"}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := &Advert{
+			Version: 1, Hostname: "builder-01", SSHUser: DefaultSSHUser, SSHPort: 22, Protocol: ProtocolSSHNG,
+			HostKey: testHostKey(t), Systems: []string{"x86_64-linux", "i686-linux"},
+			SupportedFeatures: []string{"kvm", "big-parallel"}, MaxJobs: 8, SpeedFactor: 1,
+			Capacity:   Capacity{Cores: 8, Load1: 1.5, MemTotalMiB: 16000, MemAvailMiB: 8192, StoreFreeMiB: 49152, RunningBuilds: 1},
+			NixVersion: "2.8.0", AgentVersion: "v1", IssuedAt: time.Unix(now.Unix(), 0).UTC(),
+		}
+		if !reflect.DeepEqual(a, want) {
+			t.Errorf("BuildAdvert =\n%+v\nwant\n%+v", a, want)
+		}
+	})
+	t.Run("overrides-win", func(t *testing.T) {
+		o := Overrides{Hostname: "b1.tail1234.ts.net", SSHUser: "builder", SSHPort: 2222, Protocol: ProtocolSSH,
+			Systems: []string{"aarch64-linux"}, SupportedFeatures: []string{}, MandatoryFeatures: []string{"big-parallel"},
+			MaxJobs: 2, SpeedFactor: 4, Draining: true, Enroll: true}
+		a, err := BuildAdvert(facts, o, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Hostname != o.Hostname || a.SSHUser != "builder" || a.SSHPort != 2222 || a.Protocol != ProtocolSSH ||
+			!reflect.DeepEqual(a.Systems, o.Systems) || a.SupportedFeatures != nil ||
+			!reflect.DeepEqual(a.MandatoryFeatures, o.MandatoryFeatures) || a.MaxJobs != 2 || a.SpeedFactor != 4 ||
+			!a.Draining || !a.Enroll {
+			t.Errorf("overrides lost: %+v", a)
+		}
+	})
+	t.Run("max-jobs-zero-needs-a-flag", func(t *testing.T) {
+		f := facts
+		f.MaxJobs = 0
+		_, err := BuildAdvert(f, Overrides{}, now)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != "max_jobs" || !strings.Contains(err.Error(), "--max-jobs") {
+			t.Errorf("err = %v, want a max_jobs error naming --max-jobs", err)
+		}
+	})
+	t.Run("bad-override-names-the-field", func(t *testing.T) {
+		_, err := BuildAdvert(facts, Overrides{Hostname: "my builder"}, now)
+		var fe *FieldError
+		if !errors.As(err, &fe) || fe.Field != "hostname" {
+			t.Errorf("err = %v, want a hostname FieldError", err)
+		}
+	})
+}
