@@ -330,7 +330,7 @@ func checkKeyLine(line string) error {
 	}
 	_, comment, options, rest, err := ssh.ParseAuthorizedKey([]byte(line))
 	if err != nil {
-		return fmt.Errorf("not an SSH public key line: %v", err)
+		return errors.New(`not an SSH public key line (want "ssh-ed25519 AAAA… [comment]")`)
 	}
 	if len(options) > 0 {
 		return errors.New("host key line has options before the key")
