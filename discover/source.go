@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/nixrb-discover/nixrb-discover/render"
 )
 
 // Source is one way of finding builders (tailnet, mDNS, static file).
@@ -46,6 +47,9 @@ type Candidate struct {
 	Address string
 	// Advert is the builder's advert; nil for static entries.
 	Advert *advertise.Advert
+	// Machine is a static entry's line as the user wrote it; nil for
+	// discovered builders.
+	Machine *render.Machine
 	// Trusted says whether this candidate may reach the machines file.
 	Trusted bool
 	// TrustReason explains the trust decision ("tailnet peer with

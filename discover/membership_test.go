@@ -1,0 +1,191 @@
+package discover
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/nixrb-discover/nixrb-discover/render"
+)
+
+var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
+
+func cand(key string, mutate ...func(*Candidate)) Candidate {
+	c := Candidate{Key: key, Name: key, Address: key + ".ts.net", Trusted: true, TrustReason: "test",
+		Advert: &advertise.Advert{Hostname: key, SSHUser: "builder", SSHPort: 22, Protocol: "ssh-ng", HostKey: "ssh-ed25519 AAAA" + key,
+			Systems: []string{"x86_64-linux"}, MaxJobs: 1, SpeedFactor: 1}}
+	for _, f := range mutate {
+		f(&c)
+	}
+	return c
+}
+
+var (
+	ok      = Result{OK: true}
+	refused = Result{Reason: ReasonUnreachable, Detail: "connection refused"}
+)
+
+// step is one event of a membership story.
+type step struct {
+	at      time.Duration
+	snap    *Snapshot
+	check   string // key whose check completes
+	result  Result
+	joined  []string // keys that must enter the file at this step
+	left    []string // keys that must leave
+	inFile  []string // keys in the file after the step (nil: not checked)
+	dueKeys []string // keys Due must return after the step (nil: not checked)
+}
+
+func runStory(t *testing.T, cfg MembershipConfig, steps []step) {
+	t.Helper()
+	m := NewMembership(cfg)
+	for i, s := range steps {
+		now := t0.Add(s.at)
+		var ch []Change
+		if s.snap != nil {
+			ch = m.Apply(now, *s.snap)
+		}
+		if s.check != "" {
+			m.Due(now) // a check can complete only after it was started
+			ch = append(ch, m.Result(now, s.check, s.result)...)
+		}
+		var joined, left []string
+		for _, c := range ch {
+			if c.Joined {
+				joined = append(joined, c.Key)
+			} else {
+				left = append(left, c.Key)
+			}
+		}
+		if !reflect.DeepEqual(joined, s.joined) || !reflect.DeepEqual(left, s.left) {
+			t.Fatalf("step %d: joined %v left %v; want joined %v left %v", i, joined, left, s.joined, s.left)
+		}
+		if s.inFile != nil {
+			var in []string
+			for _, mem := range m.InFile() {
+				in = append(in, mem.Key)
+			}
+			if in == nil {
+				in = []string{}
+			}
+			if !reflect.DeepEqual(in, s.inFile) {
+				t.Fatalf("step %d: in file %v; want %v", i, in, s.inFile)
+			}
+		}
+		if s.dueKeys != nil {
+			due := m.Due(now)
+			if due == nil {
+				due = []string{}
+			}
+			if !reflect.DeepEqual(due, s.dueKeys) {
+				t.Fatalf("step %d: due %v; want %v", i, due, s.dueKeys)
+			}
+			for _, k := range due {
+				m.members[k].checking = false
+			}
+		}
+	}
+}
+
+func snap(src string, cs ...Candidate) *Snapshot { return &Snapshot{Source: src, Candidates: cs} }
+
+func TestMembershipStories(t *testing.T) {
+	b1, b2 := cand("b1"), cand("b2")
+	tests := []struct {
+		name  string
+		cfg   MembershipConfig
+		steps []step
+	}{
+		{"new builder is checked at once and joins after one good check", MembershipConfig{}, []step{
+			{snap: snap("tailnet", b1), dueKeys: []string{"b1"}, inFile: []string{}},
+			{at: 50 * time.Millisecond, check: "b1", result: ok, joined: []string{"b1"}, inFile: []string{"b1"}},
+		}},
+		{"fails twice in a row, then out; one failure is tolerated", MembershipConfig{}, []step{
+			{snap: snap("tailnet", b1)},
+			{check: "b1", result: ok, joined: []string{"b1"}},
+			{at: time.Second, check: "b1", result: refused, inFile: []string{"b1"}},
+			{at: 1100 * time.Millisecond, check: "b1", result: ok, inFile: []string{"b1"}},
+			{at: 2100 * time.Millisecond, check: "b1", result: refused},
+			{at: 2200 * time.Millisecond, check: "b1", result: refused, left: []string{"b1"}, inFile: []string{}},
+		}},
+		{"a failure is re-checked after Retry, not Interval", MembershipConfig{Retry: 100 * time.Millisecond, Interval: 10 * time.Second}, []step{
+			{snap: snap("tailnet", b1)},
+			{check: "b1", result: ok, joined: []string{"b1"}},
+			{at: time.Second, check: "b1", result: refused, dueKeys: []string{}},
+			{at: 1100 * time.Millisecond, dueKeys: []string{"b1"}},
+		}},
+		{"rise 2 needs two good checks", MembershipConfig{Rise: 2}, []step{
+			{snap: snap("tailnet", b1)},
+			{check: "b1", result: ok, inFile: []string{}},
+			{at: time.Second, check: "b1", result: ok, joined: []string{"b1"}},
+		}},
+		{"host key mismatch is out at once despite fall 3", MembershipConfig{Fall: 3}, []step{
+			{snap: snap("tailnet", b1)},
+			{check: "b1", result: ok, joined: []string{"b1"}},
+			{at: time.Second, check: "b1", result: Result{Reason: ReasonHostKeyMismatch}, left: []string{"b1"}},
+		}},
+		{"draining advert leaves at once and is not checked", MembershipConfig{}, []step{
+			{snap: snap("tailnet", b1, b2)},
+			{check: "b1", result: ok, joined: []string{"b1"}},
+			{check: "b2", result: ok, joined: []string{"b2"}},
+			{at: time.Second, snap: snap("tailnet", cand("b1", func(c *Candidate) { c.Advert.Draining = true }), b2),
+				left: []string{"b1"}, inFile: []string{"b2"}, dueKeys: []string{"b2"}},
+		}},
+		{"withdrawn builder (offline peer, goodbye-free expiry) leaves at once", MembershipConfig{}, []step{
+			{snap: snap("tailnet", b1, b2)},
+			{check: "b1", result: ok, joined: []string{"b1"}},
+			{check: "b2", result: ok, joined: []string{"b2"}},
+			{at: time.Second, snap: snap("tailnet", b2), left: []string{"b1"}, inFile: []string{"b2"}},
+		}},
+		{"source outage keeps the last set", MembershipConfig{}, []step{
+			{snap: snap("tailnet", b1)},
+			{check: "b1", result: ok, joined: []string{"b1"}},
+			{at: time.Second, snap: &Snapshot{Source: "tailnet", Err: errors.New("tailscaled restarting")}, inFile: []string{"b1"}, dueKeys: []string{"b1"}},
+			{at: 2 * time.Second, snap: snap("tailnet", b1), inFile: []string{"b1"}},
+		}},
+		{"another source's snapshot does not remove builders", MembershipConfig{}, []step{
+			{snap: snap("tailnet", b1)},
+			{check: "b1", result: ok, joined: []string{"b1"}},
+			{snap: snap("mdns"), inFile: []string{"b1"}},
+		}},
+		{"untrusted candidate is never checked and never in the file", MembershipConfig{}, []step{
+			{snap: snap("mdns", cand("rogue", func(c *Candidate) { c.Trusted = false })), dueKeys: []string{}, inFile: []string{}},
+		}},
+		{"new host key must pass a check before it is used again", MembershipConfig{}, []step{
+			{snap: snap("tailnet", b1)},
+			{check: "b1", result: ok, joined: []string{"b1"}},
+			{at: time.Second, snap: snap("tailnet", cand("b1", func(c *Candidate) { c.Advert.HostKey = "ssh-ed25519 AAAAnew" })),
+				left: []string{"b1"}, dueKeys: []string{"b1"}},
+			{at: time.Second, check: "b1", result: ok, joined: []string{"b1"}},
+		}},
+		{"an unchanged snapshot changes nothing", MembershipConfig{}, []step{
+			{snap: snap("tailnet", b1)},
+			{check: "b1", result: ok, joined: []string{"b1"}},
+			{at: 500 * time.Millisecond, snap: snap("tailnet", b1), inFile: []string{"b1"}, dueKeys: []string{}},
+		}},
+		{"goodbye hint re-checks at once", MembershipConfig{Interval: 10 * time.Second}, []step{
+			{snap: snap("mdns", b1)},
+			{check: "b1", result: ok, joined: []string{"b1"}},
+			{at: time.Second, snap: &Snapshot{Source: "mdns", Candidates: []Candidate{b1}, Recheck: []string{"b1"}}, dueKeys: []string{"b1"}, inFile: []string{"b1"}},
+		}},
+		{"static entry is in the file without checks", MembershipConfig{}, []step{
+			{snap: snap("static", Candidate{Key: "static:b9", Name: "b9", Trusted: true, Machine: &render.Machine{}}),
+				joined: []string{"static:b9"}, dueKeys: []string{}},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) { runStory(t, tt.cfg, tt.steps) })
+	}
+}
+
+func TestBackoffIsCapped(t *testing.T) {
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}
+	for i, w := range want {
+		if got := DefaultBackoff(i + 1); got != w {
+			t.Errorf("DefaultBackoff(%d) = %v, want %v", i+1, got, w)
+		}
+	}
+}
