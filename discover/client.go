@@ -1,0 +1,206 @@
+package discover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/nixrb-discover/nixrb-discover/render"
+)
+
+// HealthChecker checks one builder; *Checker is the real one.
+type HealthChecker interface {
+	Check(ctx context.Context, t Target) Result
+	Forget(key string)
+}
+
+// Hooks let the caller follow the client's life (systemd notify, metrics).
+// Every hook is optional and is called from the client loop: keep it fast.
+type Hooks struct {
+	// Ready is called once, after the first round (every source heard
+	// from, every candidate checked once, the file written).
+	Ready func()
+	// Status is called with a one-line status when it changes.
+	Status func(text string)
+	// Tick is called on every loop iteration and at least every
+	// TickEvery; a stuck loop stops calling it (watchdog).
+	Tick      func()
+	TickEvery time.Duration
+	// Checked is called after each health check.
+	Checked func(key string, r Result)
+	// Rendered is called after each render: written, unchanged or failed.
+	Rendered func(changed bool, err error)
+	// SourceError is called when a source reports an error.
+	SourceError func(source string, err error)
+}
+
+// Client keeps the Nix machines file holding exactly the builders that
+// pass their health checks. Set the fields, then call Run once.
+type Client struct {
+	// Sources find builders. Required.
+	Sources []Source
+	// Checker health-checks them. Required.
+	Checker HealthChecker
+	// Membership sets hysteresis and check timing.
+	Membership MembershipConfig
+	// MachinesPath is the machines file to keep (e.g. /etc/nix/machines).
+	MachinesPath string
+	// SSHKeyPath is the identity Nix uses, written into field 3.
+	SSHKeyPath string
+	// ClientKeyFingerprint is shown by list (the SSHKeyPath key's SHA256).
+	ClientKeyFingerprint string
+	// NixVersion is the local Nix; the file is formatted for it.
+	NixVersion render.NixVersion
+	// SSHConfigPath, when set, receives ssh_config Host aliases for
+	// builders on a port other than 22 when the local Nix is older than
+	// 2.31 (which cannot read a port in the URI). Root's ssh must Include it.
+	SSHConfigPath string
+	// WaitMin and WaitMax coalesce changes before a render: render
+	// WaitMin after the last change, but never later than WaitMax after
+	// the first. Zero means DefaultWaitMin/DefaultWaitMax.
+	WaitMin, WaitMax time.Duration
+	// MaxChecks bounds concurrent health checks; zero means 16.
+	MaxChecks int
+	// Once makes Run return after the first round.
+	Once bool
+	// FirstRoundTimeout bounds the first round; zero means 10 s.
+	FirstRoundTimeout time.Duration
+	// Logger gets one line per membership change and per write; nil discards.
+	Logger *slog.Logger
+	// Hooks are optional callbacks.
+	Hooks Hooks
+
+	statusReq chan chan *Status
+}
+
+// Defaults for the coalescing window.
+const (
+	DefaultWaitMin = 20 * time.Millisecond
+	DefaultWaitMax = 250 * time.Millisecond
+)
+
+// ErrNotWritten is returned by Run with Once when the file could not be written.
+var ErrNotWritten = errors.New("machines file not written")
+
+type checkDone struct {
+	key string
+	r   Result
+}
+
+// Status returns the client's current state, as `list` shows it. It asks
+// the running loop; ctx bounds the wait.
+func (c *Client) Status(ctx context.Context) (*Status, error) {
+	if c.statusReq == nil {
+		return nil, errors.New("client not running")
+	}
+	reply := make(chan *Status, 1)
+	select {
+	case c.statusReq <- reply:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	select {
+	case s := <-reply:
+		return s, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// Init prepares Status before Run is started in another goroutine.
+func (c *Client) Init() {
+	if c.statusReq == nil {
+		c.statusReq = make(chan chan *Status)
+	}
+}
+
+// Run discovers, checks and renders until ctx is done (or, with Once,
+// until the first round is complete). A failed write is logged and
+// retried; Run keeps going.
+func (c *Client) Run(ctx context.Context) error {
+	if len(c.Sources) == 0 || c.Checker == nil || c.MachinesPath == "" {
+		return errors.New("client: Sources, Checker and MachinesPath are required")
+	}
+	c.Init()
+	l := newLoop(c)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if n, err := render.SweepStale(c.MachinesPath); err != nil {
+		l.log.Warn("cannot sweep stale temporary files", "err", err)
+	} else if n > 0 {
+		l.log.Info("removed stale temporary files of an interrupted write", "count", n)
+	}
+	for _, s := range c.Sources {
+		go func(s Source) {
+			err := s.Run(ctx, func(snap Snapshot) {
+				select {
+				case l.snaps <- snap:
+				case <-ctx.Done():
+				}
+			})
+			if err != nil && ctx.Err() == nil {
+				select {
+				case l.snaps <- Snapshot{Source: s.Name(), Err: fmt.Errorf("source %s stopped: %w", s.Name(), err)}:
+				case <-ctx.Done():
+				}
+			}
+		}(s)
+	}
+	fileEvents, closeWatch := l.watchMachinesFile()
+	defer closeWatch()
+	return l.run(ctx, fileEvents)
+}
+
+// watchMachinesFile reports changes to the machines file (by anyone).
+func (l *loop) watchMachinesFile() (<-chan struct{}, func()) {
+	out := make(chan struct{}, 1)
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		l.log.Warn("cannot watch the machines file; external edits are corrected only on the next change", "err", err)
+		return nil, func() {}
+	}
+	dir, base := filepath.Split(l.c.MachinesPath)
+	if dir == "" {
+		dir = "."
+	}
+	if err := w.Add(dir); err != nil {
+		l.log.Warn("cannot watch the machines file's directory", "dir", dir, "err", err)
+		w.Close()
+		return nil, func() {}
+	}
+	go func() {
+		for {
+			select {
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				if filepath.Base(ev.Name) == base && ev.Op&(fsnotify.Write|fsnotify.Create|fsnotify.Remove|fsnotify.Rename) != 0 {
+					select {
+					case out <- struct{}{}:
+					default:
+					}
+				}
+			case _, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+			}
+		}
+	}()
+	return out, func() { w.Close() }
+}
+
+// readFileIfExists returns the file's bytes, or nil.
+func readFileIfExists(path string) []byte {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil
+	}
+	return b
+}

@@ -1,0 +1,315 @@
+package discover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/render"
+)
+
+// loop is the client's single goroutine of state: only it touches the
+// membership.
+type loop struct {
+	c     *Client
+	log   *slog.Logger
+	mem   *Membership
+	snaps chan Snapshot
+	done  chan checkDone
+	sem   chan struct{}
+
+	heard       map[string]bool // sources heard from
+	dirty       bool            // membership changed since the last render
+	firstChange time.Time       // start of the coalescing window
+	lastChange  time.Time
+	written     []byte // what we last wrote (or found) in the file
+	writeErr    error
+	lastWrite   time.Time
+	retryAt     time.Time // when to retry a failed write
+	renderProbs map[string]string
+	ready       bool
+	started     time.Time
+	statusText  string
+	lastSnap    time.Time
+}
+
+func newLoop(c *Client) *loop {
+	log := c.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	maxChecks := c.MaxChecks
+	if maxChecks <= 0 {
+		maxChecks = 16
+	}
+	return &loop{
+		c:           c,
+		log:         log.With("component", "client"),
+		mem:         NewMembership(c.Membership),
+		snaps:       make(chan Snapshot, 64),
+		done:        make(chan checkDone, maxChecks),
+		sem:         make(chan struct{}, maxChecks),
+		heard:       map[string]bool{},
+		renderProbs: map[string]string{},
+	}
+}
+
+func (c *Client) waits() (time.Duration, time.Duration) {
+	lo, hi := c.WaitMin, c.WaitMax
+	if lo <= 0 {
+		lo = DefaultWaitMin
+	}
+	if hi <= 0 {
+		hi = DefaultWaitMax
+	}
+	return lo, max(lo, hi)
+}
+
+func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
+	l.started = time.Now()
+	l.written = readFileIfExists(l.c.MachinesPath)
+	firstRound := l.c.FirstRoundTimeout
+	if firstRound <= 0 {
+		firstRound = 10 * time.Second
+	}
+	tickEvery := l.c.Hooks.TickEvery
+	if tickEvery <= 0 {
+		tickEvery = time.Hour
+	}
+	tick := time.NewTicker(tickEvery)
+	defer tick.Stop()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	inflight := 0
+	for {
+		now := time.Now()
+		for _, key := range l.mem.Due(now) {
+			inflight++
+			l.startCheck(ctx, key)
+		}
+		if l.dueRender(now) {
+			l.render(now)
+		}
+		if !l.ready && l.firstRoundDone(now, inflight, firstRound) {
+			l.ready = true
+			l.render(now)
+			l.log.Info("first round complete", "builders", len(l.mem.InFile()), "took", time.Since(l.started).Round(time.Millisecond))
+			if l.c.Hooks.Ready != nil {
+				l.c.Hooks.Ready()
+			}
+			if l.c.Once {
+				if l.writeErr != nil {
+					return fmt.Errorf("%w: %w", ErrNotWritten, l.writeErr)
+				}
+				return nil
+			}
+		}
+		if l.c.Hooks.Tick != nil {
+			l.c.Hooks.Tick()
+		}
+		timer.Reset(l.nextWake(now, firstRound).Sub(now))
+		select {
+		case <-ctx.Done():
+			return nil
+		case s := <-l.snaps:
+			l.onSnapshot(time.Now(), s)
+		case d := <-l.done:
+			inflight--
+			<-l.sem
+			l.onResult(time.Now(), d)
+		case <-fileEvents:
+			if b := readFileIfExists(l.c.MachinesPath); string(b) != string(l.written) {
+				l.log.Warn("machines file changed outside nixrb-discover, restoring it", "path", l.c.MachinesPath)
+				l.written = b
+				l.markDirty(time.Now())
+			}
+		case reply := <-l.c.statusReq:
+			reply <- l.status(time.Now())
+		case <-tick.C:
+		case <-timer.C:
+		}
+	}
+}
+
+// firstRoundDone: every source heard from, no snapshot for a moment, and
+// every checkable candidate checked once (or the bound passed).
+func (l *loop) firstRoundDone(now time.Time, inflight int, bound time.Duration) bool {
+	if now.Sub(l.started) >= bound {
+		return true
+	}
+	if len(l.heard) < len(l.c.Sources) || inflight > 0 || now.Sub(l.lastSnap) < 100*time.Millisecond {
+		return false
+	}
+	for _, m := range l.mem.Members() {
+		if !m.Next.IsZero() && m.Last.When.IsZero() {
+			return false
+		}
+	}
+	return true
+}
+
+func (l *loop) nextWake(now time.Time, firstRound time.Duration) time.Time {
+	next := now.Add(time.Hour)
+	consider := func(t time.Time) {
+		if !t.IsZero() && t.Before(next) {
+			next = t
+		}
+	}
+	consider(l.mem.NextDue())
+	if l.dirty {
+		lo, hi := l.c.waits()
+		consider(minTime(l.lastChange.Add(lo), l.firstChange.Add(hi)))
+	}
+	if l.writeErr != nil {
+		consider(l.retryAt)
+	}
+	if !l.ready {
+		consider(now.Add(50 * time.Millisecond))
+		consider(l.started.Add(firstRound))
+	}
+	if next.Before(now) {
+		return now
+	}
+	return next
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func (l *loop) startCheck(ctx context.Context, key string) {
+	m := l.mem.Member(key)
+	t, err := targetFor(*m)
+	if err != nil {
+		go func() { l.done <- checkDone{key: key, r: Result{Reason: ReasonInvalid, Detail: err.Error(), When: time.Now()}} }()
+		l.sem <- struct{}{}
+		return
+	}
+	l.sem <- struct{}{}
+	go func() {
+		r := l.c.Checker.Check(ctx, t)
+		if r.When.IsZero() {
+			r.When = time.Now()
+		}
+		l.done <- checkDone{key: key, r: r}
+	}()
+}
+
+func (l *loop) onSnapshot(now time.Time, s Snapshot) {
+	l.heard[s.Source] = true
+	l.lastSnap = now
+	if s.Err != nil {
+		l.log.Warn("source down, keeping its last builders", "source", s.Source, "err", s.Err)
+		if l.c.Hooks.SourceError != nil {
+			l.c.Hooks.SourceError(s.Source, s.Err)
+		}
+	}
+	l.changes(now, l.mem.Apply(now, s))
+	// Builders that left are no longer checked: drop their connections.
+	for key := range l.renderProbs {
+		if l.mem.Member(key) == nil {
+			delete(l.renderProbs, key)
+		}
+	}
+}
+
+func (l *loop) onResult(now time.Time, d checkDone) {
+	m := l.mem.Member(d.key)
+	if l.c.Hooks.Checked != nil {
+		l.c.Hooks.Checked(d.key, d.r)
+	}
+	if m != nil {
+		lvl := slog.LevelDebug
+		if d.r.Reason == ReasonHostKeyMismatch {
+			lvl = slog.LevelWarn
+		}
+		l.log.Log(context.Background(), lvl, "checked", "builder", m.Name, "ok", d.r.OK, "reason", string(d.r.Reason), "detail", d.r.Detail, "rtt", d.r.RTT)
+	} else {
+		l.c.Checker.Forget(d.key)
+	}
+	l.changes(now, l.mem.Result(now, d.key, d.r))
+}
+
+func (l *loop) changes(now time.Time, ch []Change) {
+	for _, c := range ch {
+		if c.Joined {
+			l.log.Info("builder joins", "builder", c.Name, "key", c.Key, "reason", c.Reason)
+		} else {
+			l.log.Info("builder leaves", "builder", c.Name, "key", c.Key, "reason", c.Reason)
+			l.c.Checker.Forget(c.Key)
+		}
+	}
+	if len(ch) > 0 {
+		l.markDirty(now)
+	}
+}
+
+func (l *loop) markDirty(now time.Time) {
+	if !l.dirty {
+		l.firstChange = now
+	}
+	l.dirty = true
+	l.lastChange = now
+}
+
+func (l *loop) dueRender(now time.Time) bool {
+	if l.writeErr != nil && !now.Before(l.retryAt) {
+		return true
+	}
+	// Before the first round is complete nothing is written: a restart
+	// must not replace a good file with a half-discovered one.
+	if !l.dirty || !l.ready {
+		return false
+	}
+	lo, hi := l.c.waits()
+	return !now.Before(l.lastChange.Add(lo)) || !now.Before(l.firstChange.Add(hi))
+}
+
+// render writes the file from the current membership.
+func (l *loop) render(now time.Time) {
+	l.dirty = false
+	content, probs, aliases := l.content()
+	l.renderProbs = probs
+	if l.c.SSHConfigPath != "" {
+		if _, err := render.WriteAtomic(l.c.SSHConfigPath, aliases); err != nil {
+			l.log.Error("cannot write the ssh_config aliases", "path", l.c.SSHConfigPath, "err", err)
+		}
+	}
+	res, err := render.WriteAtomic(l.c.MachinesPath, content)
+	if l.c.Hooks.Rendered != nil {
+		l.c.Hooks.Rendered(res.Changed, err)
+	}
+	if err != nil {
+		if l.writeErr == nil || l.writeErr.Error() != err.Error() {
+			args := []any{"path", l.c.MachinesPath, "err", err}
+			if errors.Is(err, render.ErrStoreSymlink) {
+				args = append(args, "hint", render.StoreSymlinkHint)
+			}
+			l.log.Error("cannot write the machines file, will retry", args...)
+		}
+		l.writeErr = err
+		l.retryAt = now.Add(5 * time.Second)
+		return
+	}
+	if l.writeErr != nil {
+		l.log.Info("machines file writable again", "path", l.c.MachinesPath)
+	}
+	l.writeErr = nil
+	l.written = content
+	if res.Changed {
+		l.lastWrite = now
+		l.log.Info("machines file written", "path", res.Path, "builders", len(l.mem.InFile()))
+	}
+	text := fmt.Sprintf("%d builders healthy", len(l.mem.InFile()))
+	if text != l.statusText {
+		l.statusText = text
+		if l.c.Hooks.Status != nil {
+			l.c.Hooks.Status(text)
+		}
+	}
+}

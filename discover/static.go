@@ -1,0 +1,136 @@
+package discover
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/nixrb-discover/nixrb-discover/render"
+)
+
+// StaticSource reads builders from a machines file the user maintains
+// (machines-file syntax). Its entries are always trusted. The file is
+// watched: an edit is picked up at once, and a file that stops parsing
+// keeps the last good set (and says why) rather than dropping builders.
+type StaticSource struct {
+	// Path is the static machines file.
+	Path string
+	// NixVersion is the local Nix, for the parser's version rules.
+	NixVersion render.NixVersion
+	// LocalSystem fills "-" systems.
+	LocalSystem string
+	// Poll, when set, re-reads the file this often even without a change
+	// notification (for filesystems without inotify). Zero: notifications only.
+	Poll time.Duration
+	// Logger gets a line per reload; nil discards.
+	Logger *slog.Logger
+}
+
+// Name returns "static".
+func (s *StaticSource) Name() string { return "static" }
+
+// Run emits the file's builders, then again after every change.
+func (s *StaticSource) Run(ctx context.Context, emit func(Snapshot)) error {
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("source", "static", "path", s.Path)
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("static source %s: watch: %w", s.Path, err)
+	}
+	defer w.Close()
+	// Watch the directory: editors and atomic writers replace the file.
+	if err := w.Add(filepath.Dir(s.Path)); err != nil {
+		return fmt.Errorf("static source %s: watch directory: %w", s.Path, err)
+	}
+	var last []Candidate
+	load := func() {
+		cs, err := s.load()
+		if err != nil {
+			log.Error("static file unusable, keeping the last good set", "err", err)
+			emit(Snapshot{Source: "static", Err: err})
+			return
+		}
+		if last != nil && sameCandidates(last, cs) {
+			return
+		}
+		last = cs
+		log.Info("static builders loaded", "builders", len(cs))
+		emit(Snapshot{Source: "static", Candidates: cs})
+	}
+	load()
+	var poll <-chan time.Time
+	if s.Poll > 0 {
+		t := time.NewTicker(s.Poll)
+		defer t.Stop()
+		poll = t.C
+	}
+	base := filepath.Base(s.Path)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if filepath.Base(ev.Name) == base {
+				load()
+			}
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			log.Warn("static file watch error", "err", err)
+		case <-poll:
+			load()
+		}
+	}
+}
+
+func (s *StaticSource) load() ([]Candidate, error) {
+	entries, err := render.ParseFile(s.Path, render.ParseOptions{NixVersion: s.NixVersion, LocalSystem: s.LocalSystem})
+	if err != nil {
+		return nil, fmt.Errorf("static source: %w", err)
+	}
+	cs := make([]Candidate, 0, len(entries))
+	for _, e := range entries {
+		m := e.Machine
+		if err := m.Validate(); err != nil {
+			return nil, fmt.Errorf("static source: %w", &render.LineError{Path: e.Path, Line: e.Line, Err: err})
+		}
+		cs = append(cs, Candidate{
+			Key:         "static:" + strings.ToLower(m.Name()),
+			Name:        m.Name(),
+			Address:     m.URI.Host,
+			Machine:     &m,
+			Trusted:     true,
+			TrustReason: "static file " + s.Path,
+		})
+	}
+	return cs, nil
+}
+
+// sameCandidates compares two static candidate lists by their lines.
+func sameCandidates(a, b []Candidate) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Key != b[i].Key || (a[i].Machine == nil) != (b[i].Machine == nil) ||
+			a[i].Machine != nil && a[i].Machine.String() != b[i].Machine.String() {
+			return false
+		}
+	}
+	return true
+}
+
+// errNoHostKey is why a static entry cannot be health-checked.
+var errNoHostKey = errors.New("static entry has no host key (field 8): it cannot be checked safely")

@@ -1,0 +1,120 @@
+package discover
+
+import (
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/advertise"
+)
+
+// StatusVersion is the version of the Status JSON document. Fields are
+// only added within a version; a removal or change of meaning bumps it.
+const StatusVersion = 1
+
+// Status is the client's state as `list --json` prints it and the status
+// socket serves it.
+type Status struct {
+	Version              int             `json:"version"`
+	Generated            time.Time       `json:"generated"`
+	MachinesFile         string          `json:"machines_file"`
+	LastWrite            *time.Time      `json:"last_write,omitempty"`
+	WriteError           string          `json:"write_error,omitempty"`
+	NixVersion           string          `json:"nix_version"`
+	ClientKey            string          `json:"client_key,omitempty"`
+	ClientKeyFingerprint string          `json:"client_key_fingerprint,omitempty"`
+	Ready                bool            `json:"ready"`
+	Sources              []SourceStatus  `json:"sources"`
+	Builders             []BuilderStatus `json:"builders"`
+}
+
+// SourceStatus says whether a source is working.
+type SourceStatus struct {
+	Name  string `json:"name"`
+	OK    bool   `json:"ok"`
+	Error string `json:"error,omitempty"`
+}
+
+// BuilderStatus is one builder as the client sees it.
+type BuilderStatus struct {
+	Key               string              `json:"key"`
+	Name              string              `json:"name"`
+	Source            string              `json:"source"`
+	Address           string              `json:"address,omitempty"`
+	State             State               `json:"state"`
+	Reason            string              `json:"reason,omitempty"`
+	InFile            bool                `json:"in_file"`
+	Trusted           bool                `json:"trusted"`
+	Trust             string              `json:"trust,omitempty"`
+	TrustHint         string              `json:"trust_hint,omitempty"`
+	Protocol          string              `json:"protocol,omitempty"`
+	SSHUser           string              `json:"ssh_user,omitempty"`
+	SSHPort           int                 `json:"ssh_port,omitempty"`
+	Systems           []string            `json:"systems,omitempty"`
+	SupportedFeatures []string            `json:"supported_features,omitempty"`
+	MandatoryFeatures []string            `json:"mandatory_features,omitempty"`
+	MaxJobs           int                 `json:"max_jobs,omitempty"`
+	SpeedFactor       float64             `json:"speed_factor,omitempty"`
+	Capacity          *advertise.Capacity `json:"capacity,omitempty"`
+	Draining          bool                `json:"draining,omitempty"`
+	LastCheck         *time.Time          `json:"last_check,omitempty"`
+	RTTMillis         float64             `json:"rtt_ms,omitempty"`
+	RemoteNix         string              `json:"remote_nix,omitempty"`
+	TrustedUser       string              `json:"trusted_user,omitempty"`
+}
+
+// status builds the current Status (called by the loop only).
+func (l *loop) status(now time.Time) *Status {
+	s := &Status{
+		Version:              StatusVersion,
+		Generated:            now,
+		MachinesFile:         l.c.MachinesPath,
+		NixVersion:           l.c.NixVersion.String(),
+		ClientKey:            l.c.SSHKeyPath,
+		ClientKeyFingerprint: l.c.ClientKeyFingerprint,
+		Ready:                l.ready,
+	}
+	if !l.lastWrite.IsZero() {
+		t := l.lastWrite
+		s.LastWrite = &t
+	}
+	if l.writeErr != nil {
+		s.WriteError = l.writeErr.Error()
+	}
+	errs := l.mem.SourceErrors()
+	for _, src := range l.c.Sources {
+		ss := SourceStatus{Name: src.Name(), OK: true}
+		if err, down := errs[src.Name()]; down {
+			ss.OK, ss.Error = false, err.Error()
+		}
+		s.Sources = append(s.Sources, ss)
+	}
+	for _, m := range l.mem.Members() {
+		b := BuilderStatus{
+			Key: m.Key, Name: m.Name, Source: m.Source, Address: m.Address,
+			State: m.State, Reason: m.Reason, InFile: m.InFile,
+			Trusted: m.Trusted, Trust: m.TrustReason, TrustHint: m.TrustHint,
+		}
+		if p, ok := l.renderProbs[m.Key]; ok && m.InFile {
+			b.InFile, b.Reason = false, "not written: "+p
+		}
+		if a := m.Advert; a != nil {
+			b.Protocol, b.SSHUser, b.SSHPort = a.Protocol, a.SSHUser, a.SSHPort
+			b.Systems, b.SupportedFeatures, b.MandatoryFeatures = a.Systems, a.SupportedFeatures, a.MandatoryFeatures
+			b.MaxJobs, b.SpeedFactor, b.Draining = a.MaxJobs, a.SpeedFactor, a.Draining
+			c := a.Capacity
+			b.Capacity = &c
+		} else if mm := m.Machine; mm != nil {
+			b.Protocol, b.SSHUser, b.SSHPort = mm.URI.Scheme, mm.URI.User, mm.URI.Port
+			b.Systems, b.SupportedFeatures, b.MandatoryFeatures = mm.Systems, mm.SupportedFeatures, mm.MandatoryFeatures
+			b.MaxJobs, b.SpeedFactor = int(mm.MaxJobs), mm.SpeedFactor
+		}
+		if !m.Last.When.IsZero() {
+			t := m.Last.When
+			b.LastCheck = &t
+			b.RTTMillis = float64(m.Last.RTT.Microseconds()) / 1000
+			b.RemoteNix = m.Last.NixVersion
+			b.TrustedUser = m.Last.Trusted.String()
+		}
+		s.Builders = append(s.Builders, b)
+	}
+	return s
+}
