@@ -15,7 +15,11 @@ import (
 
 // HealthChecker checks one builder; *Checker is the real one.
 type HealthChecker interface {
+	// Check runs the full check: SSH login and the Nix handshake.
 	Check(ctx context.Context, t Target) Result
+	// Probe runs the cheap one: a fresh TCP connection and the banner.
+	Probe(ctx context.Context, t Target) Result
+	// Forget drops what is cached for a builder that left.
 	Forget(key string)
 }
 
@@ -64,6 +68,10 @@ type Client struct {
 	// WaitMin after the last change, but never later than WaitMax after
 	// the first. Zero means DefaultWaitMin/DefaultWaitMax.
 	WaitMin, WaitMax time.Duration
+	// FullEvery is how often a builder in the file gets the full check
+	// (SSH login + Nix handshake); the checks between are probes (fresh
+	// TCP connection + banner). Zero means DefaultFullEvery.
+	FullEvery time.Duration
 	// MaxChecks bounds concurrent health checks; zero means 16.
 	MaxChecks int
 	// Once makes Run return after the first round.
@@ -78,18 +86,20 @@ type Client struct {
 	statusReq chan chan *Status
 }
 
-// Defaults for the coalescing window.
+// Defaults for the coalescing window and the full-check period.
 const (
-	DefaultWaitMin = 20 * time.Millisecond
-	DefaultWaitMax = 250 * time.Millisecond
+	DefaultWaitMin   = 20 * time.Millisecond
+	DefaultWaitMax   = 250 * time.Millisecond
+	DefaultFullEvery = 30 * time.Second
 )
 
 // ErrNotWritten is returned by Run with Once when the file could not be written.
 var ErrNotWritten = errors.New("machines file not written")
 
 type checkDone struct {
-	key string
-	r   Result
+	key  string
+	r    Result
+	full bool
 }
 
 // Status returns the client's current state, as `list` shows it. It asks

@@ -29,6 +29,7 @@ type loop struct {
 	lastWrite   time.Time
 	retryAt     time.Time // when to retry a failed write
 	renderProbs map[string]string
+	lastFull    map[string]time.Time // last passed full check per builder
 	ready       bool
 	started     time.Time
 	statusText  string
@@ -53,6 +54,7 @@ func newLoop(c *Client) *loop {
 		sem:         make(chan struct{}, maxChecks),
 		heard:       map[string]bool{},
 		renderProbs: map[string]string{},
+		lastFull:    map[string]time.Time{},
 	}
 }
 
@@ -191,12 +193,23 @@ func (l *loop) startCheck(ctx context.Context, key string) {
 		return
 	}
 	l.sem <- struct{}{}
+	// In the file and fully checked recently: a probe is enough.
+	fullEvery := l.c.FullEvery
+	if fullEvery <= 0 {
+		fullEvery = DefaultFullEvery
+	}
+	full := !m.InFile || m.State != StateHealthy || time.Since(l.lastFull[key]) >= fullEvery
 	go func() {
-		r := l.c.Checker.Check(ctx, t)
+		var r Result
+		if full {
+			r = l.c.Checker.Check(ctx, t)
+		} else {
+			r = l.c.Checker.Probe(ctx, t)
+		}
 		if r.When.IsZero() {
 			r.When = time.Now()
 		}
-		l.done <- checkDone{key: key, r: r}
+		l.done <- checkDone{key: key, r: r, full: full}
 	}()
 }
 
@@ -220,6 +233,15 @@ func (l *loop) onSnapshot(now time.Time, s Snapshot) {
 
 func (l *loop) onResult(now time.Time, d checkDone) {
 	m := l.mem.Member(d.key)
+	switch {
+	case d.full && d.r.OK:
+		l.lastFull[d.key] = now
+	case !d.full && d.r.OK && m != nil:
+		// Keep what only a full check learns.
+		d.r.NixVersion, d.r.ProtocolVersion, d.r.Trusted = m.Last.NixVersion, m.Last.ProtocolVersion, m.Last.Trusted
+	case !d.r.OK:
+		delete(l.lastFull, d.key)
+	}
 	if l.c.Hooks.Checked != nil {
 		l.c.Hooks.Checked(d.key, d.r)
 	}
