@@ -188,7 +188,9 @@ func (l *loop) startCheck(ctx context.Context, key string) {
 	m := l.mem.Member(key)
 	t, err := targetFor(*m)
 	if err != nil {
-		go func() { l.done <- checkDone{key: key, r: Result{Reason: ReasonInvalid, Detail: err.Error(), When: time.Now()}} }()
+		go func() {
+			l.done <- checkDone{key: key, r: Result{Reason: ReasonInvalid, Detail: err.Error(), When: time.Now()}}
+		}()
 		l.sem <- struct{}{}
 		return
 	}
