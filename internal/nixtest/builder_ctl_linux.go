@@ -247,7 +247,8 @@ func (b *Builder) SetHostKey(priv []byte) error {
 }
 
 // LinkDown sets the builder's end of its veth down: packets to Addr are
-// silently dropped (connections time out) until LinkUp.
+// silently dropped until LinkUp, so connections time out (Nix 2.8 waits
+// ~135 s) rather than being refused. Sessions already open stall.
 func (b *Builder) LinkDown() error {
 	return b.setLink("down")
 }

@@ -241,7 +241,8 @@ func (b *Builder) startScript() string {
 	s.WriteString("set -eu\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C\nunset TMPDIR\n")
 	fmt.Fprintf(&s, "D=%s\n", q(b.Dir))
 	if b.Version == V28 {
-		s.WriteString(`mount --bind "$D/nix" /nix
+		s.WriteString(`mkdir -p /nix /etc/nix
+mount --bind "$D/nix" /nix
 mount --bind "$D/etc-nix" /etc/nix
 mount --bind "$D/tmp" /tmp
 mkdir -p /run/sshd

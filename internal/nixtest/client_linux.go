@@ -167,7 +167,8 @@ func clientScript(opts ClientOptions, dir, root string) (string, error) {
 	var s strings.Builder
 	fmt.Fprintf(&s, "set -eu\nD=%s\n", q(dir))
 	if opts.Version == V28 {
-		s.WriteString(`mount --bind "$D/nix" /nix
+		s.WriteString(`mkdir -p /nix
+mount --bind "$D/nix" /nix
 mount --bind "$D/tmp" /tmp
 nix-build "$@"
 `)

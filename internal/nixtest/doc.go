@@ -18,7 +18,7 @@
 //					AuthorizedKeys: []string{key.Public},
 //				})
 //				machines := nixtest.WriteMachinesFile(t, b.MachineLine("ssh-ng", key.Path))
-//				out, stderr, err := nixtest.NixBuild(t, ctx, nixtest.ClientOptions{
+//				out, stderr, err := nixtest.NixBuild(t, t.Context(), nixtest.ClientOptions{
 //					Version:      v,
 //					MachinesFile: machines,
 //					Expr:         nixtest.TrivialDerivation("offload"),
@@ -27,6 +27,10 @@
 //			})
 //		}
 //	}
+//
+// Each test that uses Nix 2.26 holds a reference to the process's
+// unpacked chroot, removed when the last holder finishes; a parent test
+// that calls [EnsureTrixie] first keeps one chroot for all its subtests.
 //
 // # Requirements
 //

@@ -7,7 +7,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -91,6 +93,21 @@ func (s *netSlot) create(ctx context.Context) error {
 			}
 			s.ino = ino
 		}
+	}
+	// A permanent neighbour entry for the builder: with its link down,
+	// packets are then dropped silently (connections time out) instead
+	// of failing after ARP gives up ("no route to host").
+	out, err := runCmd(ctx, 10*time.Second, "ip", "-n", s.ns, "-o", "link", "show", peerIfName)
+	if err != nil {
+		return fmt.Errorf("netns %s: %w", s.ns, err)
+	}
+	f := strings.Fields(out)
+	i := slices.Index(f, "link/ether")
+	if i < 0 || i+1 >= len(f) {
+		return fmt.Errorf("netns %s: no MAC address in %q", s.ns, out)
+	}
+	if err := ip("neigh", "replace", s.peerIP.String(), "lladdr", f[i+1], "dev", s.hostIf, "nud", "permanent"); err != nil {
+		return fmt.Errorf("netns %s: %w", s.ns, err)
 	}
 	return nil
 }

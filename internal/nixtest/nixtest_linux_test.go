@@ -3,8 +3,12 @@ package nixtest
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"net"
+	"os"
+	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -15,6 +19,19 @@ func buildCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// rootKnownHosts describes root's known_hosts (size and time, or absent).
+func rootKnownHosts(t *testing.T) string {
+	u, err := user.Lookup("root")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(filepath.Join(u.HomeDir, ".ssh", "known_hosts"))
+	if err != nil {
+		return "absent"
+	}
+	return fmt.Sprintf("%d bytes, modified %v", fi.Size(), fi.ModTime())
 }
 
 // handLine writes a machines line by hand, as a user would.
@@ -50,6 +67,12 @@ func buildTimed(t *testing.T, opts ClientOptions) (string, string, error) {
 
 func TestOffloadSameVersion(t *testing.T) {
 	shareTrixie(t)
+	knownHosts := rootKnownHosts(t)
+	t.Cleanup(func() {
+		if got := rootKnownHosts(t); got != knownHosts {
+			t.Errorf("root's known_hosts changed: %s, was %s", got, knownHosts)
+		}
+	})
 	for _, v := range Versions {
 		t.Run(v.String(), func(t *testing.T) {
 			key := NewClientKey(t)
@@ -131,6 +154,23 @@ func TestUntrustedUser(t *testing.T) {
 	}
 }
 
+// pidsWithArg lists processes with arg in their command line.
+func pidsWithArg(arg string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if alive(pid) && strings.Contains(string(cmdline), arg) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 func firstLineWith(s string, words ...string) string {
 	for _, l := range strings.Split(s, "\n") {
 		for _, w := range words {
@@ -199,12 +239,40 @@ func TestBuilderControl(t *testing.T) {
 					t.Fatal(err)
 				}
 			})
+			t.Run("hung-sshd-bounded-by-ctx", func(t *testing.T) {
+				// Nix waits forever on an sshd that accepts but never
+				// answers: NixBuild must end with ctx and leave nothing.
+				if err := b.StopSSHD(); err != nil {
+					t.Fatal(err)
+				}
+				defer b.ContSSHD()
+				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+				defer cancel()
+				machines := WriteMachinesFile(t, b.MachineLine("ssh-ng", key.Path))
+				expr := TrivialDerivation("hung")
+				start := time.Now()
+				_, stderr, err := NixBuild(t, ctx, ClientOptions{Version: v, MachinesFile: machines, Expr: expr})
+				took := time.Since(start)
+				if err == nil || !errors.Is(err, context.DeadlineExceeded) {
+					t.Fatalf("build against a hung sshd: err %v, want deadline exceeded\n%s", err, stderr)
+				}
+				if took > 10*time.Second {
+					t.Errorf("NixBuild returned %v after its 3s deadline", took)
+				}
+				if pids := pidsWithArg(expr); len(pids) > 0 {
+					t.Errorf("nix-build processes %v outlived NixBuild", pids)
+				}
+			})
 			t.Run("link-down-drops", func(t *testing.T) {
 				if err := b.LinkDown(); err != nil {
 					t.Fatal(err)
 				}
-				if err := readBanner(addr); err == nil {
-					t.Error("banner read over a down link")
+				// Silently dropped: the connect times out, it is not refused
+				// or unreachable (ARP would give up after ~3 s).
+				_, err := net.DialTimeout("tcp", addr, 4*time.Second)
+				var ne net.Error
+				if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+					t.Errorf("dial over a down link: %v, want a timeout", err)
 				}
 				if err := b.LinkUp(); err != nil {
 					t.Fatal(err)
