@@ -1,0 +1,299 @@
+package discover
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// nixLane is a Nix that answers behind the test sshd. Today that is the
+// host's Debian nix-bin 2.8; the Nix 2.26 (trixie chroot) lane adds an
+// entry with its own start function and expectations.
+type nixLane struct {
+	name       string
+	nixVersion string // what the daemon reports
+	protocol   string // worker protocol the daemon announces
+	start      func(t testing.TB, o sshdOptions) *testSSHD
+}
+
+func nixLanes() []nixLane {
+	return []nixLane{
+		{name: "nix-2.8", nixVersion: "2.8.0", protocol: "1.34", start: startSSHD},
+	}
+}
+
+// harness is one row's world: a real sshd with a real Nix behind it, a
+// Checker, and the Target as a client would build it.
+type harness struct {
+	sshd   *testSSHD
+	c      *Checker
+	target Target
+}
+
+func (h *harness) check(t *testing.T) Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	return h.c.Check(ctx, h.target)
+}
+
+type healthRow struct {
+	name     string
+	protocol string // default ssh-ng
+	user     string // default root
+	// env is set in every SSH session (sshd SetEnv); dir is the row's
+	// scratch directory.
+	env          func(t *testing.T, dir string) map[string]string
+	unauthorized bool // the Checker's key is not in authorized_keys
+	wrongHostKey bool // the Target pins another key
+	// run drives the scenario and returns the Result under test; nil
+	// means one Check.
+	run    func(t *testing.T, h *harness) Result
+	want   Reason
+	verify func(t *testing.T, lane nixLane, h *harness, r Result)
+}
+
+func healthRows() []healthRow {
+	return []healthRow{
+		{
+			// The ssh-ng path: nix-daemon --stdio behind a real sshd.
+			name: "ssh-ng-ok",
+			want: ReasonOK,
+			verify: func(t *testing.T, lane nixLane, h *harness, r Result) {
+				if r.ProtocolVersion != lane.protocol || r.NixVersion != lane.nixVersion {
+					t.Errorf("got protocol %q nix %q, want %q %q", r.ProtocolVersion, r.NixVersion, lane.protocol, lane.nixVersion)
+				}
+				if r.Trusted != TrustedUnknown {
+					t.Errorf("Trusted = %v, want unknown (protocol %s has no trusted flag)", r.Trusted, lane.protocol)
+				}
+				if want := ssh.FingerprintSHA256(h.sshd.HostKey); r.PresentedKeyFingerprint != want {
+					t.Errorf("PresentedKeyFingerprint = %q, want %q", r.PresentedKeyFingerprint, want)
+				}
+				if r.RTT <= 0 || r.Reused {
+					t.Errorf("RTT = %v, Reused = %v; want a measured RTT on a new connection", r.RTT, r.Reused)
+				}
+			},
+		},
+		{
+			// The ssh path: nix-store --serve --write.
+			name:     "ssh-serve-ok",
+			protocol: ProtocolSSH,
+			want:     ReasonOK,
+			verify: func(t *testing.T, _ nixLane, _ *harness, r Result) {
+				if r.ProtocolVersion != "2.7" || r.NixVersion != "" || r.Trusted != TrustedUnknown {
+					t.Errorf("got protocol %q nix %q trusted %v, want 2.7, none, unknown", r.ProtocolVersion, r.NixVersion, r.Trusted)
+				}
+			},
+		},
+		{
+			// Checks after the first reuse the authenticated connection, and
+			// a new one is made after RefreshChecks uses.
+			name: "reuse-then-refresh",
+			run: func(t *testing.T, h *harness) Result {
+				h.c.RefreshChecks = 2
+				var reused []bool
+				var last Result
+				for range 4 {
+					last = h.check(t)
+					if !last.OK {
+						t.Fatalf("check failed: %s: %s", last.Reason, last.Detail)
+					}
+					reused = append(reused, last.Reused)
+				}
+				if want := []bool{false, true, true, false}; !equalBools(reused, want) {
+					t.Errorf("Reused sequence = %v, want %v", reused, want)
+				}
+				return last
+			},
+			want: ReasonOK,
+		},
+		{
+			name:         "wrong-pinned-host-key",
+			wrongHostKey: true,
+			want:         ReasonHostKeyMismatch,
+			verify: func(t *testing.T, _ nixLane, h *harness, r Result) {
+				presented := ssh.FingerprintSHA256(h.sshd.HostKey)
+				pinned := ssh.FingerprintSHA256(h.target.HostKey)
+				if !strings.Contains(r.Detail, presented) || !strings.Contains(r.Detail, pinned) {
+					t.Errorf("Detail %q lacks presented %s or pinned %s", r.Detail, presented, pinned)
+				}
+				if r.PresentedKeyFingerprint != presented {
+					t.Errorf("PresentedKeyFingerprint = %q, want %q", r.PresentedKeyFingerprint, presented)
+				}
+			},
+		},
+		{
+			name:         "key-not-authorized",
+			unauthorized: true,
+			want:         ReasonAuthRefused,
+		},
+		{
+			// Nix installed where only login shells find it: the session's
+			// PATH lacks it, bash says "command not found", exit 127.
+			name: "nix-not-on-path",
+			user: testUser,
+			env:  func(*testing.T, string) map[string]string { return map[string]string{"PATH": "/nonexistent"} },
+			want: ReasonNixNotFound,
+		},
+		{
+			name:     "nix-store-not-on-path",
+			protocol: ProtocolSSH,
+			user:     testUser,
+			env:      func(*testing.T, string) map[string]string { return map[string]string{"PATH": "/nonexistent"} },
+			want:     ReasonNixNotFound,
+		},
+		{
+			// A multi-user builder whose nix-daemon is down: nix-daemon
+			// --stdio cannot reach the daemon socket and exits.
+			name: "daemon-socket-missing",
+			env: func(_ *testing.T, dir string) map[string]string {
+				return map[string]string{"NIX_REMOTE": "daemon", "NIX_DAEMON_SOCKET_PATH": filepath.Join(dir, "no-socket")}
+			},
+			want: ReasonDaemonError,
+			verify: func(t *testing.T, _ nixLane, _ *harness, r Result) {
+				if !strings.Contains(r.Detail, "no-socket") {
+					t.Errorf("Detail %q does not quote the remote's error", r.Detail)
+				}
+			},
+		},
+		{
+			// The classic pitfall: ~/.bashrc (which bash sources for sshd
+			// sessions) prints text, which lands in front of the daemon's
+			// answer. Real bash, real nix-daemon.
+			name: "bashrc-prints-text",
+			env: func(t *testing.T, dir string) map[string]string {
+				rc := filepath.Join(dir, ".bashrc")
+				if err := os.WriteFile(rc, []byte("echo 'Welcome to the builder'\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return map[string]string{"HOME": dir}
+			},
+			want: ReasonDaemonError,
+			verify: func(t *testing.T, _ nixLane, _ *harness, r Result) {
+				if !strings.Contains(r.Detail, "Welcome to the builder") {
+					t.Errorf("Detail %q does not quote what the remote printed", r.Detail)
+				}
+			},
+		},
+		{
+			// sshd dies; the cached connection (its own process) lives on,
+			// but Nix's next connection is refused: so is the check, fast.
+			name: "sshd-killed",
+			run: func(t *testing.T, h *harness) Result {
+				mustOK(t, h.check(t))
+				h.sshd.Stop()
+				r := h.check(t)
+				if r.Took > 500*time.Millisecond {
+					t.Errorf("took %v to notice a dead sshd", r.Took)
+				}
+				t.Logf("dead sshd detected in %v: %s", r.Took, r.Detail)
+				return r
+			},
+			want: ReasonUnreachable,
+		},
+		{
+			// sshd hangs (SIGSTOP): TCP still connects (kernel backlog),
+			// the cached connection still works, but no banner comes. The
+			// check must say timeout within about BannerTimeout.
+			name: "sshd-stopped-with-cached-connection",
+			run: func(t *testing.T, h *harness) Result {
+				mustOK(t, h.check(t))
+				h.sshd.Pause(t)
+				defer h.sshd.Resume(t)
+				r := h.check(t)
+				bt := h.c.bannerTimeout()
+				if r.Took < bt*9/10 || r.Took > bt+500*time.Millisecond {
+					t.Errorf("took %v, want about the banner timeout %v", r.Took, bt)
+				}
+				t.Logf("hung sshd detected in %v: %s", r.Took, r.Detail)
+				h.sshd.Resume(t)
+				if again := h.check(t); !again.OK {
+					t.Errorf("after SIGCONT: %s: %s", again.Reason, again.Detail)
+				}
+				return r
+			},
+			want: ReasonTimeout,
+		},
+	}
+}
+
+func mustOK(t *testing.T, r Result) {
+	t.Helper()
+	if !r.OK {
+		t.Fatalf("check failed: %s: %s", r.Reason, r.Detail)
+	}
+}
+
+func equalBools(a, b []bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func TestCheckRealSSHD(t *testing.T) {
+	requireSSHD(t)
+	for _, lane := range nixLanes() {
+		for _, row := range healthRows() {
+			t.Run(lane.name+"/"+row.name, func(t *testing.T) {
+				runHealthRow(t, lane, row)
+			})
+		}
+	}
+}
+
+func runHealthRow(t *testing.T, lane nixLane, row healthRow) {
+	user := row.user
+	if user == "" {
+		user = "root"
+	}
+	if user == testUser {
+		ensureTestUser(t)
+	}
+	signer := newTestSigner(t)
+	opts := sshdOptions{Authorized: []ssh.PublicKey{signer.PublicKey()}, Users: []string{user}}
+	if row.env != nil {
+		opts.Env = row.env(t, t.TempDir())
+	}
+	s := lane.start(t, opts)
+	c := &Checker{Signer: signer}
+	if row.unauthorized {
+		c.Signer = newTestSigner(t)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	proto := row.protocol
+	if proto == "" {
+		proto = ProtocolSSHNG
+	}
+	h := &harness{sshd: s, c: c, target: Target{
+		Key: "static:" + s.Addr, Addr: s.Addr, User: user, Protocol: proto, HostKey: s.HostKey,
+	}}
+	if row.wrongHostKey {
+		h.target.HostKey = newTestSigner(t).PublicKey()
+	}
+	run := row.run
+	if run == nil {
+		run = func(t *testing.T, h *harness) Result { return h.check(t) }
+	}
+	r := run(t, h)
+	t.Logf("result: ok=%v reason=%q rtt=%v took=%v detail=%s", r.OK, r.Reason, r.RTT, r.Took, r.Detail)
+	if r.Reason != row.want || r.OK != (row.want == ReasonOK) {
+		t.Fatalf("got ok=%v reason %q (%s), want reason %q", r.OK, r.Reason, r.Detail, row.want)
+	}
+	if r.When.IsZero() || r.Took <= 0 {
+		t.Errorf("When %v / Took %v not set", r.When, r.Took)
+	}
+	if row.verify != nil {
+		row.verify(t, lane, h, r)
+	}
+}
