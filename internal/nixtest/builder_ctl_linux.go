@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,14 +50,27 @@ func (b *Builder) launch(cmd *exec.Cmd) error {
 	defer logf.Close()
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start sshd: %w", err)
-	}
+	// Pdeathsig kills sshd if the test process dies (a later run's sweep
+	// clears the rest). It is tied to the starting thread, so one locked
+	// goroutine starts and waits for sshd.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	p := &proc{cmd: cmd, done: make(chan struct{})}
+	started := make(chan error, 1)
 	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends with the goroutine
+		if err := cmd.Start(); err != nil {
+			started <- err
+			p.waitErr = err
+			close(p.done)
+			return
+		}
+		started <- nil
 		p.waitErr = cmd.Wait()
 		close(p.done)
 	}()
+	if err := <-started; err != nil {
+		return fmt.Errorf("start sshd: %w", err)
+	}
 	b.mu.Lock()
 	b.sshd = p
 	b.mu.Unlock()

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -112,7 +113,9 @@ func NixBuild(t testing.TB, ctx context.Context, opts ClientOptions) (out, stder
 	args = append(args, opts.Args...)
 	cmd := exec.CommandContext(ctx, "unshare", args...)
 	// Setsid: no controlling terminal, so ssh can never prompt.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	// Pdeathsig: if the test process dies, so does the build. It is tied
+	// to the starting thread, which stays locked until Wait returns.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Pdeathsig: syscall.SIGKILL}
 	// Killing unshare kills its child (--kill-child), the PID
 	// namespace's init, and with it every process in the namespace.
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGKILL) }
@@ -133,7 +136,9 @@ func NixBuild(t testing.TB, ctx context.Context, opts ClientOptions) (out, stder
 	}
 	var so, se bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &so, &se
+	runtime.LockOSThread()
 	runErr := cmd.Run()
+	runtime.UnlockOSThread()
 	stderr = se.String()
 	if runErr != nil {
 		if ctx.Err() != nil {

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -49,6 +50,7 @@ func newNetSlot(ctx context.Context) (*netSlot, error) {
 	if err := os.MkdirAll(netLockDir, 0o755); err != nil {
 		return nil, fmt.Errorf("netns: %w", err)
 	}
+	sweepNetOnce.Do(sweepStaleSlots)
 	start := rand.IntN(netSlots)
 	for i := 0; i < netSlots; i++ {
 		idx := (start + i) % netSlots
@@ -110,6 +112,29 @@ func (s *netSlot) create(ctx context.Context) error {
 		return fmt.Errorf("netns %s: %w", s.ns, err)
 	}
 	return nil
+}
+
+var sweepNetOnce sync.Once
+
+// sweepStaleSlots clears every slot a dead test process left behind (its
+// lock file exists but nobody holds the lock), so that a crashed run's
+// sshd and nix-daemon do not linger until their slot is drawn again.
+func sweepStaleSlots() {
+	locks, _ := filepath.Glob(filepath.Join(netLockDir, "*.lock"))
+	for _, l := range locks {
+		idx, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(l), ".lock"))
+		if err != nil || idx < 0 || idx >= netSlots {
+			continue
+		}
+		lock, err := lockFile(l, 0)
+		if err != nil {
+			continue // in use
+		}
+		s := &netSlot{idx: idx, ns: nsPrefix + strconv.Itoa(idx), hostIf: hostIfPfx + strconv.Itoa(idx)}
+		s.clearStale()
+		lock.Close() // never remove a lock file: another process may hold it open
+
+	}
 }
 
 // clearStale removes a namespace and veth that a dead test process left in
