@@ -18,6 +18,7 @@ import (
 	"tailscale.com/client/local"
 	"tailscale.com/client/tailscale/apitype"
 	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/tailcfg"
 
 	"github.com/nixrb-discover/nixrb-discover/advertise"
 	"github.com/nixrb-discover/nixrb-discover/internal/tailnettest"
@@ -169,6 +170,37 @@ func TestTailnetServer(t *testing.T) {
 		}
 		if code, _, got := tnGet(t, u.Server.HTTPClient(), url); code != http.StatusForbidden {
 			t.Fatalf("untagged peer: status %d, want 403: %s", code, got)
+		}
+	})
+
+	// With AllowCaps, a peer is refused until control grants it the
+	// capability (a packet-filter cap grant), then admitted.
+	t.Run("allow-caps", func(t *testing.T) {
+		const capName = tailcfg.PeerCapability("nixrb-discover.example/cap/enroll")
+		s4 := &advertise.TailnetServer{
+			LocalAPI:  b.LocalClient,
+			Listen:    b.Server.Listen,
+			Advert:    func() ([]byte, error) { return body, nil },
+			Port:      advertise.DefaultAdvertPort + 2,
+			AllowCaps: []tailcfg.PeerCapability{capName},
+		}
+		tnServe(t, s4)
+		url := "http://" + net.JoinHostPort(b.FQDN, strconv.Itoa(s4.Port)) + advertise.AdvertPath
+		if code, _, got := tnGet(t, u.Server.HTTPClient(), url); code != http.StatusForbidden {
+			t.Fatalf("before the grant: status %d, want 403: %s", code, got)
+		}
+		tn.Control.SetGlobalAppCaps(tailcfg.PeerCapMap{capName: nil})
+		t.Cleanup(func() { tn.Control.SetGlobalAppCaps(nil) })
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			code, _, _ := tnGet(t, u.Server.HTTPClient(), url)
+			if code == 200 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after the grant: status %d, want 200", code)
+			}
+			time.Sleep(20 * time.Millisecond)
 		}
 	})
 

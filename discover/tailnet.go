@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 
 	"tailscale.com/client/local"
@@ -110,10 +111,13 @@ func (s *TailnetSource) Run(ctx context.Context, emit func(Snapshot)) error {
 	defer cancel()
 
 	l := s.newLoop(emit)
-	defer l.client.CloseIdleConnections()
 	bus := make(chan busEvent)
-	go s.watch(ctx, l.log, bus)
-	l.run(ctx, bus)
+	var wg sync.WaitGroup
+	wg.Go(func() { s.watch(ctx, l.log, bus) })
+	l.run(ctx, &wg, bus)
+	cancel()
+	wg.Wait() // the watcher and every fetch have returned
+	l.client.CloseIdleConnections()
 	return nil
 }
 

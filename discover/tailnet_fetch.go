@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"tailscale.com/tailcfg"
@@ -111,12 +112,13 @@ func (s *TailnetSource) newLoop(emit func(Snapshot)) *tnLoop {
 	return l
 }
 
-func (l *tnLoop) run(ctx context.Context, bus <-chan busEvent) {
+// run is the source's loop; fetch goroutines are counted in wg.
+func (l *tnLoop) run(ctx context.Context, wg *sync.WaitGroup, bus <-chan busEvent) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
 		now := time.Now()
-		l.dispatch(ctx, now)
+		l.dispatch(ctx, wg, now)
 		l.maybeEmit()
 		if next, ok := l.nextDue(); ok {
 			timer.Reset(max(next.Sub(now), 0))
@@ -206,7 +208,7 @@ func (l *tnLoop) qualifies(p *tnPeer) (string, bool) {
 
 // dispatch starts the fetches that are due, never-failing peers first,
 // within the pool limits.
-func (l *tnLoop) dispatch(ctx context.Context, now time.Time) {
+func (l *tnLoop) dispatch(ctx context.Context, wg *sync.WaitGroup, now time.Time) {
 	var due []*tnEntry
 	for _, e := range l.entries {
 		if !e.inflight && !e.due.After(now) {
@@ -237,10 +239,10 @@ func (l *tnLoop) dispatch(ctx context.Context, now time.Time) {
 		ip, _ := e.peer.fetchAddr()
 		r := fetchResult{id: e.peer.nodeID, seq: e.seq, retry: e.failures > 0}
 		url := "http://" + net.JoinHostPort(ip.String(), l.port) + advertise.AdvertPath
-		go func() {
+		wg.Go(func() {
 			r.advert, r.err = l.fetch(ctx, url)
 			l.results <- r // never blocks: cap(results) >= tnMaxFetches
-		}()
+		})
 	}
 }
 
