@@ -92,20 +92,22 @@ type Facts struct {
 // Overrides are facts and settings given by the user (flags or config).
 // A zero field means "not set": use the detected fact or the default. A
 // non-nil empty list is set, to nothing.
+// The names follow the Advert fields they set (and NixOS's
+// nix.buildMachines options: hostName, sshUser, systems, maxJobs, ...).
 type Overrides struct {
-	Hostname          string
-	SSHUser           string // DefaultSSHUser when unset
-	SSHPort           int    // DefaultSSHPort when unset
-	Protocol          string // ProtocolSSHNG when unset
-	HostKey           string // "TYPE BASE64" of the SSH host key
-	Systems           []string
-	SupportedFeatures []string
-	MandatoryFeatures []string
-	MaxJobs           int
-	SpeedFactor       float64 // DefaultSpeedFactor when unset
-	Draining          bool
-	Enroll            bool
-	AgentVersion      string
+	Hostname          string   // the host name clients connect to (e.g. the MagicDNS name)
+	SSHUser           string   // DefaultSSHUser when unset
+	SSHPort           int      // DefaultSSHPort when unset
+	Protocol          string   // ProtocolSSHNG when unset
+	HostKey           string   // "TYPE BASE64" of the SSH host key
+	Systems           []string // Nix system then extra-platforms when unset
+	SupportedFeatures []string // Nix system-features when unset
+	MandatoryFeatures []string // none when unset
+	MaxJobs           int      // Nix max-jobs when unset
+	SpeedFactor       float64  // DefaultSpeedFactor when unset
+	Draining          bool     // take no new builds
+	Enroll            bool     // accept SSH key enrolment over the tailnet
+	AgentVersion      string   // the nixrb-discover version
 }
 
 // coversNix reports whether o sets every fact that comes from Nix.

@@ -147,3 +147,50 @@ func TestDecodeJSONRejects(t *testing.T) {
 		})
 	}
 }
+
+// FuzzDecodeJSON: no input panics, and anything accepted re-encodes to a
+// document that decodes to the same advert, byte-stable from then on, and
+// (when it fits in TXT strings) survives the TXT mapping with the same
+// signed bytes.
+func FuzzDecodeJSON(f *testing.F) {
+	a := testAdvert(f)
+	b, _ := EncodeJSON(a)
+	f.Add(b)
+	if err := Sign(a, testSigningKey(f, 1), a.IssuedAt); err != nil {
+		f.Fatal(err)
+	}
+	b, _ = EncodeJSON(a)
+	f.Add(b)
+	f.Add([]byte(`{"version":2,"hostname":"b","ssh_user":"u","ssh_port":1,"protocol":"ssh","host_key":"` + a.HostKey + `","systems":["a-b"],"max_jobs":1,"speed_factor":1e-300,"issued_at":"1970-01-01T00:00:00.5+01:00","capacity":{"load1":-0},"x":[]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		a, err := DecodeJSON(b)
+		if err != nil {
+			return
+		}
+		enc, err := EncodeJSON(a)
+		if err != nil {
+			t.Fatalf("accepted advert does not re-encode: %v", err)
+		}
+		a2, err := DecodeJSON(enc)
+		if err != nil {
+			t.Fatalf("re-encoded advert does not decode: %v\n%s", err, enc)
+		}
+		if !reflect.DeepEqual(a, a2) {
+			t.Fatalf("round trip changed the advert:\n%+v\n%+v", a, a2)
+		}
+		if enc2, _ := EncodeJSON(a2); !bytes.Equal(enc, enc2) {
+			t.Fatalf("encoding is not stable:\n%s\n%s", enc, enc2)
+		}
+		txt, err := EncodeTXT(a)
+		if err != nil {
+			return // a long list can exceed one TXT string
+		}
+		a3, err := DecodeTXT(txt)
+		if err != nil {
+			t.Fatalf("TXT form of an accepted advert does not decode: %v\n%q", err, txt)
+		}
+		if !bytes.Equal(canonical(a), canonical(a3)) {
+			t.Fatalf("JSON and TXT forms sign differently:\n%+v\n%+v", a, a3)
+		}
+	})
+}

@@ -1,6 +1,7 @@
 package advertise
 
 import (
+	"bytes"
 	"crypto/ed25519"
 	"errors"
 	"reflect"
@@ -224,4 +225,48 @@ func TestSignRefusesInvalidAdvert(t *testing.T) {
 	if err := Sign(a, testSigningKey(t, 1), signNow); err == nil || a.Signature != nil {
 		t.Errorf("Sign of an invalid advert: err = %v, signature = %v", err, a.Signature)
 	}
+}
+
+// FuzzVerify: a tampered, truncated or extended signed advert (JSON, or
+// TXT record data when txt is set) never verifies unless it decodes to
+// exactly the advert that was signed.
+func FuzzVerify(f *testing.F) {
+	signed, trusted := signedAdvert(f)
+	j, err := EncodeJSON(signed)
+	if err != nil {
+		f.Fatal(err)
+	}
+	txt, err := EncodeTXT(signed)
+	if err != nil {
+		f.Fatal(err)
+	}
+	rdata := txtRData(txt)
+	f.Add(j, false)
+	f.Add(rdata, true)
+	f.Add(j[:len(j)/2], false)
+	f.Add(rdata[:len(rdata)-10], true)
+	f.Add(bytes.Replace(j, []byte(`"max_jobs":16`), []byte(`"max_jobs":17`), 1), false)
+	f.Add(bytes.Replace(j, []byte(`"version":1,`), []byte(`"version":1,"extra":"`+strings.Repeat("x", 1000)+`",`), 1), false)
+	f.Fuzz(func(t *testing.T, data []byte, isTXT bool) {
+		var a *Advert
+		var err error
+		if isTXT {
+			txt, ok := parseRData(data)
+			if !ok {
+				return
+			}
+			a, err = DecodeTXT(txt)
+		} else {
+			a, err = DecodeJSON(data)
+		}
+		if err != nil {
+			return
+		}
+		if Verify(a, trusted, signNow, DefaultMaxAge) != nil {
+			return
+		}
+		if !reflect.DeepEqual(a, signed) {
+			t.Fatalf("a different advert verifies:\n%+v\nsigned:\n%+v", a, signed)
+		}
+	})
 }

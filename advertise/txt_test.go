@@ -1,6 +1,7 @@
 package advertise
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"reflect"
@@ -202,4 +203,71 @@ func TestEncodeTXTRefusesLongStrings(t *testing.T) {
 	if _, err := EncodeTXT(a); err == nil || !strings.Contains(err.Error(), "TXT key sf") {
 		t.Errorf("EncodeTXT of a 275-byte sf string: err = %v, want a TXT key sf error", err)
 	}
+}
+
+// txtRData is txt as DNS TXT record data: each string after its length byte.
+func txtRData(txt []string) []byte {
+	var b []byte
+	for _, s := range txt {
+		b = append(b, byte(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+// parseRData splits DNS TXT record data into its strings.
+func parseRData(b []byte) ([]string, bool) {
+	var txt []string
+	for len(b) > 0 {
+		n := int(b[0])
+		if len(b) < 1+n {
+			return nil, false
+		}
+		txt = append(txt, string(b[1:1+n]))
+		b = b[1+n:]
+	}
+	return txt, true
+}
+
+// FuzzDecodeTXT: no TXT record data panics, and anything accepted
+// re-encodes to TXT strings that decode to the same advert.
+func FuzzDecodeTXT(f *testing.F) {
+	a := testAdvert(f)
+	txt, _ := EncodeTXT(a)
+	f.Add(txtRData(txt))
+	if err := Sign(a, testSigningKey(f, 1), a.IssuedAt); err != nil {
+		f.Fatal(err)
+	}
+	txt, _ = EncodeTXT(a)
+	f.Add(txtRData(txt))
+	f.Add(txtRData(append([]string{"V=3", "future=x", "flag", ""}, txt[1:]...)))
+	f.Fuzz(func(t *testing.T, rdata []byte) {
+		txt, ok := parseRData(rdata)
+		if !ok {
+			return
+		}
+		a, err := DecodeTXT(txt)
+		if err != nil {
+			return
+		}
+		enc, err := EncodeTXT(a)
+		if err != nil {
+			t.Fatalf("accepted advert does not re-encode: %v", err)
+		}
+		a2, err := DecodeTXT(enc)
+		if err != nil {
+			t.Fatalf("re-encoded advert does not decode: %v\n%q", err, enc)
+		}
+		if !reflect.DeepEqual(a, a2) {
+			t.Fatalf("round trip changed the advert:\n%+v\n%+v", a, a2)
+		}
+		j, err := EncodeJSON(a)
+		if err != nil {
+			t.Fatalf("accepted TXT advert has no JSON form: %v", err)
+		}
+		a3, err := DecodeJSON(j)
+		if err != nil || !bytes.Equal(canonical(a), canonical(a3)) {
+			t.Fatalf("JSON form differs (%v):\n%+v\n%+v", err, a, a3)
+		}
+	})
 }

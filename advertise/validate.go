@@ -50,6 +50,7 @@ type FieldError struct {
 	Reason string
 }
 
+// Error is "advert: field FIELD: REASON".
 func (e *FieldError) Error() string {
 	return "advert: field " + e.Field + ": " + e.Reason
 }
