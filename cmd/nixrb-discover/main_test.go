@@ -48,8 +48,10 @@ func TestDocs(t *testing.T) {
 				t.Fatal("no FlagSet: --help would not work")
 			}
 			c.FlagSet.VisitAll(func(f *flag.Flag) {
-				if f.Usage == "" || unicode.IsUpper(rune(f.Usage[0])) {
-					t.Errorf("flag --%s: usage %q should be lowercase and non-empty", f.Name, f.Usage)
+				first := strings.Fields(f.Usage + " x")[0]
+				capitalised := len(first) > 1 && unicode.IsUpper(rune(first[0])) && strings.ToLower(first[1:]) == first[1:]
+				if f.Usage == "" || capitalised || strings.HasSuffix(f.Usage, ".") {
+					t.Errorf("flag --%s: usage %q should start lowercase (acronyms aside), without a final period", f.Name, f.Usage)
 				}
 			})
 		})

@@ -63,7 +63,11 @@ and keeps the Nix machines file holding exactly the builders that work.`),
 		FlagSet: fs,
 		Subcommands: []*ffcli.Command{
 			newVersionCmd(e),
+			newAdvertiseCmd(e),
 			newCheckMachinesCmd(e),
+			newClientCmd(e),
+			newKeygenCmd(e),
+			newListCmd(e),
 		},
 	}
 	root.Exec = func(ctx context.Context, args []string) error {

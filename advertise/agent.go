@@ -1,0 +1,206 @@
+package advertise
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultInterval is how often the agent re-measures capacity.
+const DefaultInterval = 10 * time.Second
+
+// Agent is the builder daemon: it detects this builder's facts, keeps its
+// advert current (capacity refreshed every Interval, re-signed before it
+// goes stale, draining toggled on demand) and serves it on the tailnet and
+// by mDNS. Set the fields, then call Run once.
+type Agent struct {
+	// Facts says where facts come from, and holds the user's overrides.
+	Facts FactsOptions
+	// SigningKey signs every advert when set (required for mDNS clients
+	// that trust a fleet key).
+	SigningKey *SigningKey
+	// Interval is how often capacity is measured; zero means DefaultInterval.
+	Interval time.Duration
+	// Tailnet serves the advert over the tailnet when set (its Advert
+	// field is set by Run).
+	Tailnet *TailnetServer
+	// MDNS announces the advert by mDNS when set (its TXT is set by Run).
+	MDNS *MDNSResponder
+	// Logger gets what is advertised where, once, and then each change.
+	Logger *slog.Logger
+	// OnChange is called (from Run's goroutine) with every new advert,
+	// the first one included.
+	OnChange func(a *Advert)
+
+	drain   chan struct{}
+	once    sync.Once
+	current atomic.Pointer[published]
+}
+
+// published is an advert and its encodings, swapped as one.
+type published struct {
+	advert *Advert
+	json   []byte
+	txt    []string
+}
+
+func (a *Agent) init() {
+	a.once.Do(func() { a.drain = make(chan struct{}, 1) })
+}
+
+// ToggleDrain flips draining (SIGUSR1 calls it). Safe from any goroutine.
+func (a *Agent) ToggleDrain() {
+	a.init()
+	select {
+	case a.drain <- struct{}{}:
+	default:
+	}
+}
+
+// Current returns the advert being served now, or nil before Run has made one.
+func (a *Agent) Current() *Advert {
+	if p := a.current.Load(); p != nil {
+		return p.advert
+	}
+	return nil
+}
+
+// Run detects the facts, publishes the advert and keeps it current until
+// ctx is done. On the way out it publishes a draining advert (signed like
+// any other: an authenticated leave), then stops the transports (the mDNS
+// goodbye follows), and returns nil.
+func (a *Agent) Run(ctx context.Context) error {
+	a.init()
+	log := a.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("component", "advertise")
+	if a.Tailnet == nil && a.MDNS == nil {
+		return errors.New("advertise: no transport (enable the tailnet or --mdns)")
+	}
+	facts, err := DetectFacts(ctx, a.Facts)
+	if err != nil {
+		return err
+	}
+	if facts.CapacityErr != nil {
+		log.Warn("some capacity figures cannot be measured and are advertised as 0 (unknown)", "err", facts.CapacityErr)
+	}
+	o := a.Facts.Overrides
+	ad, err := a.publish(facts, o, time.Now())
+	if err != nil {
+		return err
+	}
+	log.Info("advertising", "hostname", ad.Hostname, "systems", ad.Systems, "features", ad.SupportedFeatures,
+		"max_jobs", ad.MaxJobs, "ssh", fmt.Sprintf("%s://%s@:%d", ad.Protocol, ad.SSHUser, ad.SSHPort),
+		"signed", ad.Signature != nil, "tailnet", a.Tailnet != nil, "mdns", a.MDNS != nil)
+
+	tctx, stopTransports := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	if a.Tailnet != nil {
+		a.Tailnet.Advert = func() ([]byte, error) { return a.current.Load().json, nil }
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- a.Tailnet.Run(tctx) }()
+	}
+	if a.MDNS != nil {
+		a.MDNS.TXT = a.current.Load().txt
+		if a.MDNS.Port == 0 {
+			a.MDNS.Port = ad.SSHPort
+		}
+		if a.MDNS.Hostname == "" {
+			a.MDNS.Hostname = ad.Hostname
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); errc <- a.MDNS.Run(tctx) }()
+	}
+	defer func() {
+		stopTransports()
+		wg.Wait()
+	}()
+
+	interval := a.Interval
+	if interval <= 0 {
+		interval = DefaultInterval
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	lastSigned := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			o.Draining = true
+			if _, err := a.publish(facts, o, time.Now()); err != nil {
+				log.Error("cannot publish the leaving advert", "err", err)
+			}
+			log.Info("stopping: published a draining advert, saying goodbye")
+			return nil
+		case err := <-errc:
+			if err != nil {
+				return fmt.Errorf("advertise: %w", err)
+			}
+		case <-a.drain:
+			o.Draining = !o.Draining
+			if _, err := a.publish(facts, o, time.Now()); err != nil {
+				log.Error("cannot publish the new advert", "err", err)
+				continue
+			}
+			lastSigned = time.Now()
+			log.Info("draining changed", "draining", o.Draining)
+		case now := <-tick.C:
+			c, err := MeasureCapacity(a.Facts, facts.BuildUsers)
+			if err != nil && facts.CapacityErr == nil {
+				log.Warn("capacity measurement failed", "err", err)
+			}
+			changed := c.MeaningfullyDifferent(a.current.Load().advert.Capacity)
+			stale := a.SigningKey != nil && now.Sub(lastSigned) >= ResignInterval
+			if !changed && !stale {
+				continue
+			}
+			facts.Capacity = c
+			if _, err := a.publish(facts, o, now); err != nil {
+				log.Error("cannot publish the new advert", "err", err)
+				continue
+			}
+			lastSigned = now
+			if changed {
+				log.Debug("capacity changed", "capacity", fmt.Sprintf("%+v", a.Current().Capacity))
+			}
+		}
+	}
+}
+
+// publish builds, signs and encodes the advert and makes it current.
+func (a *Agent) publish(f Facts, o Overrides, now time.Time) (*Advert, error) {
+	ad, err := BuildAdvert(f, o, now)
+	if err != nil {
+		return nil, err
+	}
+	if a.SigningKey != nil {
+		if err := Sign(ad, a.SigningKey, now); err != nil {
+			return nil, err
+		}
+	}
+	js, err := EncodeJSON(ad)
+	if err != nil {
+		return nil, fmt.Errorf("advertise: %w", err)
+	}
+	txt, err := EncodeTXT(ad)
+	if err != nil {
+		return nil, fmt.Errorf("advertise: %w", err)
+	}
+	a.current.Store(&published{advert: ad, json: js, txt: txt})
+	if a.MDNS != nil {
+		if err := a.MDNS.Update(txt); err != nil {
+			return nil, fmt.Errorf("advertise: mdns: %w", err)
+		}
+	}
+	if a.OnChange != nil {
+		a.OnChange(ad)
+	}
+	return ad, nil
+}

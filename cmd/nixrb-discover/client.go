@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/render"
+	"github.com/nixrb-discover/nixrb-discover/systemd"
+	"github.com/peterbourgon/ff/v3/ffcli"
+	"tailscale.com/client/local"
+)
+
+// clientFlags are the client daemon's settings (also used by list --once);
+// config-file keys are the same names.
+type clientFlags struct {
+	machines, static, sshKey, sshConfig, socket string
+	checkStatic                                 bool
+	tailnet                                     bool
+	tailscaleSocket, address                    string
+	tags, builders                              repeated
+	mdns                                        bool
+	mdnsIfaces, trustKeys, pins                 repeated
+	pinFile                                     string
+	rise, fall                                  int
+	interval, fullEvery, checkTimeout, banner   string
+	wait                                        waitRange
+	nixVersion                                  string
+	once                                        bool
+	logLevel                                    string
+}
+
+// register adds the client flags to fs.
+func (f *clientFlags) register(fs *flag.FlagSet) {
+	f.wait = waitRange{min: discover.DefaultWaitMin, max: discover.DefaultWaitMax}
+	fs.StringVar(&f.machines, "machines", "/etc/nix/machines", "machines file to keep (on NixOS use /var/lib/nixrb-discover/machines; the module sets nix.settings.builders to it)")
+	fs.StringVar(&f.static, "static", "", "machines file of builders you maintain by hand: always in the file, merged in")
+	fs.BoolVar(&f.checkStatic, "check-static", false, "health-gate the --static builders too (they need a host key)")
+	fs.StringVar(&f.sshKey, "ssh-key", discover.DefaultSSHKey, "SSH identity Nix and the checks use (created if absent); written into the machines file")
+	fs.StringVar(&f.sshConfig, "ssh-config", "", "file for ssh_config Host aliases of builders on a port other than 22 (Nix < 2.31); Include it in root's ssh_config")
+	fs.StringVar(&f.socket, "socket", discover.DefaultSocket, "unix socket where list reads the client's state")
+	fs.BoolVar(&f.tailnet, "tailnet", true, "discover builders among the tailnet's peers")
+	fs.StringVar(&f.tailscaleSocket, "tailscale-socket", "", "tailscaled's LocalAPI socket (default: tailscaled's usual path)")
+	fs.Var(&f.tags, "tag", "tailnet tag that marks builders (repeatable; default tag:nix-builder)")
+	fs.Var(&f.builders, "builder", "MagicDNS name (short or full) of a tailnet peer that is a builder (repeatable)")
+	fs.StringVar(&f.address, "address", discover.AddressMagicDNS, "how the machines file names tailnet builders: magicdns or ip")
+	fs.BoolVar(&f.mdns, "mdns", false, "discover builders by mDNS (needs --mdns-iface and --trust-key or --pin)")
+	fs.Var(&f.mdnsIfaces, "mdns-iface", "network interface to browse by mDNS (repeatable)")
+	fs.Var(&f.trustKeys, "trust-key", "fleet public key file: mDNS adverts it signed are trusted (repeatable)")
+	fs.Var(&f.pins, "pin", "NAME=KEYLINE: trust the mDNS builder NAME with this SSH host key (repeatable)")
+	fs.StringVar(&f.pinFile, "pin-file", "", "known_hosts-format file of pinned mDNS builder host keys")
+	fs.IntVar(&f.rise, "rise", discover.DefaultRise, "good checks in a row before a builder enters the file")
+	fs.IntVar(&f.fall, "fall", discover.DefaultFall, "failed checks in a row before a builder leaves the file")
+	fs.StringVar(&f.interval, "interval", discover.DefaultInterval.String(), "how often each builder is probed (fresh TCP connection and SSH banner)")
+	fs.StringVar(&f.fullEvery, "full-check-every", discover.DefaultFullEvery.String(), "how often each builder gets the full check (SSH login and Nix handshake)")
+	fs.StringVar(&f.checkTimeout, "check-timeout", discover.DefaultCheckTimeout.String(), "bound on each step of a check")
+	fs.StringVar(&f.banner, "banner-timeout", "500ms", "bound on the wait for the SSH banner (a hung sshd accepts TCP but never answers)")
+	fs.Var(&f.wait, "wait", "MIN:MAX coalescing of changes before the file is written")
+	fs.StringVar(&f.nixVersion, "nix-version", "", "format for this Nix version (default: what the local nix reports)")
+	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written)")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.String("config", "", "JSON file whose keys are these flag names")
+}
+
+func newClientCmd(e *env) *ffcli.Command {
+	fs := flag.NewFlagSet("nixrb-discover client", flag.ContinueOnError)
+	var f clientFlags
+	f.register(fs)
+	return &ffcli.Command{
+		Name:       "client",
+		ShortUsage: "nixrb-discover client [flags]",
+		ShortHelp:  "Keep the Nix machines file holding the builders that work",
+		LongHelp: strings.TrimSpace(`
+Runs on each laptop or CI host. Discovers builders among the tailnet's
+peers (tagged tag:nix-builder, or named with --builder), by mDNS (--mdns,
+signed or pinned adverts only) and from a --static file; checks each one
+over SSH with the real Nix handshake, as Nix will use it; and rewrites the
+machines file atomically whenever the healthy set changes. A builder that
+stops answering leaves the file within about two seconds, so Nix never
+waits on it.
+
+Example:
+  nixrb-discover client --machines /var/lib/nixrb-discover/machines`),
+		FlagSet: fs,
+		Options: configOptions(),
+		Exec: func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return usageError("client takes no arguments (got %q)", args[0])
+			}
+			c, cleanup, err := f.build(ctx, e)
+			if err != nil {
+				return err
+			}
+			defer cleanup()
+			return runClient(ctx, c, &f, e)
+		},
+	}
+}
+
+// build turns the flags into a discover.Client.
+func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func(), error) {
+	log, err := e.logger(f.logLevel)
+	if err != nil {
+		return nil, nil, err
+	}
+	var interval, fullEvery, checkTimeout, banner time.Duration
+	for name, p := range map[string]struct {
+		v   string
+		out *time.Duration
+	}{"--interval": {f.interval, &interval}, "--full-check-every": {f.fullEvery, &fullEvery}, "--check-timeout": {f.checkTimeout, &checkTimeout}, "--banner-timeout": {f.banner, &banner}} {
+		d, err := parsePositiveDuration(name, p.v)
+		if err != nil {
+			return nil, nil, err
+		}
+		*p.out = d
+	}
+	if f.address != discover.AddressMagicDNS && f.address != discover.AddressIP {
+		return nil, nil, usageError("--address %q: want magicdns or ip", f.address)
+	}
+	if f.mdns && len(f.mdnsIfaces) == 0 {
+		return nil, nil, usageError("--mdns needs at least one --mdns-iface")
+	}
+	v, err := checkVersion(ctx, f.nixVersion)
+	if err != nil {
+		return nil, nil, err
+	}
+	host, _ := os.Hostname()
+	id, err := discover.LoadOrCreateIdentity(f.sshKey, "nixrb-discover@"+host)
+	if err != nil {
+		return nil, nil, &exitError{code: 1, err: err}
+	}
+	if id.Created {
+		log.Info("created the client's SSH identity; builders must accept it (enrolment, or add it to the builder user's authorized_keys)",
+			"path", id.Path, "public_key", id.AuthorizedKey)
+	}
+	var sources []discover.Source
+	if f.tailnet {
+		var d net.Dialer
+		sources = append(sources, &discover.TailnetSource{
+			LocalAPI: &local.Client{Socket: f.tailscaleSocket, UseSocketOnly: f.tailscaleSocket != ""},
+			Dial:     d.DialContext,
+			Tags:     f.tags,
+			Builders: f.builders,
+			Address:  f.address,
+			Logger:   log,
+		})
+	}
+	if f.mdns {
+		src, err := f.mdnsSource(log)
+		if err != nil {
+			return nil, nil, err
+		}
+		sources = append(sources, src)
+	}
+	if f.static != "" {
+		if _, err := os.Stat(f.static); err != nil {
+			return nil, nil, usageError("--static: %v", err)
+		}
+		sources = append(sources, &discover.StaticSource{Path: f.static, NixVersion: v, LocalSystem: localSystem(), Logger: log})
+	}
+	if len(sources) == 0 {
+		return nil, nil, usageError("no source of builders: enable the tailnet (default), --mdns or --static")
+	}
+	checker := &discover.Checker{Signer: id.Signer, Timeout: checkTimeout, BannerTimeout: banner, Logger: log}
+	c := &discover.Client{
+		Sources:              sources,
+		Checker:              checker,
+		Membership:           discover.MembershipConfig{Rise: f.rise, Fall: f.fall, Interval: interval, CheckStatic: f.checkStatic},
+		MachinesPath:         f.machines,
+		SSHKeyPath:           f.sshKey,
+		ClientKeyFingerprint: id.Fingerprint,
+		NixVersion:           v,
+		SSHConfigPath:        f.sshConfig,
+		WaitMin:              f.wait.min,
+		WaitMax:              f.wait.max,
+		FullEvery:            fullEvery,
+		Once:                 f.once,
+		Logger:               log,
+	}
+	return c, func() { checker.Close() }, nil
+}
+
+func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env) error {
+	var notify systemd.Notifier
+	c.Hooks.Ready = func() { notify.Ready("first round complete") }
+	c.Hooks.Status = func(s string) { notify.Status(s) }
+	if wd := notify.WatchdogInterval(); wd > 0 {
+		c.Hooks.TickEvery = wd
+		last := time.Time{}
+		c.Hooks.Tick = func() {
+			if time.Since(last) >= wd/2 {
+				last = time.Now()
+				notify.Watchdog()
+			}
+		}
+	}
+	c.Init()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sockErr := make(chan error, 1)
+	if !c.Once && f.socket != "" {
+		go func() { sockErr <- discover.ServeStatus(ctx, f.socket, c.Status, c.Logger) }()
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- c.Run(ctx) }()
+	select {
+	case err := <-sockErr:
+		cancel()
+		<-runErr
+		return &exitError{code: 1, err: err, hint: "is another client running? use --socket to choose another path"}
+	case err := <-runErr:
+		notify.Stopping()
+		if errors.Is(err, discover.ErrNotWritten) {
+			hint := ""
+			if errors.Is(err, render.ErrStoreSymlink) {
+				hint = render.StoreSymlinkHint
+			}
+			return &exitError{code: 1, err: err, hint: hint}
+		}
+		return err
+	}
+}
+
+// mdnsSource is filled in by the mDNS wiring.
+var errNoMDNS = fmt.Errorf("mDNS discovery is not built in yet")
+
+func (f *clientFlags) mdnsSource(log *slog.Logger) (discover.Source, error) {
+	return nil, errNoMDNS
+}
