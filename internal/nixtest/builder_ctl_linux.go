@@ -126,7 +126,15 @@ func (b *Builder) sshdGone() error {
 	return nil
 }
 
-// waitBanner waits up to d until sshd answers with its banner.
+// WaitBanner waits up to d until the listening sshd answers a new TCP
+// connection with its banner, as after ContSSHD or LinkUp.
+func (b *Builder) WaitBanner(d time.Duration) error {
+	if err := b.waitBanner(d); err != nil {
+		return fmt.Errorf("builder %s: %w", b.Hostname, err)
+	}
+	return nil
+}
+
 func (b *Builder) waitBanner(d time.Duration) error {
 	deadline := time.Now().Add(d)
 	addr := net.JoinHostPort(b.Addr.String(), strconv.Itoa(b.Port))
@@ -249,6 +257,37 @@ func (b *Builder) RestartSSHD() error {
 		return fmt.Errorf("builder %s: %w", b.Hostname, err)
 	}
 	return nil
+}
+
+// NixDaemonPID returns the PID of the builder's nix-daemon (the one that
+// serves non-root users), or 0 if it has exited.
+func (b *Builder) NixDaemonPID() int {
+	pid, err := readPID(filepath.Join(b.Dir, "nix-daemon.pid"))
+	if err != nil || !alive(pid) || pidNetns(pid) != b.slot.ino {
+		return 0
+	}
+	return pid
+}
+
+// Exec runs a command inside the builder (its namespaces and, for V226,
+// its chroot) as root and returns its combined output, bounded by ctx and
+// one minute.
+func (b *Builder) Exec(ctx context.Context, args ...string) (string, error) {
+	b.mu.Lock()
+	holder := b.holderPID
+	b.mu.Unlock()
+	if !alive(holder) || pidNetns(holder) != b.slot.ino {
+		return "", fmt.Errorf("builder %s: namespace holder %d is gone", b.Hostname, holder)
+	}
+	full := []string{"--target", strconv.Itoa(holder), "--net", "--mount", "--uts", "--"}
+	if b.Version == V226 {
+		full = append(full, "chroot", b.Root)
+	}
+	out, err := runCmd(ctx, time.Minute, "nsenter", append(full, args...)...)
+	if err != nil {
+		return out, fmt.Errorf("builder %s: %w", b.Hostname, err)
+	}
+	return out, nil
 }
 
 // SetHostKey replaces the host key with priv (nil: a new ed25519 key) and

@@ -197,15 +197,7 @@ func (b *Builder) writeHostKey(priv []byte) error {
 }
 
 func (b *Builder) sshdConfig() string {
-	extra := b.opts.ExtraSSHDConfig
-	var head, matches string
-	if i := strings.Index(extra, "\nMatch "); i >= 0 {
-		head, matches = extra[:i], extra[i+1:]
-	} else if strings.HasPrefix(extra, "Match ") {
-		matches = extra
-	} else {
-		head = extra
-	}
+	head, matches := splitMatch(b.opts.ExtraSSHDConfig)
 	var c strings.Builder
 	c.WriteString("# nixtest builder " + b.Hostname + "\n" + head + "\n")
 	fmt.Fprintf(&c, `Port %d
@@ -233,6 +225,17 @@ LogLevel VERBOSE
 	}
 	c.WriteString(matches + "\n")
 	return c.String()
+}
+
+// splitMatch splits sshd_config text before its first Match line.
+func splitMatch(conf string) (head, matches string) {
+	lines := strings.SplitAfter(conf, "\n")
+	for i, l := range lines {
+		if f := strings.Fields(l); len(f) > 0 && strings.EqualFold(f[0], "Match") {
+			return strings.Join(lines[:i], ""), strings.Join(lines[i:], "")
+		}
+	}
+	return conf, ""
 }
 
 func (b *Builder) startScript() string {

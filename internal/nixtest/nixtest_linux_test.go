@@ -196,6 +196,19 @@ func TestBuilderControl(t *testing.T) {
 				return buildTimed(t, ClientOptions{Version: v, MachinesFile: machines, Expr: TrivialDerivation(name, "nixtest-feature")})
 			}
 
+			t.Run("exec-inside", func(t *testing.T) {
+				out, err := b.Exec(buildCtx(t), "sh", "-c", "cat /proc/sys/kernel/hostname; nix-store --version; test -S /nix/var/nix/daemon-socket/socket && echo socket")
+				if err != nil {
+					t.Fatal(err)
+				}
+				want := map[Version]string{V28: "(Nix) 2.8", V226: "(Nix) 2.26"}[v]
+				if !strings.HasPrefix(out, b.Hostname+"\n") || !strings.Contains(out, want) || !strings.Contains(out, "socket") {
+					t.Fatalf("inside the builder: %q, want hostname %s, %s and the daemon socket", out, b.Hostname, want)
+				}
+				if b.NixDaemonPID() == 0 {
+					t.Fatal("NixDaemonPID = 0")
+				}
+			})
 			t.Run("kill-sshd-fails-fast", func(t *testing.T) {
 				if err := b.KillSSHD(); err != nil {
 					t.Fatal(err)
@@ -235,7 +248,7 @@ func TestBuilderControl(t *testing.T) {
 				if err := b.ContSSHD(); err != nil {
 					t.Fatal(err)
 				}
-				if err := b.waitBanner(5 * time.Second); err != nil {
+				if err := b.WaitBanner(5 * time.Second); err != nil {
 					t.Fatal(err)
 				}
 			})
@@ -277,7 +290,7 @@ func TestBuilderControl(t *testing.T) {
 				if err := b.LinkUp(); err != nil {
 					t.Fatal(err)
 				}
-				if err := b.waitBanner(10 * time.Second); err != nil {
+				if err := b.WaitBanner(10 * time.Second); err != nil {
 					t.Fatal(err)
 				}
 			})
@@ -299,6 +312,23 @@ func TestBuilderControl(t *testing.T) {
 					t.Fatalf("new host key: out %q, err %v\n%s", out, err, stderr)
 				}
 			})
+		})
+	}
+}
+
+func TestSplitMatch(t *testing.T) {
+	tests := []struct{ name, in, head, matches string }{
+		{"none", "MaxAuthTries 2\n", "MaxAuthTries 2\n", ""},
+		{"match-first", "Match User x\n  ForceCommand y\n", "", "Match User x\n  ForceCommand y\n"},
+		// Keywords are case-insensitive and may be indented.
+		{"after-lower", "LogLevel DEBUG\n match user x\n", "LogLevel DEBUG\n", " match user x\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			head, matches := splitMatch(tt.in)
+			if head != tt.head || matches != tt.matches {
+				t.Errorf("splitMatch(%q) = %q, %q; want %q, %q", tt.in, head, matches, tt.head, tt.matches)
+			}
 		})
 	}
 }
