@@ -1,0 +1,275 @@
+package discover
+
+import (
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/advertise"
+)
+
+// mdnsEntry is one candidate the mDNS source holds, with the evidence it
+// came from.
+type mdnsEntry struct {
+	cand     Candidate
+	instance string // instance label as received
+	src      netip.Addr
+	iface    string
+	port     uint16
+	txt      []string
+	addrs    []netip.Addr
+	signed   bool
+	issued   time.Time
+	ttl      time.Duration
+	expires  time.Time
+}
+
+// mdnsState is the mDNS source's cache: pure (no I/O, no clock, no
+// goroutines), driven by Run's loop and by tests and fuzzing.
+//
+// Trusted candidates are keyed "mdns:<host key fingerprint>", so a packet
+// from anyone else (a rogue reusing a builder's instance name) lands under
+// another key and can neither replace nor remove a trusted entry; within
+// one trusted key a signed advert is replaced only by one at least as new,
+// and a pin-trusted (unsigned) one only by its own source. Untrusted
+// candidates are keyed "mdns-untrusted:<instance>@<source>". Goodbyes only
+// mark keys for Snapshot.Recheck; entries leave when their TTL (or, for
+// signed adverts, their signature's max age) runs out.
+type mdnsState struct {
+	keys        []advertise.TrustKey
+	pins        *Pins
+	maxAge      time.Duration
+	defaultTTL  time.Duration // for query answers, which carry no TTL
+	maxEntries  int
+	maxPerIface int
+
+	entries map[string]*mdnsEntry
+	recheck map[string]bool
+	last    []Candidate
+	emitted bool
+}
+
+func newMDNSState(keys []advertise.TrustKey, pins *Pins, maxAge, defaultTTL time.Duration, maxEntries, maxPerIface int) *mdnsState {
+	return &mdnsState{
+		keys: keys, pins: pins, maxAge: maxAge, defaultTTL: defaultTTL,
+		maxEntries: maxEntries, maxPerIface: maxPerIface,
+		entries: map[string]*mdnsEntry{},
+		recheck: map[string]bool{},
+	}
+}
+
+// observe applies what one packet or query answer says about one instance.
+func (s *mdnsState) observe(now time.Time, o mdnsObs) {
+	prev := s.bySource(o.instance, o.src)
+	if o.goodbye {
+		// Anyone can send a goodbye for any name: a hint to re-check every
+		// candidate of that instance name, never a removal.
+		for k, e := range s.entries {
+			if strings.EqualFold(e.instance, o.instance) {
+				s.recheck[k] = true
+			}
+		}
+		return
+	}
+	if prev != nil { // fill in what a partial update (e.g. TXT only) lacks
+		if !o.hasSRV {
+			o.hasSRV, o.port, o.addrs = true, prev.port, prev.addrs
+		}
+		if !o.hasTXT {
+			o.hasTXT, o.txt = true, prev.txt
+		}
+	}
+	if !o.hasSRV || !o.hasTXT {
+		return
+	}
+	ttl := time.Duration(o.ttl) * time.Second
+	switch {
+	case !o.ttlKnown && prev != nil:
+		ttl = prev.ttl
+	case !o.ttlKnown:
+		ttl = s.defaultTTL
+	}
+	if prev != nil && prev.port == o.port && slices.Equal(prev.txt, o.txt) && slices.Equal(prev.addrs, o.addrs) {
+		prev.expires = s.expiry(now, ttl, prev.signed, prev.issued)
+		prev.ttl = ttl
+		return // nothing new: refresh only
+	}
+
+	e := &mdnsEntry{
+		instance: o.instance, src: o.src, iface: o.iface, port: o.port,
+		txt: slices.Clone(o.txt), addrs: slices.Clone(o.addrs), ttl: ttl,
+	}
+	e.cand = Candidate{Name: o.instance, Address: pickAddress(o.addrs, o.src)}
+	adv, err := advertise.DecodeTXT(o.txt)
+	if err != nil {
+		e.cand.TrustReason = "invalid advert"
+		e.cand.Problem = "advert invalid: " + err.Error()
+	} else {
+		t := decideTrust(adv, o.instance, s.keys, s.pins, now, s.maxAge)
+		e.cand.Advert = adv
+		e.cand.Trusted, e.cand.TrustReason, e.cand.TrustHint, e.cand.Problem = t.trusted, t.reason, t.hint, t.problem
+		if t.trusted {
+			e.cand.Key = "mdns:" + t.fp
+			e.signed, e.issued = t.signed, adv.IssuedAt
+			if t.signed {
+				e.cand.Name = adv.Hostname // authenticated, unlike the instance name
+			}
+		}
+	}
+	if e.cand.Key == "" {
+		e.cand.Key = "mdns-untrusted:" + o.instance + "@" + o.src.String()
+	}
+	e.expires = s.expiry(now, ttl, e.signed, e.issued)
+	if !e.expires.After(now) {
+		return
+	}
+	if old := s.entries[e.cand.Key]; old != nil && old.expires.After(now) && e.cand.Trusted {
+		switch {
+		case e.signed && old.signed && e.issued.Before(old.issued):
+			return // an older signed advert (a replay) never wins
+		case e.signed && old.signed && e.issued.Equal(old.issued) && e.src != old.src:
+			if e.expires.After(old.expires) { // same advert replayed elsewhere
+				old.expires = e.expires
+			}
+			return
+		case !e.signed && old.signed:
+			return // a pin alone never displaces a signature
+		case !e.signed && !old.signed && e.src != old.src:
+			return // pin-trusted: the first source keeps it until it expires
+		}
+	}
+	if s.entries[e.cand.Key] == nil && !s.makeRoom(now, e) {
+		return
+	}
+	s.entries[e.cand.Key] = e
+}
+
+// expiry is when an entry stops counting: its TTL, and for a signed advert
+// no later than its signature's max age.
+func (s *mdnsState) expiry(now time.Time, ttl time.Duration, signed bool, issued time.Time) time.Time {
+	exp := now.Add(ttl)
+	if limit := issued.Add(s.maxAge); signed && limit.Before(exp) {
+		exp = limit
+	}
+	return exp
+}
+
+// bySource finds the entry last seen for instance from src.
+func (s *mdnsState) bySource(instance string, src netip.Addr) *mdnsEntry {
+	var found *mdnsEntry
+	for _, e := range s.entries {
+		if e.src == src && strings.EqualFold(e.instance, instance) {
+			if found == nil || e.expires.After(found.expires) {
+				found = e
+			}
+		}
+	}
+	return found
+}
+
+// makeRoom keeps the cache within its bounds before e is added: expired
+// entries go first; a trusted newcomer may evict the untrusted entry that
+// expires first; an untrusted newcomer is dropped when full.
+func (s *mdnsState) makeRoom(now time.Time, e *mdnsEntry) bool {
+	s.expire(now)
+	perIface := 0
+	for _, x := range s.entries {
+		if x.iface == e.iface {
+			perIface++
+		}
+	}
+	if len(s.entries) < s.maxEntries && perIface < s.maxPerIface {
+		return true
+	}
+	if !e.cand.Trusted {
+		return false
+	}
+	var victim string
+	for k, x := range s.entries {
+		if !x.cand.Trusted && (victim == "" || x.expires.Before(s.entries[victim].expires)) {
+			victim = k
+		}
+	}
+	if victim == "" {
+		return false
+	}
+	delete(s.entries, victim)
+	return true
+}
+
+// expire drops entries whose time is up.
+func (s *mdnsState) expire(now time.Time) {
+	for k, e := range s.entries {
+		if !e.expires.After(now) {
+			delete(s.entries, k)
+		}
+	}
+}
+
+// nextExpiry is when the next entry expires (zero when none).
+func (s *mdnsState) nextExpiry() time.Time {
+	var next time.Time
+	for _, e := range s.entries {
+		if next.IsZero() || e.expires.Before(next) {
+			next = e.expires
+		}
+	}
+	return next
+}
+
+// snapshot returns the current set and whether it must be emitted: it
+// changed, a re-check is pending, or nothing was emitted yet and force is
+// set.
+func (s *mdnsState) snapshot(force bool) (Snapshot, bool) {
+	cands := make([]Candidate, 0, len(s.entries))
+	for _, e := range s.entries {
+		cands = append(cands, e.cand)
+	}
+	slices.SortFunc(cands, func(a, b Candidate) int { return strings.Compare(a.Key, b.Key) })
+	var recheck []string
+	for k := range s.recheck {
+		if s.entries[k] != nil {
+			recheck = append(recheck, k)
+		}
+	}
+	clear(s.recheck)
+	slices.Sort(recheck)
+	same := len(cands) == 0 && len(s.last) == 0 || reflect.DeepEqual(cands, s.last)
+	changed := !same || len(recheck) > 0 || (force && !s.emitted)
+	if !changed {
+		return Snapshot{}, false
+	}
+	s.last, s.emitted = cands, true
+	return Snapshot{Source: "mdns", Candidates: slices.Clone(cands), Recheck: recheck}, true
+}
+
+// pickAddress chooses the address a builder is dialled at: IPv4 before
+// IPv6, the packet's source if it is one of the advertised addresses, a
+// global address before a link-local one, the source as a last resort.
+func pickAddress(addrs []netip.Addr, src netip.Addr) string {
+	best, score := netip.Addr{}, -1
+	for _, a := range addrs {
+		sc := 0
+		if a.Is4() || a.Is4In6() {
+			sc += 4
+		}
+		if a.WithZone("") == src.WithZone("") {
+			sc += 2
+		}
+		if !a.IsLinkLocalUnicast() {
+			sc++
+		}
+		if sc > score {
+			best, score = a, sc
+		}
+	}
+	if !best.IsValid() {
+		best = src
+	}
+	if !best.IsValid() {
+		return ""
+	}
+	return best.Unmap().String()
+}

@@ -1,0 +1,177 @@
+package discover
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/advertise"
+)
+
+var mdnsT0 = time.Date(2026, 11, 26, 4, 0, 0, 0, time.UTC)
+
+func mdnsObsOf(inst, src string, txt []string, ttl uint32) mdnsObs {
+	a := netip.MustParseAddr(src)
+	return mdnsObs{instance: inst, src: a, iface: "veth0", hasSRV: true, port: 22, hasTXT: true,
+		txt: txt, addrs: []netip.Addr{a}, ttl: ttl, ttlKnown: true, goodbye: ttl == 0}
+}
+
+func mdnsCandidate(t *testing.T, snap Snapshot, key string) Candidate {
+	t.Helper()
+	for _, c := range snap.Candidates {
+		if c.Key == key {
+			return c
+		}
+	}
+	t.Fatalf("no candidate %s in %v", key, mdnsKeys(snap))
+	return Candidate{}
+}
+
+func mdnsKeys(snap Snapshot) []string {
+	var ks []string
+	for _, c := range snap.Candidates {
+		ks = append(ks, c.Key)
+	}
+	return ks
+}
+
+func TestMDNSStateStories(t *testing.T) {
+	fleet := mdnsFleetKey(t)
+	realKey := mdnsHostKey(t)
+	realTXT := mdnsTXT(t, mdnsAdvert(t, "b1", realKey, fleet, mdnsT0))
+	realFP := "mdns:" + mdnsFingerprint(t, realKey)
+	newState := func() *mdnsState {
+		return newMDNSState([]advertise.TrustKey{fleet.TrustKey()}, nil, advertise.DefaultMaxAge, 120*time.Second, 8, 8)
+	}
+
+	t.Run("signed-advert-trusted-by-fingerprint", func(t *testing.T) {
+		s := newState()
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.2", realTXT, 120))
+		snap, ok := s.snapshot(false)
+		c := mdnsCandidate(t, snap, realFP)
+		if !ok || !c.Trusted || c.Address != "10.0.0.2" || c.Name != "b1" || !strings.HasPrefix(c.TrustReason, "signed by fleet key") {
+			t.Fatalf("candidate %+v", c)
+		}
+		if _, ok := s.snapshot(false); ok {
+			t.Error("re-emitted an unchanged set")
+		}
+		s.observe(mdnsT0.Add(time.Second), mdnsObsOf("b1", "10.0.0.2", realTXT, 120))
+		if _, ok := s.snapshot(false); ok {
+			t.Error("re-emitted after an identical announcement")
+		}
+	})
+
+	t.Run("rogue-same-name-cannot-replace-or-remove", func(t *testing.T) {
+		s := newState()
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.2", realTXT, 120))
+		// Unsigned advert with another host key, same instance, other IP.
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.66", mdnsTXT(t, mdnsAdvert(t, "b1", mdnsHostKey(t), nil, mdnsT0)), 120))
+		// The same from the real builder's (spoofed) source address.
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.2", mdnsTXT(t, mdnsAdvert(t, "b1", mdnsHostKey(t), nil, mdnsT0)), 120))
+		// The real signed advert replayed from the rogue's address.
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.66", realTXT, 120))
+		// An older signed advert of the real builder, replayed.
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.66", mdnsTXT(t, mdnsAdvert(t, "b1", realKey, fleet, mdnsT0.Add(-time.Minute))), 120))
+		// Goodbyes for b1 from anyone.
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.66", realTXT, 0))
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.2", realTXT, 0))
+		snap, _ := s.snapshot(false)
+		c := mdnsCandidate(t, snap, realFP)
+		if !c.Trusted || c.Address != "10.0.0.2" || c.Advert.IssuedAt != mdnsT0 {
+			t.Fatalf("real builder changed: %+v", c)
+		}
+		u := mdnsCandidate(t, snap, "mdns-untrusted:b1@10.0.0.66")
+		if u.Trusted || u.TrustReason != "unsigned advert" || !strings.HasPrefix(u.TrustHint, "--pin b1=ssh-ed25519 ") {
+			t.Errorf("rogue candidate %+v", u)
+		}
+		if len(snap.Recheck) == 0 || !strings.Contains(strings.Join(snap.Recheck, " "), realFP) {
+			t.Errorf("goodbye did not ask for a re-check of %s: %v", realFP, snap.Recheck)
+		}
+	})
+
+	t.Run("newer-signed-draining-advert-replaces", func(t *testing.T) {
+		s := newState()
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.2", realTXT, 120))
+		drain := mdnsAdvert(t, "b1", realKey, nil, mdnsT0)
+		drain.Draining = true
+		if err := advertise.Sign(drain, fleet, mdnsT0.Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		s.observe(mdnsT0.Add(time.Second), mdnsObsOf("b1", "10.0.0.2", mdnsTXT(t, drain), 120))
+		snap, ok := s.snapshot(false)
+		if c := mdnsCandidate(t, snap, realFP); !ok || !c.Advert.Draining {
+			t.Fatalf("draining advert not emitted: %+v", c)
+		}
+	})
+
+	t.Run("ttl-and-signature-age-expire", func(t *testing.T) {
+		s := newState()
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.2", realTXT, 2))
+		s.expire(mdnsT0.Add(1900 * time.Millisecond))
+		if len(s.entries) != 1 {
+			t.Fatal("expired before its TTL")
+		}
+		s.expire(mdnsT0.Add(2 * time.Second))
+		if len(s.entries) != 0 {
+			t.Fatal("still there after its TTL")
+		}
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.2", realTXT, 4000))
+		if got, want := s.nextExpiry(), mdnsT0.Add(advertise.DefaultMaxAge); !got.Equal(want) {
+			t.Errorf("signed entry expires at %v, want its max age %v", got, want)
+		}
+	})
+
+	t.Run("flood-is-bounded-and-trusted-gets-in", func(t *testing.T) {
+		s := newState()
+		for i := range 100 {
+			s.observe(mdnsT0, mdnsObsOf(fmt.Sprintf("rogue%d", i), "10.0.1.1", mdnsTXT(t, mdnsAdvert(t, "b1", mdnsHostKey(t), nil, mdnsT0)), 120))
+		}
+		if len(s.entries) != 8 {
+			t.Fatalf("%d entries, want the bound 8", len(s.entries))
+		}
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.2", realTXT, 120))
+		if s.entries[realFP] == nil || len(s.entries) != 8 {
+			t.Fatalf("trusted advert not admitted over a full cache of untrusted ones")
+		}
+	})
+
+	t.Run("txt-only-update-completes-from-cache", func(t *testing.T) {
+		s := newState()
+		s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.2", realTXT, 120))
+		newer := mdnsAdvert(t, "b1", realKey, nil, mdnsT0)
+		newer.Capacity.RunningBuilds = 5
+		if err := advertise.Sign(newer, fleet, mdnsT0.Add(time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		o := mdnsObsOf("b1", "10.0.0.2", mdnsTXT(t, newer), 120)
+		o.hasSRV, o.port, o.addrs = false, 0, nil
+		s.observe(mdnsT0.Add(time.Second), o)
+		if c := s.entries[realFP]; c == nil || c.cand.Advert.Capacity.RunningBuilds != 5 || c.cand.Address != "10.0.0.2" {
+			t.Fatalf("TXT-only update not applied: %+v", c)
+		}
+	})
+
+	t.Run("initial-empty-snapshot-only-when-forced", func(t *testing.T) {
+		s := newState()
+		if _, ok := s.snapshot(false); ok {
+			t.Error("emitted an empty set unasked")
+		}
+		if snap, ok := s.snapshot(true); !ok || snap.Source != "mdns" {
+			t.Error("did not emit the first (empty) set when forced")
+		}
+		if _, ok := s.snapshot(true); ok {
+			t.Error("forced emit repeated")
+		}
+	})
+}
+
+func mdnsFingerprint(t testing.TB, hostKey string) string {
+	t.Helper()
+	tr := decideTrust(&advertise.Advert{HostKey: hostKey}, "x", nil, nil, mdnsT0, time.Minute)
+	if tr.fp == "" {
+		t.Fatalf("no fingerprint for %q", hostKey)
+	}
+	return tr.fp
+}
