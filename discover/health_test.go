@@ -2,6 +2,8 @@ package discover
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -181,6 +183,104 @@ func healthRows() []healthRow {
 			},
 		},
 		{
+			// A daemon that accepts but never answers (a fake daemon
+			// socket behind the real nix-daemon --stdio, which forwards to
+			// it): the handshake step is cut off at Timeout.
+			name: "daemon-hangs-fake-socket",
+			env: func(t *testing.T, dir string) map[string]string {
+				sock := filepath.Join(dir, "hung.sock")
+				l, err := net.Listen("unix", sock)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { l.Close() })
+				go func() {
+					for {
+						c, err := l.Accept()
+						if err != nil {
+							return
+						}
+						t.Cleanup(func() { c.Close() })
+					}
+				}()
+				return map[string]string{"NIX_REMOTE": "daemon", "NIX_DAEMON_SOCKET_PATH": sock}
+			},
+			run: func(t *testing.T, h *harness) Result {
+				h.c.Timeout = 1500 * time.Millisecond
+				r := h.check(t)
+				if r.Took < h.c.Timeout || r.Took > h.c.Timeout+time.Second {
+					t.Errorf("took %v, want about Timeout %v", r.Took, h.c.Timeout)
+				}
+				return r
+			},
+			want: ReasonTimeout,
+		},
+		{
+			// The advert's host key changes while a connection is cached:
+			// the cached connection (verified against the old key) must not
+			// vouch for the new one.
+			name: "pinned-key-changes-with-cached-connection",
+			run: func(t *testing.T, h *harness) Result {
+				mustOK(t, h.check(t))
+				h.target.HostKey = newTestSigner(t).PublicKey()
+				return h.check(t)
+			},
+			want: ReasonHostKeyMismatch,
+		},
+		{
+			// Forget drops the cached connection: the next check is new.
+			name: "forget-then-check",
+			run: func(t *testing.T, h *harness) Result {
+				mustOK(t, h.check(t))
+				if r := h.check(t); !r.Reused {
+					t.Errorf("second check did not reuse the connection")
+				}
+				h.c.Forget(h.target.Key)
+				r := h.check(t)
+				if r.Reused {
+					t.Errorf("check after Forget reused a connection")
+				}
+				return r
+			},
+			want: ReasonOK,
+		},
+		{
+			// Checks of many keys at once (and of one key twice) are safe
+			// and all pass; run under -race.
+			name: "concurrent-checks",
+			run: func(t *testing.T, h *harness) Result {
+				results := make(chan Result, 8)
+				for i := range 8 {
+					go func() {
+						tg := h.target
+						tg.Key = fmt.Sprintf("%s#%d", tg.Key, i%4)
+						ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+						defer cancel()
+						results <- h.c.Check(ctx, tg)
+					}()
+				}
+				var last Result
+				for range 8 {
+					last = <-results
+					if !last.OK {
+						t.Errorf("concurrent check: %s: %s", last.Reason, last.Detail)
+					}
+				}
+				return last
+			},
+			want: ReasonOK,
+		},
+		{
+			// A cancelled context ends the check at once.
+			name: "cancelled-context",
+			run: func(t *testing.T, h *harness) Result {
+				ctx, cancel := context.WithCancel(context.Background())
+				cancel()
+				return h.c.Check(ctx, h.target)
+			},
+			want: ReasonTimeout,
+		},
+		{
 			// sshd dies; the cached connection (its own process) lives on,
 			// but Nix's next connection is refused: so is the check, fast.
 			name: "sshd-killed",
@@ -295,5 +395,29 @@ func runHealthRow(t *testing.T, lane nixLane, row healthRow) {
 	}
 	if row.verify != nil {
 		row.verify(t, lane, h, r)
+	}
+}
+
+func TestCheckInvalid(t *testing.T) {
+	signer := newTestSigner(t)
+	ok := Target{Key: "k", Addr: "127.0.0.1:1", User: "root", Protocol: ProtocolSSHNG, HostKey: signer.PublicKey()}
+	closed := &Checker{Signer: signer}
+	_ = closed.Close()
+	for _, tc := range []struct {
+		name string
+		c    *Checker
+		t    Target
+	}{
+		{"no-signer", &Checker{}, ok},
+		{"no-host-key", &Checker{Signer: signer}, Target{Key: "k", Addr: ok.Addr, Protocol: ProtocolSSH}},
+		{"unknown-protocol", &Checker{Signer: signer}, Target{Key: "k", Addr: ok.Addr, Protocol: "ssh-ng-v2", HostKey: ok.HostKey}},
+		{"closed", closed, ok},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := tc.c.Check(context.Background(), tc.t)
+			if r.OK || r.Reason != ReasonInvalid {
+				t.Errorf("got %v %q (%s), want invalid", r.OK, r.Reason, r.Detail)
+			}
+		})
 	}
 }

@@ -1,0 +1,48 @@
+package discover
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+)
+
+// BenchmarkCheck compares a check on a reused authenticated connection
+// (banner probe + keepalive + Nix handshake in a new session) with one
+// that makes a new connection every time (banner probe + TCP + SSH key
+// exchange + auth + the same Nix handshake), against a real sshd and the
+// host's nix-daemon. It reports the median as median-ms.
+func BenchmarkCheck(b *testing.B) {
+	for _, bc := range []struct {
+		name    string
+		refresh int
+	}{
+		{"reused", 1 << 30},
+		{"fresh", -1},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			signer := newTestSigner(b)
+			s := startSSHD(b, sshdOptions{Authorized: []ssh.PublicKey{signer.PublicKey()}})
+			c := &Checker{Signer: signer, RefreshChecks: bc.refresh}
+			b.Cleanup(func() { _ = c.Close() })
+			tg := Target{Key: "bench", Addr: s.Addr, User: "root", Protocol: ProtocolSSHNG, HostKey: s.HostKey}
+			ctx := context.Background()
+			if r := c.Check(ctx, tg); !r.OK { // warm: the reused case starts with a connection
+				b.Fatalf("%s: %s", r.Reason, r.Detail)
+			}
+			var took []time.Duration
+			b.ResetTimer()
+			for b.Loop() {
+				r := c.Check(ctx, tg)
+				if !r.OK || r.Reused != (bc.refresh > 0) {
+					b.Fatalf("ok=%v reused=%v: %s: %s", r.OK, r.Reused, r.Reason, r.Detail)
+				}
+				took = append(took, r.Took)
+			}
+			slices.Sort(took)
+			b.ReportMetric(float64(took[len(took)/2].Microseconds())/1000, "median-ms")
+		})
+	}
+}
