@@ -32,16 +32,30 @@ const (
 // --stdio` for ssh-ng, `nix-store --serve --write` for ssh).
 //
 // Nix opens a new SSH connection for every build, and an established
-// connection outlives a dead or hung listening sshd. So every Check makes
-// a fresh TCP connection and reads the SSH banner (bounded by
-// BannerTimeout) before anything else. The authenticated SSH connection
-// is then kept per Target.Key and reused by later checks (each of which
-// still runs a new Nix handshake in a new session, after a
-// keepalive@openssh.com round trip that gives the RTT). A connection is
-// replaced when it fails (a check that fails on a reused connection is
-// retried once on a new one), after RefreshChecks checks, after
-// RefreshAfter, and when the target's address, user or host key changes.
-// A failed check drops the connection.
+// connection outlives a dead or hung listening sshd. So every Check
+// reaches the SSH banner on a new TCP connection, within BannerTimeout:
+// a hung sshd (TCP accepted by the kernel, no banner) fails in about
+// BannerTimeout, a dead one at once.
+//
+// The authenticated connection is kept per Target.Key. A check that can
+// reuse it makes the new connection only as far as the banner (the
+// probe), then sends keepalive@openssh.com on the kept connection (its
+// round trip is the RTT) and runs a new Nix handshake in a new session.
+// A check that cannot reuse it makes a full new connection (which reads
+// the banner anyway: no probe) and keeps it if the check passes. The
+// kept connection is replaced after RefreshChecks checks, after
+// RefreshAfter, when the Target's address, user or host key (or the
+// Signer) changes, and whenever a check fails; a check that fails on a
+// reused connection is retried once on a new one, so a connection that
+// went stale (a NAT timeout) does not fail a healthy builder.
+//
+// sshd (OpenSSH 9.8 and later, PerSourcePenalties) counts each probe, a
+// connection closed without authenticating, as one second of "noauth"
+// penalty for the source address, enforced only once 15 s have built up:
+// a source must probe the same builder more than once a second for that
+// to happen (many clients behind one NAT). Set RefreshChecks to -1 to
+// make every check a full authenticated connection (no probes, about
+// twice the cost), or exempt the clients with PerSourcePenaltyExemptList.
 //
 // Set the fields before the first Check. A Checker is safe for
 // concurrent use; checks of the same Key run one at a time.

@@ -54,13 +54,17 @@ func (c *Checker) check(ctx context.Context, t Target) Result {
 		return fail(ReasonTimeout, "check cancelled while waiting for the previous check: %v", ctx.Err())
 	}
 
-	// Nix connects afresh for every build: so does every check, at least
-	// as far as the banner, even when a connection is cached.
-	if r, ok := c.probe(ctx, t.Addr); !ok {
-		e.drop()
-		return r
-	}
+	// Nix connects afresh for every build, and an established connection
+	// outlives a dead or hung sshd: so a check on a cached connection
+	// first makes a new one as far as the SSH banner. A check that
+	// connects afresh anyway needs no probe (nor does sshd count a
+	// connection that closed without authenticating against our address,
+	// see PerSourcePenalties).
 	if cl, fp := e.reusable(t, c.Signer, c.RefreshChecks, c.refreshAfter()); cl != nil {
+		if r, ok := c.probe(ctx, t.Addr); !ok {
+			e.drop()
+			return r
+		}
 		r := c.session(ctx, cl, t)
 		r.Reused = true
 		r.PresentedKeyFingerprint = fp
@@ -178,7 +182,9 @@ func (c *Checker) probe(ctx context.Context, addr string) (Result, bool) {
 	case ctx.Err() != nil:
 		return fail(ReasonTimeout, "check cancelled: %v", ctx.Err()), false
 	case isTimeout(err):
-		return fail(ReasonTimeout, "%s accepted the connection but sent no SSH banner within %s (sshd hung or overloaded)", addr, bt), false
+		r := Result{}
+		r.Reason, r.Detail = bannerTimeout(addr, bt)
+		return r, false
 	case banner != "":
 		return fail(ReasonUnreachable, "%s is not an SSH server: it sent %q", addr, banner), false
 	default:
@@ -219,6 +225,28 @@ func dialFailure(ctx, dctx context.Context, addr string, d time.Duration, err er
 	}
 }
 
+func bannerTimeout(addr string, d time.Duration) (Reason, string) {
+	return ReasonTimeout, fmt.Sprintf("%s accepted the connection but sent no SSH banner within %s (sshd hung or overloaded)", addr, d)
+}
+
+// bannerConn gives the server BannerTimeout to start talking (set by the
+// caller) and, from its first byte, until deadline for the rest of the
+// SSH handshake.
+type bannerConn struct {
+	net.Conn
+	ctx      context.Context // once done, the deadline stays in the past
+	deadline time.Time
+	started  atomic.Bool
+}
+
+func (b *bannerConn) Read(p []byte) (int, error) {
+	n, err := b.Conn.Read(p)
+	if n > 0 && b.started.CompareAndSwap(false, true) && b.ctx.Err() == nil {
+		_ = b.Conn.SetDeadline(b.deadline)
+	}
+	return n, err
+}
+
 var errHostKeyMismatch = errors.New("host key mismatch")
 
 // connect makes a new authenticated SSH connection. On failure the client
@@ -233,7 +261,9 @@ func (c *Checker) connect(ctx context.Context, t Target) (*ssh.Client, Result) {
 	}
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(aLongTimeAgo) })
 	defer stop()
-	_ = conn.SetDeadline(time.Now().Add(d))
+	bt := c.bannerTimeout()
+	bc := &bannerConn{Conn: conn, ctx: ctx, deadline: time.Now().Add(d)}
+	_ = conn.SetDeadline(time.Now().Add(bt))
 
 	var presented atomic.Pointer[string]
 	want := t.HostKey.Marshal()
@@ -251,14 +281,19 @@ func (c *Checker) connect(ctx context.Context, t Target) (*ssh.Client, Result) {
 		HostKeyAlgorithms: hostKeyAlgorithms(t.HostKey),
 		ClientVersion:     "SSH-2.0-nixrb-discover",
 	}
-	sc, chans, reqs, err := ssh.NewClientConn(conn, t.Addr, cfg)
+	sc, chans, reqs, err := ssh.NewClientConn(bc, t.Addr, cfg)
 	var r Result
 	if fp := presented.Load(); fp != nil {
 		r.PresentedKeyFingerprint = *fp
 	}
 	if err != nil {
 		_ = conn.Close()
-		r.Reason, r.Detail = c.classifySSHError(ctx, t, d, r.PresentedKeyFingerprint, err)
+		switch {
+		case isTimeout(err) && ctx.Err() == nil && !bc.started.Load():
+			r.Reason, r.Detail = bannerTimeout(t.Addr, bt)
+		default:
+			r.Reason, r.Detail = c.classifySSHError(ctx, t, d, r.PresentedKeyFingerprint, err)
+		}
 		return nil, r
 	}
 	_ = conn.SetDeadline(time.Time{})
