@@ -41,6 +41,22 @@
 // mirror in this machine's apt sources (~45 s); `go test -run
 // TestPrepareTrixie ./internal/nixtest` builds that cache ahead of time.
 //
+// # Failure injection
+//
+// [Builder.KillSSHD] (new connections refused, open sessions survive),
+// [Builder.StopSSHD] (TCP accepted, no banner: Nix waits forever),
+// [Builder.LinkDown] (packets silently dropped), [Builder.SetHostKey]
+// (re-key), [Builder.RestartSSHD], [Builder.Exec] inside the builder.
+//
+// # Facts the tests pin
+//
+// With the builder's user not in trusted-users, ssh-ng fails with "you are
+// not privileged to build input-addressed derivations" for every client
+// and builder pairing except a 2.26 client on a 2.26 builder, which builds:
+// the client learns from the handshake that it is untrusted, copies the
+// .drv over and builds it by path. ssh:// and ssh-ng:// both work across
+// versions.
+//
 // # Isolation
 //
 // Builders are addressed on private veth pairs in 10.232.0.0/16, one /30
