@@ -14,9 +14,6 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// aLongTimeAgo is a deadline in the past: it unblocks pending I/O at once.
-var aLongTimeAgo = time.Unix(1, 0)
-
 // Check checks one builder and says whether Nix can use it and, if not,
 // why. It returns within the per-step timeouts (or when ctx is done).
 func (c *Checker) Check(ctx context.Context, t Target) Result {
@@ -89,7 +86,12 @@ func (c *Checker) check(ctx context.Context, t Target) Result {
 	// session setup is done (~45 ms here): that is not the network RTT.
 	if _, err := keepalive(ctx, cl, c.timeout()); err != nil {
 		_ = cl.Close()
-		return fail(ReasonUnreachable, "SSH connection to %s: %v", t.Addr, err)
+		r := fail(ReasonUnreachable, "SSH connection to %s: %v", t.Addr, err)
+		if isTimeout(err) || ctx.Err() != nil {
+			r.Reason = ReasonTimeout
+		}
+		r.PresentedKeyFingerprint = fp
+		return r
 	}
 	r = c.session(ctx, cl, t)
 	r.PresentedKeyFingerprint = fp
@@ -119,9 +121,9 @@ func (e *cachedConn) reusable(t Target, id ssh.Signer, maxUses int, maxAge time.
 		maxUses = DefaultRefreshChecks
 	}
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	cl := e.client
 	if cl == nil {
+		e.mu.Unlock()
 		return nil, ""
 	}
 	same := e.addr == t.Addr && e.user == t.User &&
@@ -129,11 +131,14 @@ func (e *cachedConn) reusable(t Target, id ssh.Signer, maxUses int, maxAge time.
 		e.identity == string(id.PublicKey().Marshal())
 	if !same || e.uses >= maxUses || time.Since(e.created) >= maxAge {
 		e.client = nil
-		go cl.Close()
+		e.mu.Unlock()
+		_ = cl.Close()
 		return nil, ""
 	}
 	e.uses++
-	return cl, e.presented
+	fp := e.presented
+	e.mu.Unlock()
+	return cl, fp
 }
 
 // keep caches a client that passed a full check.
@@ -170,7 +175,7 @@ func (c *Checker) probe(ctx context.Context, addr string) (Result, bool) {
 		return dialFailure(ctx, dctx, addr, c.timeout(), err), false
 	}
 	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(aLongTimeAgo) })
+	stop := context.AfterFunc(ctx, func() { expire(conn) })
 	defer stop()
 	bt := c.bannerTimeout()
 	_ = conn.SetDeadline(time.Now().Add(bt))
@@ -197,17 +202,24 @@ func (c *Checker) probe(ctx context.Context, addr string) (Result, bool) {
 // non-SSH answer it returns what it read and an error.
 func readBanner(conn net.Conn) (string, error) {
 	br := bufio.NewReaderSize(conn, 256)
+	var first string
 	for range 16 {
 		line, err := br.ReadSlice('\n')
 		if bytes.HasPrefix(line, []byte("SSH-")) && err == nil {
 			return string(bytes.TrimRight(line, "\r\n")), nil
 		}
+		if first == "" {
+			first = string(line)
+		}
 		if err != nil {
-			return string(line), err
+			return first, err
 		}
 	}
-	return "", errors.New("no SSH identification line")
+	return first, errors.New("no SSH identification line")
 }
+
+// expire sets a deadline in the past: pending I/O on conn fails at once.
+func expire(conn net.Conn) { _ = conn.SetDeadline(time.Unix(1, 0)) }
 
 func isTimeout(err error) bool {
 	var ne net.Error
@@ -259,7 +271,7 @@ func (c *Checker) connect(ctx context.Context, t Target) (*ssh.Client, Result) {
 	if err != nil {
 		return nil, dialFailure(ctx, dctx, t.Addr, d, err)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(aLongTimeAgo) })
+	stop := context.AfterFunc(ctx, func() { expire(conn) })
 	defer stop()
 	bt := c.bannerTimeout()
 	bc := &bannerConn{Conn: conn, ctx: ctx, deadline: time.Now().Add(d)}

@@ -82,6 +82,9 @@ func (c *Checker) nixHandshake(ctx context.Context, cl *ssh.Client, t Target) Re
 	if herr != nil {
 		r.ProtocolVersion, r.NixVersion, r.Trusted = "", "", TrustedUnknown
 	}
+	// From here every wait has its own bound; a late watchdog must not
+	// close the connection of a check that passed.
+	timer.Stop()
 	// EOF on stdin ends nix-daemon and nix-store --serve cleanly; wait
 	// briefly for the exit status (it tells "command not found").
 	_ = stdin.Close()
@@ -106,7 +109,7 @@ func (c *Checker) nixHandshake(ctx context.Context, cl *ssh.Client, t Target) Re
 	exit := waitExit(sess, grace)
 
 	if herr == nil {
-		if h := r.Trusted; h == TrustedNo {
+		if r.Trusted == TrustedNo {
 			r.Reason = ReasonNotTrusted
 			r.Detail = fmt.Sprintf("the nix-daemon on %s does not trust user %q: Nix cannot build "+
 				"input-addressed derivations there; add %q to trusted-users in the builder's nix.conf",

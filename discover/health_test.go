@@ -49,7 +49,9 @@ type healthRow struct {
 	user     string // default root
 	// env is set in every SSH session (sshd SetEnv); dir is the row's
 	// scratch directory.
-	env          func(t *testing.T, dir string) map[string]string
+	env func(t *testing.T, dir string) map[string]string
+	// extra returns more sshd_config lines (fake remotes only).
+	extra        func(t *testing.T, dir string) []string
 	unauthorized bool // the Checker's key is not in authorized_keys
 	wrongHostKey bool // the Target pins another key
 	// run drives the scenario and returns the Result under test; nil
@@ -137,6 +139,31 @@ func healthRows() []healthRow {
 			verify: func(t *testing.T, _ nixLane, _ *harness, r Result) {
 				if !strings.Contains(r.Detail, "no-socket") {
 					t.Errorf("Detail %q does not quote the remote's error", r.Detail)
+				}
+			},
+		},
+		{
+			// FAKE remote: sshd's ForceCommand replays what Nix 2.26's
+			// daemon says to a user it does not trust (protocol 1.38:
+			// features, version, trusted flag 2), so that the mapping to
+			// ReasonNotTrusted is proven over real SSH until the Nix 2.26
+			// lane runs the real one.
+			name: "fake-1.38-daemon-not-trusted",
+			extra: func(t *testing.T, dir string) []string {
+				hello := new(wire).num(workerMagic2, 1<<8|38).strs().str("2.26.3").num(2, stderrLast)
+				f := filepath.Join(dir, "hello.bin")
+				if err := os.WriteFile(f, hello.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				return []string{"ForceCommand cat " + f + "; exec cat >/dev/null"}
+			},
+			want: ReasonNotTrusted,
+			verify: func(t *testing.T, _ nixLane, _ *harness, r Result) {
+				if r.ProtocolVersion != "1.38" || r.NixVersion != "2.26.3" || r.Trusted != TrustedNo {
+					t.Errorf("got %q %q %v, want 1.38 2.26.3 not trusted", r.ProtocolVersion, r.NixVersion, r.Trusted)
+				}
+				if !strings.Contains(r.Detail, "trusted-users") {
+					t.Errorf("Detail %q does not name the fix", r.Detail)
 				}
 			},
 		},
@@ -238,6 +265,9 @@ func runHealthRow(t *testing.T, lane nixLane, row healthRow) {
 	if row.env != nil {
 		opts.Env = row.env(t, t.TempDir())
 	}
+	if row.extra != nil {
+		opts.Extra = row.extra(t, scratchDir(t))
+	}
 	s := lane.start(t, opts)
 	c := &Checker{Signer: signer}
 	if row.unauthorized {
@@ -293,4 +323,19 @@ func TestCheckInvalid(t *testing.T) {
 			}
 		})
 	}
+}
+
+// scratchDir is a world-readable temporary directory (t.TempDir's parent
+// is 0700, and sshd sessions of other users read files from here).
+func scratchDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "nixrb-health-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

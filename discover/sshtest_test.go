@@ -42,6 +42,8 @@ type sshdOptions struct {
 	Env map[string]string
 	// Users allowed to log in; default root.
 	Users []string
+	// Extra lines for sshd_config (e.g. ForceCommand).
+	Extra []string
 }
 
 // testSSHD is a running sshd.
@@ -179,7 +181,7 @@ func startSSHD(t testing.TB, opts sshdOptions) *testSSHD {
 			t.Fatal(err)
 		}
 		cfg := filepath.Join(dir, "sshd_config")
-		if err := os.WriteFile(cfg, []byte(sshdConfig(port, hostKeyFile, akFile, env, users)), 0o644); err != nil {
+		if err := os.WriteFile(cfg, []byte(sshdConfig(port, hostKeyFile, akFile, env, users, opts.Extra)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		s := &testSSHD{
@@ -219,13 +221,13 @@ func startSSHD(t testing.TB, opts sshdOptions) *testSSHD {
 	return nil
 }
 
-func sshdConfig(port int, hostKey, authorizedKeys string, env map[string]string, users []string) string {
+func sshdConfig(port int, hostKey, authorizedKeys string, env map[string]string, users, extra []string) string {
 	var envs []string
 	for k, v := range env {
 		envs = append(envs, k+"="+v)
 	}
 	sort.Strings(envs)
-	return strings.Join([]string{
+	return strings.Join(append([]string{
 		fmt.Sprintf("Port %d", port),
 		"ListenAddress 127.0.0.1",
 		"HostKey " + hostKey,
@@ -239,8 +241,7 @@ func sshdConfig(port int, hostKey, authorizedKeys string, env map[string]string,
 		"AllowUsers " + strings.Join(users, " "),
 		"Subsystem sftp none",
 		"SetEnv " + strings.Join(envs, " "),
-		"",
-	}, "\n")
+	}, append(extra, "")...), "\n")
 }
 
 func freePort() (int, error) {
