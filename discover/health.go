@@ -45,8 +45,9 @@ const (
 // the banner anyway: no probe) and keeps it if the check passes. The
 // kept connection is replaced after RefreshChecks checks, after
 // RefreshAfter, when the Target's address, user or host key (or the
-// Signer) changes, and whenever a check fails; a check that fails on a
-// reused connection is retried once on a new one, so a connection that
+// Signer) changes, and whenever a check fails. A check that fails on a
+// reused connection is retried once on a new one (unless the remote
+// itself answered: not trusted, Nix not found), so a connection that
 // went stale (a NAT timeout) does not fail a healthy builder.
 //
 // sshd (OpenSSH 9.8 and later, PerSourcePenalties) counts each probe, a
@@ -93,7 +94,9 @@ type Target struct {
 	Key string
 	// Addr is the host:port to dial.
 	Addr string
-	// User is the SSH user Nix logs in as.
+	// User is the SSH user Nix logs in as (from the machines URI; without
+	// one, Nix uses the user its build hook runs as, root for a
+	// nix-daemon). Required.
 	User string
 	// Protocol is "ssh-ng" (nix-daemon --stdio) or "ssh" (nix-store
 	// --serve --write).
@@ -127,8 +130,8 @@ const (
 	// privileged to build input-addressed derivations"), which is nearly
 	// every build, so such a builder is not healthy.
 	ReasonNotTrusted Reason = "not trusted"
-	// ReasonInvalid: the check could not run (no Signer, no host key,
-	// unknown protocol, Checker closed).
+	// ReasonInvalid: the check could not run (no Signer, no user, no
+	// host key, unknown protocol, Checker closed).
 	ReasonInvalid Reason = "invalid"
 )
 

@@ -35,6 +35,8 @@ func (c *Checker) check(ctx context.Context, t Target) Result {
 	switch {
 	case c.Signer == nil:
 		return fail(ReasonInvalid, "no SSH identity (Checker.Signer) configured")
+	case t.User == "":
+		return fail(ReasonInvalid, "no SSH user for %s", t.Addr)
 	case t.HostKey == nil:
 		return fail(ReasonInvalid, "no host key to pin for %s", t.Addr)
 	case t.Protocol != ProtocolSSHNG && t.Protocol != ProtocolSSH:
@@ -69,8 +71,8 @@ func (c *Checker) check(ctx context.Context, t Target) Result {
 			return r
 		}
 		e.drop()
-		if ctx.Err() != nil {
-			return r
+		if ctx.Err() != nil || r.Reason == ReasonNotTrusted || r.Reason == ReasonNixNotFound {
+			return r // cancelled, or a verdict of the remote itself
 		}
 		// The cached connection may simply be stale (a NAT dropped it):
 		// the verdict comes from a new connection.

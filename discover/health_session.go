@@ -125,6 +125,10 @@ func (c *Checker) nixHandshake(ctx context.Context, cl *ssh.Client, t Target) Re
 			prog, t.User, t.Addr, stderrNote(text))
 	case cut.Load():
 		r := timedOut(cmd + " handshake")
+		if strings.Contains(strings.ToLower(text), "tailscale ssh requires an additional check") {
+			r.Detail += ": a Tailscale SSH \"check\" rule waits for an interactive login; " +
+				"use an \"accept\" rule for this user"
+		}
 		r.Detail += stderrNote(text)
 		return r
 	}

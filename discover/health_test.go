@@ -312,7 +312,8 @@ func TestCheckInvalid(t *testing.T) {
 		t    Target
 	}{
 		{"no-signer", &Checker{}, ok},
-		{"no-host-key", &Checker{Signer: signer}, Target{Key: "k", Addr: ok.Addr, Protocol: ProtocolSSH}},
+		{"no-host-key", &Checker{Signer: signer}, Target{Key: "k", Addr: ok.Addr, User: "root", Protocol: ProtocolSSH}},
+		{"no-user", &Checker{Signer: signer}, Target{Key: "k", Addr: ok.Addr, Protocol: ProtocolSSH, HostKey: ok.HostKey}},
 		{"unknown-protocol", &Checker{Signer: signer}, Target{Key: "k", Addr: ok.Addr, Protocol: "ssh-ng-v2", HostKey: ok.HostKey}},
 		{"closed", closed, ok},
 	} {
