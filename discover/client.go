@@ -90,7 +90,7 @@ type Client struct {
 const (
 	DefaultWaitMin   = 20 * time.Millisecond
 	DefaultWaitMax   = 250 * time.Millisecond
-	DefaultFullEvery = 30 * time.Second
+	DefaultFullEvery = 10 * time.Second
 )
 
 // ErrNotWritten is returned by Run with Once when the file could not be written.

@@ -298,6 +298,11 @@ func (l *loop) dueRender(now time.Time) bool {
 func (l *loop) render(now time.Time) {
 	l.dirty = false
 	content, probs, aliases := l.content()
+	for key, p := range probs {
+		if l.renderProbs[key] != p {
+			l.log.Warn("builder passes its checks but cannot be written to the machines file", "key", key, "err", p)
+		}
+	}
 	l.renderProbs = probs
 	if l.c.SSHConfigPath != "" {
 		if _, err := render.WriteAtomic(l.c.SSHConfigPath, aliases); err != nil {

@@ -38,7 +38,7 @@ const (
 var (
 	hostRE    = regexp.MustCompile(`^[A-Za-z0-9_]([A-Za-z0-9_.:%-]*[A-Za-z0-9_])?$`)
 	userRE    = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_.-]*$`)
-	systemRE  = regexp.MustCompile(`^[A-Za-z0-9_]+-[A-Za-z0-9_]+$`)
+	systemRE  = regexp.MustCompile(`^[A-Za-z0-9_]+(-[A-Za-z0-9_]+)+$`)
 	featureRE = regexp.MustCompile(`^[A-Za-z0-9_.+-]+$`)
 	paramRE   = regexp.MustCompile(`^[A-Za-z0-9_.-]+$`)
 )

@@ -168,7 +168,9 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	if len(sources) == 0 {
 		return nil, nil, usageError("no source of builders: enable the tailnet (default), --mdns or --static")
 	}
-	checker := &discover.Checker{Signer: id.Signer, Timeout: checkTimeout, BannerTimeout: banner, Logger: log}
+	// Every third full check logs in on a new connection, so a re-keyed
+	// host is noticed within 3 × --full-check-every.
+	checker := &discover.Checker{Signer: id.Signer, Timeout: checkTimeout, BannerTimeout: banner, RefreshChecks: 3, Logger: log}
 	c := &discover.Client{
 		Sources:              sources,
 		Checker:              checker,

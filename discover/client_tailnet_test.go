@@ -1,0 +1,278 @@
+package discover_test
+
+import (
+	"context"
+
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
+	"github.com/nixrb-discover/nixrb-discover/internal/tailnettest"
+	"github.com/nixrb-discover/nixrb-discover/render"
+)
+
+// tailnetBuilder is a builder on the in-process tailnet: a tsnet node
+// running the real advertise agent, in front of a real sshd + nix-daemon.
+type tailnetBuilder struct {
+	node *tailnettest.Node
+	nix  *nixtest.Builder
+	stop context.CancelFunc
+	done chan struct{}
+}
+
+// forwardSSH stands in for the kernel routing the builder's tailnet
+// address to its sshd: every connection to the node's tailnet port 22 is
+// piped to the real sshd (which sees a plain TCP client). Faults of the
+// real sshd (killed, stopped, re-keyed) pass through unchanged.
+func forwardSSH(t *testing.T, node *tailnettest.Node, backend string) {
+	ln, err := node.Server.Listen("tcp", ":22")
+	if err != nil {
+		t.Fatalf("listen on %s:22: %v", node.Name, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b, err := net.DialTimeout("tcp", backend, 2*time.Second)
+				if err != nil {
+					return
+				}
+				defer b.Close()
+				var wg sync.WaitGroup
+				wg.Add(2)
+				go func() { defer wg.Done(); io.Copy(b, c); b.(*net.TCPConn).CloseWrite() }()
+				go func() { defer wg.Done(); io.Copy(c, b); c.Close() }()
+				wg.Wait()
+			}()
+		}
+	}()
+}
+
+func startTailnetBuilder(t *testing.T, tn *tailnettest.Net, name string, tags []string, opts nixtest.BuilderOptions) *tailnetBuilder {
+	t.Helper()
+	opts.Hostname = name
+	b := nixtest.StartBuilder(t, opts)
+	node := tn.AddNode(t, name, tags...)
+	forwardSSH(t, node, net.JoinHostPort(b.Addr.String(), "22"))
+	ctx, cancel := context.WithCancel(context.Background())
+	agent := &advertise.Agent{
+		Facts: advertise.FactsOptions{
+			HostKeyPath: b.HostKeyPath + ".pub",
+			Overrides: advertise.Overrides{
+				Hostname: name, SSHUser: b.User, SSHPort: 22, MaxJobs: 2,
+				SupportedFeatures: opts.SystemFeatures, AgentVersion: "test",
+			},
+		},
+		Tailnet: &advertise.TailnetServer{LocalAPI: node.LocalClient, Listen: node.Server.Listen},
+	}
+	tb := &tailnetBuilder{node: node, nix: b, stop: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(tb.done)
+		if err := agent.Run(ctx); err != nil {
+			t.Errorf("agent %s: %v", name, err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-tb.done })
+	return tb
+}
+
+// waitFile polls the machines file until ok says yes (bounded).
+func waitFile(t *testing.T, path string, what string, ok func(string) bool) (string, time.Duration) {
+	t.Helper()
+	start := time.Now()
+	deadline := start.Add(30 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		if ok(string(b)) {
+			return string(b), time.Since(start)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("machines file never %s; it holds:\n%s", what, b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func contains(s string) func(string) bool {
+	return func(f string) bool { return strings.Contains(f, s) }
+}
+func notContains(s string) func(string) bool {
+	return func(f string) bool { return !strings.Contains(f, s) }
+}
+
+// TestClientOnTailnet runs the real client against two tagged builders and
+// one untagged peer on an in-process tailnet, each builder a real sshd and
+// nix-daemon, and checks what ends up in the machines file as builders
+// appear, fail and change.
+func TestClientOnTailnet(t *testing.T) {
+	nixtest.RequireTools(t)
+	tn := tailnettest.New(t)
+	dir := nixtest.WorkDir(t, "client")
+	id, err := discover.LoadOrCreateIdentity(filepath.Join(dir, "id_ed25519"), "client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := []string{id.AuthorizedKey}
+	b1 := startTailnetBuilder(t, tn, "b1", []string{tailnettest.TagBuilder}, nixtest.BuilderOptions{Version: nixtest.V28, AuthorizedKeys: auth, SystemFeatures: []string{"kvm"}})
+	b2 := startTailnetBuilder(t, tn, "b2", []string{tailnettest.TagBuilder}, nixtest.BuilderOptions{Version: nixtest.V28, AuthorizedKeys: auth, SystemFeatures: []string{"big-parallel"}})
+	rogue := startTailnetBuilder(t, tn, "untagged", nil, nixtest.BuilderOptions{Version: nixtest.V28, AuthorizedKeys: auth})
+	cn := tn.AddNode(t, "laptop", tailnettest.TagClient)
+
+	machines := filepath.Join(dir, "machines")
+	c := &discover.Client{
+		Sources:      []discover.Source{&discover.TailnetSource{LocalAPI: cn.LocalClient, Dial: cn.Server.Dial, Refresh: time.Second}},
+		Checker:      &discover.Checker{Signer: id.Signer, Dial: cn.Server.Dial, BannerTimeout: 500 * time.Millisecond, RefreshChecks: 3},
+		Membership:   discover.MembershipConfig{Interval: 500 * time.Millisecond},
+		FullEvery:    2 * time.Second,
+		MachinesPath: machines,
+		SSHKeyPath:   id.Path,
+		NixVersion:   render.NixVersion{Major: 2, Minor: 8},
+		Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan error, 1)
+	go func() { runDone <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-runDone; err != nil {
+			t.Errorf("client: %v", err)
+		}
+	})
+
+	file, took := waitFile(t, machines, "listed both tagged builders", func(f string) bool {
+		return strings.Contains(f, b1.node.FQDN) && strings.Contains(f, b2.node.FQDN)
+	})
+	t.Logf("both builders in the file %v after the client started", took)
+	entries, err := render.Parse([]byte(file), render.ParseOptions{NixVersion: render.NixVersion{Major: 2, Minor: 8}})
+	if err != nil || len(entries) != 2 {
+		t.Fatalf("file does not parse as 2 machines (%v):\n%s", err, file)
+	}
+	for _, e := range entries {
+		m := e.Machine
+		want := b1
+		if m.URI.Host == b2.node.FQDN {
+			want = b2
+		}
+		if m.URI.Scheme != "ssh-ng" || m.URI.User != "root" || m.SSHKey != id.Path || m.MaxJobs != 2 ||
+			strings.Join(strings.Fields(m.HostKey)[:2], " ") != strings.Join(strings.Fields(want.nix.HostKey())[:2], " ") {
+			t.Errorf("line for %s is wrong: %s", want.node.FQDN, m.String())
+		}
+		if want == b1 && strings.Join(m.SupportedFeatures, ",") != "kvm" {
+			t.Errorf("b1's features = %v, want kvm", m.SupportedFeatures)
+		}
+	}
+	if strings.Contains(file, rogue.node.FQDN) {
+		t.Fatalf("the untagged peer is in the file:\n%s", file)
+	}
+
+	t.Run("real-nix-builds-through-the-file", func(t *testing.T) {
+		// MagicDNS names resolve only on the tailnet; give ssh the
+		// builders' real addresses under those names.
+		cfg := filepath.Join(dir, "ssh_config")
+		var sb strings.Builder
+		for _, b := range []*tailnetBuilder{b1, b2} {
+			fmt.Fprintf(&sb, "Host %s\n  HostName %s\n  HostKeyAlias %s\n", b.node.FQDN, b.nix.Addr, b.node.FQDN)
+		}
+		os.WriteFile(cfg, []byte(sb.String()), 0o644)
+		bctx, bcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer bcancel()
+		out, stderr, err := nixtest.NixBuild(t, bctx, nixtest.ClientOptions{
+			Version: nixtest.V28, MachinesFile: machines, SSHOpts: "-F " + cfg,
+			Expr: nixtest.TrivialDerivation("via-tailnet", "kvm"),
+		})
+		if err != nil {
+			t.Fatalf("nix-build through the rendered file: %v\n%s", err, stderr)
+		}
+		if strings.TrimSpace(out) != "b1" {
+			t.Errorf("a kvm build ran on %q, want b1 (the only kvm builder)", out)
+		}
+	})
+
+	t.Run("sshd-killed-leaves", func(t *testing.T) {
+		if err := b2.nix.KillSSHD(); err != nil {
+			t.Fatal(err)
+		}
+		_, took := waitFile(t, machines, "dropped b2 after its sshd was killed", notContains(b2.node.FQDN))
+		t.Logf("killed sshd: out of the file after %v", took)
+		if err := b2.nix.RestartSSHD(); err != nil {
+			t.Fatal(err)
+		}
+		_, took = waitFile(t, machines, "took b2 back after its sshd restarted", contains(b2.node.FQDN))
+		t.Logf("restarted sshd: back in the file after %v", took)
+	})
+
+	t.Run("sshd-hung-leaves", func(t *testing.T) {
+		if err := b2.nix.StopSSHD(); err != nil {
+			t.Fatal(err)
+		}
+		_, took := waitFile(t, machines, "dropped b2 after its sshd hung", notContains(b2.node.FQDN))
+		t.Logf("hung sshd: out of the file after %v", took)
+		if err := b2.nix.ContSSHD(); err != nil {
+			t.Fatal(err)
+		}
+		waitFile(t, machines, "took b2 back after its sshd resumed", contains(b2.node.FQDN))
+	})
+
+	t.Run("offline-peer-leaves", func(t *testing.T) {
+		tn.SetOnline(t, b2.node, false)
+		_, took := waitFile(t, machines, "dropped b2 after control marked it offline", notContains(b2.node.FQDN))
+		t.Logf("offline: out of the file after %v", took)
+		tn.SetOnline(t, b2.node, true)
+		waitFile(t, machines, "took b2 back when it came online", contains(b2.node.FQDN))
+	})
+
+	t.Run("host-key-swap-excluded", func(t *testing.T) {
+		priv, _, err := nixtest.GenerateKey("impostor")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b2.nix.SetHostKey(priv); err != nil {
+			t.Fatal(err)
+		}
+		waitFile(t, machines, "dropped b2 after its sshd presented another host key", notContains(b2.node.FQDN))
+		st := statusOf(t, c, "tailnet:"+string(b2.node.StableID))
+		if st.InFile || !strings.Contains(st.Reason, string(discover.ReasonHostKeyMismatch)) {
+			t.Errorf("b2 status = %+v, want out of the file with reason %q", st, discover.ReasonHostKeyMismatch)
+		}
+	})
+
+	st, err := c.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range st.Builders {
+		if b.Name == rogue.node.FQDN {
+			t.Errorf("the untagged peer is known to the client: %+v", b)
+		}
+	}
+}
+
+func statusOf(t *testing.T, c *discover.Client, key string) discover.BuilderStatus {
+	t.Helper()
+	st, err := c.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range st.Builders {
+		if b.Key == key {
+			return b
+		}
+	}
+	t.Fatalf("no builder %s in the status", key)
+	return discover.BuilderStatus{}
+}
