@@ -64,8 +64,8 @@ func (r *mdnsRecorder) len() int {
 	return len(r.snaps)
 }
 
-// startSource runs src in h until the test ends.
-func startSource(t *testing.T, h *netnstest.Host, src *MDNSSource) *mdnsRecorder {
+// mdnsStartSource runs src in h until the test ends.
+func mdnsStartSource(t *testing.T, h *netnstest.Host, src *MDNSSource) *mdnsRecorder {
 	t.Helper()
 	if src.Interfaces == nil {
 		src.Interfaces = []string{h.Iface}
@@ -88,9 +88,9 @@ func startSource(t *testing.T, h *netnstest.Host, src *MDNSSource) *mdnsRecorder
 	return rec
 }
 
-// startBuilder runs an mDNS responder for txt in h; stop cancels it and
+// mdnsStartBuilder runs an mDNS responder for txt in h; stop cancels it and
 // waits for Run.
-func startBuilder(t *testing.T, h *netnstest.Host, instance string, txt []string, ttl time.Duration) (r *advertise.MDNSResponder, stop func()) {
+func mdnsStartBuilder(t *testing.T, h *netnstest.Host, instance string, txt []string, ttl time.Duration) (r *advertise.MDNSResponder, stop func()) {
 	t.Helper()
 	r = &advertise.MDNSResponder{Hostname: instance, Port: 22, Interfaces: []string{h.Iface}, TXT: txt, TTL: ttl}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -114,13 +114,13 @@ func startBuilder(t *testing.T, h *netnstest.Host, instance string, txt []string
 	return r, stop
 }
 
-func hasKey(key string) func(Snapshot) bool {
+func mdnsHasKey(key string) func(Snapshot) bool {
 	return func(s Snapshot) bool {
 		return slices.ContainsFunc(s.Candidates, func(c Candidate) bool { return c.Key == key })
 	}
 }
 
-func candidateIn(s Snapshot, key string) (Candidate, bool) {
+func mdnsCandidateIn(s Snapshot, key string) (Candidate, bool) {
 	for _, c := range s.Candidates {
 		if c.Key == key {
 			return c, true
@@ -135,13 +135,13 @@ func TestMDNSSourceFindsRunningBuilderByQuery(t *testing.T) {
 	b, q := topo.AddHost(t, "builder"), topo.AddHost(t, "client")
 	fleet := mdnsFleetKey(t)
 	hk := mdnsHostKey(t)
-	startBuilder(t, b, "b1", mdnsTXT(t, mdnsAdvert(t, "b1", hk, fleet, time.Now())), 0)
+	mdnsStartBuilder(t, b, "b1", mdnsTXT(t, mdnsAdvert(t, "b1", hk, fleet, time.Now())), 0)
 	time.Sleep(1200 * time.Millisecond) // its announcements are over: only a query finds it
 
-	rec := startSource(t, q, &MDNSSource{TrustKeys: []advertise.TrustKey{fleet.TrustKey()}, QueryTimeout: 300 * time.Millisecond})
+	rec := mdnsStartSource(t, q, &MDNSSource{TrustKeys: []advertise.TrustKey{fleet.TrustKey()}, QueryTimeout: 300 * time.Millisecond})
 	key := "mdns:" + mdnsFingerprint(t, hk)
-	snap, _, _ := rec.waitFor(t, 0, 3*time.Second, "b1", hasKey(key))
-	c, _ := candidateIn(snap, key)
+	snap, _, _ := rec.waitFor(t, 0, 3*time.Second, "b1", mdnsHasKey(key))
+	c, _ := mdnsCandidateIn(snap, key)
 	if !c.Trusted || c.Address != b.IP.String() || c.Name != "b1" || c.Advert == nil || c.Advert.HostKey != hk {
 		t.Fatalf("candidate %+v", c)
 	}
@@ -151,17 +151,17 @@ func TestMDNSSourceFollowsAnnouncementsAndGoodbye(t *testing.T) {
 	netnstest.RequireRoot(t)
 	topo := netnstest.New(t)
 	b, q := topo.AddHost(t, "builder"), topo.AddHost(t, "client")
-	wire := listenGoodbyes(t, q)
+	wire := mdnsListenGoodbyes(t, q)
 	fleet := mdnsFleetKey(t)
 	hk := mdnsHostKey(t)
 	key := "mdns:" + mdnsFingerprint(t, hk)
 	// Queries every 30 s: what follows must come from announcements.
-	rec := startSource(t, q, &MDNSSource{TrustKeys: []advertise.TrustKey{fleet.TrustKey()}, QueryInterval: 30 * time.Second, QueryTimeout: 200 * time.Millisecond})
+	rec := mdnsStartSource(t, q, &MDNSSource{TrustKeys: []advertise.TrustKey{fleet.TrustKey()}, QueryInterval: 30 * time.Second, QueryTimeout: 200 * time.Millisecond})
 	rec.waitFor(t, 0, 3*time.Second, "the first (empty) snapshot", func(Snapshot) bool { return true })
 
 	started := time.Now()
-	r, stop := startBuilder(t, b, "b1", mdnsTXT(t, mdnsAdvert(t, "b1", hk, fleet, time.Now())), 0)
-	_, i, at := rec.waitFor(t, 0, 400*time.Millisecond, "b1 after its announcement", hasKey(key))
+	r, stop := mdnsStartBuilder(t, b, "b1", mdnsTXT(t, mdnsAdvert(t, "b1", hk, fleet, time.Now())), 0)
+	_, i, at := rec.waitFor(t, 0, 400*time.Millisecond, "b1 after its announcement", mdnsHasKey(key))
 	t.Logf("builder seen %v after its responder started", at.Sub(started))
 
 	busy := mdnsAdvert(t, "b1", hk, nil, time.Now())
@@ -174,7 +174,7 @@ func TestMDNSSourceFollowsAnnouncementsAndGoodbye(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, i, at = rec.waitFor(t, i+1, 500*time.Millisecond, "the TXT change", func(s Snapshot) bool {
-		c, ok := candidateIn(s, key)
+		c, ok := mdnsCandidateIn(s, key)
 		return ok && c.Advert.Capacity.RunningBuilds == 7
 	})
 	t.Logf("TXT change seen %v after Update", at.Sub(updated))
@@ -183,7 +183,7 @@ func TestMDNSSourceFollowsAnnouncementsAndGoodbye(t *testing.T) {
 	stop()
 	snap, _, at := rec.waitFor(t, i+1, time.Second, "a re-check after the goodbye", func(s Snapshot) bool { return slices.Contains(s.Recheck, key) })
 	t.Logf("goodbye became Recheck %v after the responder was stopped", at.Sub(stopped))
-	if _, ok := candidateIn(snap, key); !ok {
+	if _, ok := mdnsCandidateIn(snap, key); !ok {
 		t.Error("a goodbye removed the candidate; it must only ask for a re-check")
 	}
 	select {
@@ -198,9 +198,9 @@ func TestMDNSSourceFollowsAnnouncementsAndGoodbye(t *testing.T) {
 	}
 }
 
-// listenGoodbyes joins the mDNS group in h with a plain socket of its own
+// mdnsListenGoodbyes joins the mDNS group in h with a plain socket of its own
 // and reports responses whose records all have TTL 0.
-func listenGoodbyes(t *testing.T, h *netnstest.Host) <-chan *dns.Msg {
+func mdnsListenGoodbyes(t *testing.T, h *netnstest.Host) <-chan *dns.Msg {
 	t.Helper()
 	out := make(chan *dns.Msg, 8)
 	var c *net.UDPConn
@@ -266,9 +266,9 @@ func TestMDNSSourceTrustDecisions(t *testing.T) {
 	}
 	for _, c := range cases {
 		h := topo.AddHost(t, c.name)
-		startBuilder(t, h, c.name, mdnsTXT(t, c.advert), 0)
+		mdnsStartBuilder(t, h, c.name, mdnsTXT(t, c.advert), 0)
 	}
-	rec := startSource(t, q, &MDNSSource{TrustKeys: []advertise.TrustKey{fleet.TrustKey()}, Pins: pins, QueryTimeout: 300 * time.Millisecond})
+	rec := mdnsStartSource(t, q, &MDNSSource{TrustKeys: []advertise.TrustKey{fleet.TrustKey()}, Pins: pins, QueryTimeout: 300 * time.Millisecond})
 	snap, _, _ := rec.waitFor(t, 0, 3*time.Second, "all five builders", func(s Snapshot) bool { return len(s.Candidates) == len(cases) })
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -302,22 +302,22 @@ func TestMDNSSourceRogueCannotReplaceOrRemove(t *testing.T) {
 	hk := mdnsHostKey(t)
 	key := "mdns:" + mdnsFingerprint(t, hk)
 	realTXT := mdnsTXT(t, mdnsAdvert(t, "b1", hk, fleet, time.Now()))
-	rec := startSource(t, q, &MDNSSource{TrustKeys: []advertise.TrustKey{fleet.TrustKey()}, QueryInterval: 30 * time.Second, QueryTimeout: 200 * time.Millisecond})
-	startBuilder(t, b, "b1", realTXT, 0)
-	_, i, _ := rec.waitFor(t, 0, 2*time.Second, "the real b1", hasKey(key))
+	rec := mdnsStartSource(t, q, &MDNSSource{TrustKeys: []advertise.TrustKey{fleet.TrustKey()}, QueryInterval: 30 * time.Second, QueryTimeout: 200 * time.Millisecond})
+	mdnsStartBuilder(t, b, "b1", realTXT, 0)
+	_, i, _ := rec.waitFor(t, 0, 2*time.Second, "the real b1", mdnsHasKey(key))
 
 	// The rogue reuses the name with its own unsigned advert, then replays
 	// the real signed advert from its own address, then says goodbye.
-	r, stop := startBuilder(t, rogue, "b1", mdnsTXT(t, mdnsAdvert(t, "b1", mdnsHostKey(t), nil, time.Now())), 0)
+	r, stop := mdnsStartBuilder(t, rogue, "b1", mdnsTXT(t, mdnsAdvert(t, "b1", mdnsHostKey(t), nil, time.Now())), 0)
 	rogueKey := "mdns-untrusted:b1@" + rogue.IP.String()
-	_, i, _ = rec.waitFor(t, i+1, 2*time.Second, "the rogue as untrusted", hasKey(rogueKey))
+	_, i, _ = rec.waitFor(t, i+1, 2*time.Second, "the rogue as untrusted", mdnsHasKey(rogueKey))
 	if err := r.Update(realTXT); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond)
 	stop()
 	snap, _, _ := rec.waitFor(t, i+1, 2*time.Second, "the rogue's goodbye as a re-check", func(s Snapshot) bool { return slices.Contains(s.Recheck, key) })
-	c, ok := candidateIn(snap, key)
+	c, ok := mdnsCandidateIn(snap, key)
 	if !ok || !c.Trusted || c.Address != b.IP.String() || c.Name != "b1" {
 		t.Fatalf("real b1 after the rogue: present=%v %+v", ok, c)
 	}
@@ -325,7 +325,7 @@ func TestMDNSSourceRogueCannotReplaceOrRemove(t *testing.T) {
 	rec.mu.Lock()
 	last := rec.snaps[len(rec.snaps)-1]
 	rec.mu.Unlock()
-	if c, ok := candidateIn(last, key); !ok || c.Address != b.IP.String() {
+	if c, ok := mdnsCandidateIn(last, key); !ok || c.Address != b.IP.String() {
 		t.Fatalf("real b1 replaced or removed: present=%v %+v", ok, c)
 	}
 }
@@ -340,16 +340,16 @@ func TestMDNSSourceExpiresSilentBuilderByTTL(t *testing.T) {
 		t.Fatal(err)
 	}
 	key := "mdns:" + mdnsFingerprint(t, hk)
-	rec := startSource(t, q, &MDNSSource{Pins: pins, QueryInterval: 30 * time.Second, QueryTimeout: 200 * time.Millisecond})
-	_, stop := startBuilder(t, b, "b1", mdnsTXT(t, mdnsAdvert(t, "b1", hk, nil, time.Now())), 2*time.Second)
-	_, i, _ := rec.waitFor(t, 0, 2*time.Second, "b1", hasKey(key))
-	time.Sleep(1100 * time.Millisecond) // past the repeated announcement
+	rec := mdnsStartSource(t, q, &MDNSSource{Pins: pins, QueryInterval: 30 * time.Second, QueryTimeout: 200 * time.Millisecond})
+	_, stop := mdnsStartBuilder(t, b, "b1", mdnsTXT(t, mdnsAdvert(t, "b1", hk, nil, time.Now())), 2*time.Second)
+	_, i, _ := rec.waitFor(t, 0, 2*time.Second, "b1", mdnsHasKey(key))
+	time.Sleep(1100 * time.Millisecond)  // past the repeated announcement
 	if err := b.LinkDown(); err != nil { // dies silently: the goodbye is lost
 		t.Fatal(err)
 	}
 	down := time.Now()
 	stop()
-	snap, _, at := rec.waitFor(t, i+1, 4*time.Second, "b1 expired", func(s Snapshot) bool { return !hasKey(key)(s) })
+	snap, _, at := rec.waitFor(t, i+1, 4*time.Second, "b1 expired", func(s Snapshot) bool { return !mdnsHasKey(key)(s) })
 	t.Logf("silent builder expired %v after its link went down (TTL 2s)", at.Sub(down))
 	if len(snap.Recheck) != 0 {
 		t.Errorf("recheck %v without a goodbye", snap.Recheck)
