@@ -127,7 +127,7 @@ func DetectFacts(ctx context.Context, opts FactsOptions) (Facts, error) {
 		cfg, err := readNixConfig(ctx, o.NixPath, o.NixTimeout, f.Capacity.Cores)
 		switch {
 		case isNotFound(err):
-			return f, fmt.Errorf("detect facts: nix not found (%w): install Nix, give its path with --nix, or set --systems, --supported-features and --max-jobs", err)
+			return f, fmt.Errorf("detect facts: nix not found (%w): install Nix, give its path with --nix, or set --systems, --features and --max-jobs", err)
 		case err != nil:
 			return f, fmt.Errorf("detect facts: read the Nix configuration: %w", err)
 		}
@@ -151,7 +151,7 @@ func DetectFacts(ctx context.Context, opts FactsOptions) (Facts, error) {
 	if o.Overrides.HostKey == "" {
 		k, err := readHostKey(o.HostKeyPath)
 		if err != nil {
-			return f, fmt.Errorf("detect facts: %w (set --host-key-file)", err)
+			return f, fmt.Errorf("detect facts: %w (set --ssh-host-key)", err)
 		}
 		f.HostKey = k
 	}

@@ -154,7 +154,7 @@ esac`)
 		opts := fakeProcOptions(t)
 		opts.NixPath = filepath.Join(t.TempDir(), "no-nix-here")
 		_, err := DetectFacts(context.Background(), opts)
-		for _, flag := range []string{"--nix", "--systems", "--supported-features", "--max-jobs"} {
+		for _, flag := range []string{"--nix", "--systems", "--features", "--max-jobs"} {
 			if err == nil || !strings.Contains(err.Error(), flag) {
 				t.Errorf("err = %v, want it to name %s", err, flag)
 			}
@@ -211,8 +211,8 @@ esac`)
 		opts.NixPath = "/nonexistent/nix"
 		opts.HostKeyPath = filepath.Join(t.TempDir(), "none.pub")
 		_, err := DetectFacts(context.Background(), opts)
-		if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "--host-key-file") {
-			t.Errorf("err = %v, want not-exist naming --host-key-file", err)
+		if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "--ssh-host-key") {
+			t.Errorf("err = %v, want not-exist naming --ssh-host-key", err)
 		}
 	})
 }
