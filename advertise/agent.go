@@ -194,6 +194,9 @@ func (a *Agent) publish(f Facts, o Overrides, now time.Time) (*Advert, error) {
 		return nil, fmt.Errorf("advertise: %w", err)
 	}
 	a.current.Store(&published{advert: ad, json: js, txt: txt})
+	if a.Tailnet != nil {
+		a.Tailnet.Publish() // held long polls answer with the new advert
+	}
 	if a.MDNS != nil {
 		if err := a.MDNS.Update(txt); err != nil {
 			return nil, fmt.Errorf("advertise: mdns: %w", err)

@@ -2,6 +2,8 @@ package advertise
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -12,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"tailscale.com/client/local"
@@ -27,6 +30,21 @@ const DefaultAdvertPort = 7461
 
 // AdvertPath is the URL path of the JSON advert.
 const AdvertPath = "/v1/advert"
+
+// Long polls: GET /v1/advert?wait=<etag> is held while <etag> is the
+// current advert's ETag, until the advert changes or the bound passes.
+const (
+	// DefaultAdvertWait is how long TailnetServer holds a long poll.
+	DefaultAdvertWait = 25 * time.Second
+	// MaxAdvertWait caps TailnetServer.Wait; a client's long poll times
+	// out a little after it.
+	MaxAdvertWait = 30 * time.Second
+	// DefaultMaxWaiters bounds the long polls held at once.
+	DefaultMaxWaiters = 1024
+	// stopFlush bounds how long Run, on its way out, waits for the last
+	// answers to reach the waiters before it closes every connection.
+	stopFlush = 50 * time.Millisecond
+)
 
 // defaultRebindInterval is how often TailnetServer re-reads the node's
 // tailnet addresses (one LocalAPI Status call without peers).
@@ -48,6 +66,13 @@ var _ LocalAPI = (*local.Client)(nil)
 // WhoIs: a caller that is not a tailnet peer, or lacks AllowTags/AllowCaps
 // when those are set, gets 403. Handlers see the caller with
 // [CallerFromContext].
+//
+// Every answer carries a strong ETag of the advert. GET
+// /v1/advert?wait=<etag> is a long poll: it answers at once when <etag> is
+// not the current one, and otherwise holds until [TailnetServer.Publish]
+// says the advert changed or Wait passes, then answers with the current
+// advert. When Run stops, held polls get the current advert (the agent's
+// draining one) before the connections close.
 //
 // Set the fields, call Handle for extra endpoints, then call Run once.
 type TailnetServer struct {
@@ -72,11 +97,41 @@ type TailnetServer struct {
 	// RebindInterval is how often the tailnet addresses are re-read;
 	// 0 means 5 s.
 	RebindInterval time.Duration
+	// Wait is how long a long poll is held while its ETag is current;
+	// 0 means DefaultAdvertWait, and more than MaxAdvertWait is capped.
+	Wait time.Duration
+	// MaxWaiters bounds the long polls held at once; more get 503.
+	// 0 means DefaultMaxWaiters.
+	MaxWaiters int
 	// Logger receives refusals and bind changes; nil discards.
 	Logger *slog.Logger
 
-	mu  sync.Mutex
-	mux *http.ServeMux
+	mu      sync.Mutex
+	mux     *http.ServeMux
+	changed chan struct{} // closed by Publish; nil while nobody waits
+	waiters atomic.Int64  // long polls held now
+}
+
+// Publish wakes the long polls after the value Advert returns changed:
+// each re-reads Advert and answers if its ETag moved. It is cheap and safe
+// from any goroutine, before and during Run.
+func (s *TailnetServer) Publish() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.changed != nil {
+		close(s.changed)
+		s.changed = nil
+	}
+}
+
+// changedChan returns the channel the next Publish closes.
+func (s *TailnetServer) changedChan() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.changed == nil {
+		s.changed = make(chan struct{})
+	}
+	return s.changed
 }
 
 // Handle registers h for pattern (http.ServeMux syntax, e.g. "POST
@@ -90,9 +145,10 @@ func (s *TailnetServer) Handle(pattern string, h http.Handler) {
 	s.mux.Handle(pattern, h)
 }
 
-// Run serves until ctx is done, then closes every listener and connection
-// at once and returns nil. It returns an error only for a bad
-// configuration or when ListenAddr cannot be bound.
+// Run serves until ctx is done. Then it answers every held long poll with
+// the current advert, gives those answers at most 50 ms to leave, closes
+// every listener and connection and returns nil. It returns an error only
+// for a bad configuration or when ListenAddr cannot be bound.
 func (s *TailnetServer) Run(ctx context.Context) error {
 	if s.LocalAPI == nil || s.Listen == nil || s.Advert == nil {
 		return errors.New("tailnet server: LocalAPI, Listen and Advert must be set")
@@ -106,32 +162,51 @@ func (s *TailnetServer) Run(ctx context.Context) error {
 	if port == 0 {
 		port = DefaultAdvertPort
 	}
-	s.Handle("GET "+AdvertPath, http.HandlerFunc(s.serveAdvert(log)))
+	wait := min(s.Wait, MaxAdvertWait)
+	if wait <= 0 {
+		wait = DefaultAdvertWait
+	}
+	maxWaiters := s.MaxWaiters
+	if maxWaiters <= 0 {
+		maxWaiters = DefaultMaxWaiters
+	}
+	stopping := make(chan struct{})
+	s.Handle("GET "+AdvertPath, s.serveAdvert(log, wait, int64(maxWaiters), stopping))
 	s.mu.Lock()
 	mux := s.mux
 	s.mu.Unlock()
 
+	// Read and write deadlines cover a whole request, so both must
+	// outlast a held long poll; headers must still come fast.
 	srv := &http.Server{
 		Handler:           s.identify(log, mux),
 		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      10 * time.Second,
+		ReadTimeout:       wait + 10*time.Second,
+		WriteTimeout:      wait + 10*time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		// Requests outlive ctx by the stop's flush, so that held long
+		// polls can still answer.
+		BaseContext: func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 	}
 	b := &binder{srv: srv, listen: s.Listen, log: log, lns: map[string]net.Listener{}}
 	defer b.closeAll()
-	stop := context.AfterFunc(ctx, func() { srv.Close() })
-	defer stop()
+	stop := func() {
+		close(stopping) // held long polls answer with the current advert
+		fctx, cancel := context.WithTimeout(context.Background(), stopFlush)
+		defer cancel()
+		srv.Shutdown(fctx) // closes the listeners, waits for those answers
+		srv.Close()
+	}
 
 	if s.ListenAddr != "" {
 		if err := b.bind(s.ListenAddr); err != nil {
+			srv.Close()
 			return fmt.Errorf("tailnet server: %w", err)
 		}
 		<-ctx.Done()
-		srv.Close()
+		stop()
 		return nil
 	}
 
@@ -144,7 +219,7 @@ func (s *TailnetServer) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			srv.Close()
+			stop()
 			return nil
 		case <-t.C:
 		}
@@ -229,19 +304,65 @@ func (b *binder) closeAll() {
 	}
 }
 
-func (s *TailnetServer) serveAdvert(log *slog.Logger) func(http.ResponseWriter, *http.Request) {
+// serveAdvert answers GET /v1/advert, holding it while ?wait= names the
+// current ETag (a long poll) until Publish, the wait bound or stopping.
+func (s *TailnetServer) serveAdvert(log *slog.Logger, wait time.Duration, maxWaiters int64, stopping <-chan struct{}) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		body, err := s.Advert()
-		if err != nil {
-			log.Error("cannot make advert", "err", err)
-			http.Error(w, "advert unavailable", http.StatusInternalServerError)
-			return
+		old, poll := r.URL.Query()["wait"]
+		var bound <-chan time.Time
+		for {
+			changed := s.changedChan() // before Advert: no Publish is missed
+			body, err := s.Advert()
+			if err != nil {
+				log.Error("cannot make advert", "err", err)
+				http.Error(w, "advert unavailable", http.StatusInternalServerError)
+				return
+			}
+			etag := advertETag(body)
+			if !poll || strings.Trim(old[0], `"`) != strings.Trim(etag, `"`) {
+				writeAdvert(w, body, etag)
+				return
+			}
+			if bound == nil {
+				if s.waiters.Add(1) > maxWaiters {
+					s.waiters.Add(-1)
+					log.Warn("refused long poll", "remote", r.RemoteAddr, "reason", "too many waiters", "max", maxWaiters)
+					w.Header().Set("Retry-After", "5")
+					http.Error(w, "too many long polls", http.StatusServiceUnavailable)
+					return
+				}
+				defer s.waiters.Add(-1)
+				t := time.NewTimer(wait)
+				defer t.Stop()
+				bound = t.C
+			}
+			select {
+			case <-changed:
+			case <-bound:
+				poll = false // answer with the advert as it is now
+			case <-stopping:
+				poll = false // the agent has published its leaving advert
+			case <-r.Context().Done():
+				return
+			}
 		}
-		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Cache-Control", "no-store")
-		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
-		w.Write(body)
 	}
+}
+
+func writeAdvert(w http.ResponseWriter, body []byte, etag string) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("ETag", etag)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.Write(body)
+}
+
+// advertETag is the strong ETag of an advert's JSON: the quoted hex of
+// the first 128 bits of its SHA-256.
+func advertETag(body []byte) string {
+	sum := sha256.Sum256(body)
+	return `"` + hex.EncodeToString(sum[:16]) + `"`
 }
 
 // Caller is the tailnet peer behind a request, as the LocalAPI WhoIs told.

@@ -8,10 +8,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	neturl "net/url"
 	"os"
 	"reflect"
+	"regexp"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -42,27 +45,37 @@ func tnAdvert(t *testing.T) (*advertise.Advert, []byte) {
 	return a, b
 }
 
-// tnServe runs s until the test ends and checks that Run stops fast.
-func tnServe(t *testing.T, s *advertise.TailnetServer) {
+// tnServe runs s until the test ends (or the returned stop is called)
+// and checks that Run stops fast. stop cancels Run's context, waits for
+// Run to return and says how long that took.
+func tnServe(t *testing.T, s *advertise.TailnetServer) (stop func() time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		start := time.Now()
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
+	var once sync.Once
+	var took time.Duration
+	stop = func() time.Duration {
+		once.Do(func() {
+			start := time.Now()
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+				took = time.Since(start)
+				if took > 100*time.Millisecond {
+					t.Errorf("Run took %v to stop, want < 100ms", took)
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("Run did not stop")
 			}
-			if d := time.Since(start); d > 100*time.Millisecond {
-				t.Errorf("Run took %v to stop, want < 100ms", d)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("Run did not stop")
-		}
-	})
+		})
+		return took
+	}
+	t.Cleanup(func() { stop() })
+	return stop
 }
 
 // tnGet fetches url with client, retrying while the server is not bound
@@ -321,4 +334,197 @@ func TestTailnetServerRebinds(t *testing.T) {
 	api.set("127.0.0.2")
 	waitOpen("127.0.0.2", true)
 	waitOpen("127.0.0.1", false)
+}
+
+// lpAnswer is the answer to one GET, and when it came.
+type lpAnswer struct {
+	code int
+	etag string
+	body []byte
+	at   time.Time
+	err  error
+}
+
+// lpStart sends GET url in the background (bounded by 10 s) and delivers
+// the answer on the returned channel.
+func lpStart(client *http.Client, url string) <-chan lpAnswer {
+	ch := make(chan lpAnswer, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			ch <- lpAnswer{err: err, at: time.Now()}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		ch <- lpAnswer{code: resp.StatusCode, etag: resp.Header.Get("ETag"), body: body, at: time.Now(), err: err}
+	}()
+	return ch
+}
+
+// lpWait returns the answer on ch within d, or fails the test.
+func lpWait(t *testing.T, ch <-chan lpAnswer, d time.Duration, what string) lpAnswer {
+	t.Helper()
+	select {
+	case a := <-ch:
+		if a.err != nil {
+			t.Fatalf("%s: %v", what, a.err)
+		}
+		return a
+	case <-time.After(d):
+		t.Fatalf("%s: no answer within %v", what, d)
+		return lpAnswer{}
+	}
+}
+
+// lpHeld fails the test if ch answers within d (the poll must be held).
+func lpHeld(t *testing.T, ch <-chan lpAnswer, d time.Duration, what string) {
+	t.Helper()
+	select {
+	case a := <-ch:
+		t.Fatalf("%s: answered (status %d, err %v), want it held", what, a.code, a.err)
+	case <-time.After(d):
+	}
+}
+
+// lpSwitch is an Advert func whose JSON a test swaps.
+type lpSwitch struct{ p atomic.Pointer[[]byte] }
+
+func (a *lpSwitch) set(b []byte)         { a.p.Store(&b) }
+func (a *lpSwitch) get() ([]byte, error) { return *a.p.Load(), nil }
+func lpURL(n *tailnettest.Node, port int) string {
+	return "http://" + net.JoinHostPort(n.FQDN, strconv.Itoa(port)) + advertise.AdvertPath
+}
+
+// TestTailnetServerLongPoll checks GET /v1/advert?wait=<etag> on a builder
+// node of an in-process tailnet: when it answers at once, when it is held,
+// how fast Publish releases it, its bounds, and that stopping the server
+// answers every held poll with the final advert before closing.
+func TestTailnetServerLongPoll(t *testing.T) {
+	tn := tailnettest.New(t)
+	b := tn.AddNode(t, "b1", tailnettest.TagBuilder)
+	c := tn.AddNode(t, "c1", tailnettest.TagClient)
+	tn.WaitPeer(t, c, b)
+	tn.WaitPeer(t, b, c)
+	client := c.Server.HTTPClient()
+
+	a, body := tnAdvert(t)
+	a.Draining = true
+	draining, err := advertise.EncodeJSON(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adv := &lpSwitch{}
+	adv.set(body)
+	const wait = 2 * time.Second
+	s := &advertise.TailnetServer{
+		LocalAPI: b.LocalClient, Listen: b.Server.Listen, Advert: adv.get,
+		Port: advertise.DefaultAdvertPort + 10, Wait: wait, MaxWaiters: 2,
+	}
+	tnServe(t, s)
+	url := lpURL(b, s.Port)
+	waitURL := func(etag string) string { return url + "?wait=" + neturl.QueryEscape(etag) }
+	tnGet(t, client, url) // up
+	for range 5 {         // and the path between the nodes settled
+		tnGet(t, client, url)
+	}
+
+	// A plain GET answers at once, as before long polls, with a strong ETag.
+	first := lpWait(t, lpStart(client, url), 5*time.Second, "plain GET")
+	if first.code != 200 || string(first.body) != string(body) || !regexp.MustCompile(`^"[0-9a-f]{32}"$`).MatchString(first.etag) {
+		t.Fatalf("plain GET: status %d, ETag %q, body %q", first.code, first.etag, first.body)
+	}
+
+	t.Run("stale-etag-answers-at-once", func(t *testing.T) {
+		start := time.Now()
+		got := lpWait(t, lpStart(client, waitURL(`"0123"`)), wait/2, "stale etag")
+		if got.code != 200 || got.etag != first.etag || string(got.body) != string(body) {
+			t.Fatalf("status %d, ETag %q, body %q", got.code, got.etag, got.body)
+		}
+		t.Logf("stale etag answered in %v", got.at.Sub(start))
+	})
+
+	t.Run("current-etag-held-until-publish", func(t *testing.T) {
+		ch := lpStart(client, waitURL(first.etag))
+		lpHeld(t, ch, 300*time.Millisecond, "current etag")
+		adv.set(draining)
+		start := time.Now()
+		s.Publish()
+		got := lpWait(t, ch, wait-100*time.Millisecond, "after Publish (before the bound)")
+		took := got.at.Sub(start)
+		if got.code != 200 || got.etag == first.etag || string(got.body) != string(draining) {
+			t.Fatalf("status %d, ETag %q, body %q", got.code, got.etag, got.body)
+		}
+		if took > 500*time.Millisecond { // tens of ms, with room for a busy machine
+			t.Errorf("answered %v after Publish, want tens of ms", took)
+		}
+		t.Logf("answered %v after Publish", took)
+	})
+
+	t.Run("publish-without-change-holds-to-the-bound", func(t *testing.T) {
+		cur := lpWait(t, lpStart(client, url), 5*time.Second, "plain GET")
+		start := time.Now()
+		ch := lpStart(client, waitURL(cur.etag))
+		time.Sleep(100 * time.Millisecond)
+		s.Publish() // the advert did not change: keep holding
+		lpHeld(t, ch, 300*time.Millisecond, "after a Publish without change")
+		got := lpWait(t, ch, 2*wait, "at the bound")
+		if took := got.at.Sub(start); got.code != 200 || got.etag != cur.etag || took < wait-100*time.Millisecond {
+			t.Fatalf("status %d, ETag %q after %v; want the same advert after %v", got.code, got.etag, took, wait)
+		}
+	})
+
+	t.Run("too-many-waiters-503", func(t *testing.T) {
+		cur := lpWait(t, lpStart(client, url), 5*time.Second, "plain GET")
+		held := []<-chan lpAnswer{lpStart(client, waitURL(cur.etag)), lpStart(client, waitURL(cur.etag))}
+		time.Sleep(200 * time.Millisecond)
+		got := lpWait(t, lpStart(client, waitURL(cur.etag)), wait/2, "third waiter")
+		if got.code != http.StatusServiceUnavailable {
+			t.Fatalf("third waiter: status %d, want 503", got.code)
+		}
+		adv.set(body)
+		s.Publish()
+		for _, ch := range held {
+			if got := lpWait(t, ch, wait/2, "held waiter"); got.code != 200 || string(got.body) != string(body) {
+				t.Fatalf("held waiter: status %d, body %q", got.code, got.body)
+			}
+		}
+	})
+
+	// Stopping answers every held poll with the advert as it is then
+	// (here changed without a Publish, as an agent's last advert could
+	// be), then closes: Run returns within 100 ms (tnServe checks).
+	t.Run("stop-answers-waiters-with-final-advert", func(t *testing.T) {
+		adv2 := &lpSwitch{}
+		adv2.set(body)
+		s2 := &advertise.TailnetServer{
+			LocalAPI: b.LocalClient, Listen: b.Server.Listen, Advert: adv2.get,
+			Port: advertise.DefaultAdvertPort + 11,
+		}
+		stop := tnServe(t, s2)
+		url2 := lpURL(b, s2.Port)
+		tnGet(t, client, url2)
+		var held []<-chan lpAnswer
+		for range 3 {
+			held = append(held, lpStart(client, url2+"?wait="+neturl.QueryEscape(first.etag)))
+		}
+		lpHeld(t, held[0], 300*time.Millisecond, "before the stop")
+		adv2.set(draining)
+		start := time.Now()
+		took := stop()
+		for i, ch := range held {
+			got := lpWait(t, ch, time.Second, "waiter at stop")
+			if got.code != 200 || string(got.body) != string(draining) {
+				t.Fatalf("waiter %d: status %d, body %q, want the draining advert", i, got.code, got.body)
+			}
+			t.Logf("waiter %d answered %v after the stop began", i, got.at.Sub(start))
+		}
+		t.Logf("Run stopped in %v", took)
+		if got := <-lpStart(client, url2); got.err == nil {
+			t.Fatalf("GET after the stop: status %d, want a connection error", got.code)
+		}
+	})
 }
