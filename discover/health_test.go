@@ -144,13 +144,13 @@ func healthRows() []healthRow {
 		},
 		{
 			// FAKE remote: sshd's ForceCommand replays what Nix 2.26's
-			// daemon says to a user it does not trust (protocol 1.38:
-			// features, version, trusted flag 2), so that the mapping to
-			// ReasonNotTrusted is proven over real SSH until the Nix 2.26
-			// lane runs the real one.
+			// daemon (announcing 1.38, negotiated down to our 1.37) says to
+			// a user it does not trust: version, trusted flag 2. It proves
+			// the mapping to ReasonNotTrusted over real SSH until the Nix
+			// 2.26 lane runs the real one.
 			name: "fake-1.38-daemon-not-trusted",
 			extra: func(t *testing.T, dir string) []string {
-				hello := new(wire).num(workerMagic2, 1<<8|38).strs().str("2.26.3").num(2, stderrLast)
+				hello := new(wire).num(workerMagic2, 1<<8|38).str("2.26.3").num(2, stderrLast)
 				f := filepath.Join(dir, "hello.bin")
 				if err := os.WriteFile(f, hello.Bytes(), 0o644); err != nil {
 					t.Fatal(err)

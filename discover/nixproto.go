@@ -42,9 +42,18 @@ const (
 
 // Protocol versions: major in the high byte, minor in the low byte.
 const (
-	// workerClientVersion is the highest worker protocol we speak (Nix
-	// 2.26 announces 1.38; 1.38 adds the feature exchange).
-	workerClientVersion = 1<<8 | 38
+	// workerClientVersion is the worker protocol we announce. 1.37 gets
+	// everything a check needs (Nix version from 1.33, trusted flag from
+	// 1.35) from every daemon: a 1.38+ daemon (Nix 2.24+, 2.26 announces
+	// 1.38) negotiates down to it. We stop short of 1.38 on purpose: it
+	// adds only the feature exchange, whose framing a daemon build that
+	// announced 1.38 without it (cachix/devenv#1364) would misread, and a
+	// check must not fail a builder that Nix itself can use.
+	// workerHandshakeAt speaks 1.38 too (tested against a scripted 1.38
+	// daemon), should we ever need it.
+	workerClientVersion = 1<<8 | 37
+	// workerMaxVersion is the newest protocol the code here implements.
+	workerMaxVersion = 1<<8 | 38
 	// workerMinVersion is the oldest daemon a Nix client accepts.
 	workerMinVersion = 1<<8 | 10
 	// serveClientVersion is the serve protocol we announce (2.7, as Nix
@@ -88,10 +97,17 @@ type serveHello struct {
 // (what a Nix client does right after starting `nix-daemon --stdio`) and
 // returns once the daemon says it is ready (STDERR_LAST).
 func workerHandshake(w io.Writer, r io.Reader) (workerHello, error) {
+	return workerHandshakeAt(w, r, workerClientVersion)
+}
+
+// workerHandshakeAt is workerHandshake announcing protocol ours (at most
+// workerMaxVersion).
+func workerHandshakeAt(w io.Writer, r io.Reader, ours uint64) (workerHello, error) {
+	ours = min(ours, workerMaxVersion)
 	var h workerHello
 	// Like Nix since 2.24, send the magic and our version together: the
 	// daemon reads them in order and replies with its own version.
-	if err := putNums(w, workerMagic1, workerClientVersion); err != nil {
+	if err := putNums(w, workerMagic1, ours); err != nil {
 		return h, fmt.Errorf("send hello: %w", err)
 	}
 	wr := newWireReader(r)
@@ -103,13 +119,13 @@ func workerHandshake(w io.Writer, r io.Reader) (workerHello, error) {
 		return h, err
 	}
 	h.DaemonVersion = v
-	if v>>8 != workerClientVersion>>8 || v > 0xffff {
+	if v>>8 != ours>>8 || v > 0xffff {
 		return h, fmt.Errorf("unsupported daemon protocol version %#x", v)
 	}
 	if v < workerMinVersion {
 		return h, fmt.Errorf("daemon protocol %s is too old", formatProtoVersion(v))
 	}
-	h.Version = min(v, workerClientVersion)
+	h.Version = min(v, ours)
 	minor := h.Version & 0xff
 	if minor >= 38 {
 		// Feature exchange: we offer none, the daemon lists its own.

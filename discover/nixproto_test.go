@@ -48,6 +48,9 @@ type scriptedDaemon struct {
 	trusted  uint64 // 0 unknown, 1 trusted, 2 not trusted
 	features []string
 	log      func(w *wire) // messages before STDERR_LAST (nil: none)
+	// legacy daemons (before Nix 2.20) use the client's version as is,
+	// without min() and without the feature exchange.
+	legacy bool
 }
 
 // serve reads the client's half from c and writes the daemon's to w.
@@ -76,7 +79,10 @@ func (d scriptedDaemon) serve(t *testing.T, c io.Reader, w io.Writer) {
 		return
 	}
 	v := min(clientVersion, d.version)
-	if v&0xff >= 38 {
+	if d.legacy {
+		v = clientVersion
+	}
+	if v&0xff >= 38 && !d.legacy {
 		if _, err := r.strs("client features"); err != nil {
 			return
 		}
@@ -106,10 +112,10 @@ func (d scriptedDaemon) serve(t *testing.T, c io.Reader, w io.Writer) {
 	_, _ = w.Write(out.Bytes())
 }
 
-// runScripted runs our client against d over OS pipes (buffered, like
-// an SSH channel; io.Pipe would deadlock on pipelined writes), every end
-// under a deadline.
-func runScripted(t *testing.T, d scriptedDaemon) (workerHello, error) {
+// runScripted runs our client, announcing protocol ours, against d over
+// OS pipes (buffered, like an SSH channel; io.Pipe would deadlock on
+// pipelined writes), every end under a deadline.
+func runScripted(t *testing.T, d scriptedDaemon, ours uint64) (workerHello, error) {
 	t.Helper()
 	c2s, c2sW := mustPipe(t)
 	s2c, s2cW := mustPipe(t)
@@ -121,7 +127,7 @@ func runScripted(t *testing.T, d scriptedDaemon) (workerHello, error) {
 		// Like a daemon at EOF: read what is left, then stop.
 		_, _ = io.Copy(io.Discard, c2s)
 	}()
-	h, err := workerHandshake(c2sW, s2c)
+	h, err := workerHandshakeAt(c2sW, s2c, ours)
 	_ = c2sW.Close()
 	_, _ = io.Copy(io.Discard, s2c)
 	<-done
@@ -141,16 +147,19 @@ func mustPipe(t *testing.T) (*os.File, *os.File) {
 	return r, w
 }
 
+// scriptedRow is one daemon and what our client must make of it.
+type scriptedRow struct {
+	name      string
+	d         scriptedDaemon
+	wantProto uint64
+	wantNix   string
+	wantTrust Trusted
+	wantErr   string
+	wantLog   []string
+}
+
 func TestWorkerHandshakeScripted(t *testing.T) {
-	for _, tc := range []struct {
-		name      string
-		d         scriptedDaemon
-		wantProto uint64
-		wantNix   string
-		wantTrust Trusted
-		wantErr   string
-		wantLog   []string
-	}{
+	for _, tc := range []scriptedRow{
 		// Nix 2.8: no trusted flag, so unknown (never a guessed "trusted").
 		{name: "nix-2.8-1.34", d: scriptedDaemon{version: 1<<8 | 34, nix: "2.8.0", trusted: 9},
 			wantProto: 1<<8 | 34, wantNix: "2.8.0", wantTrust: TrustedUnknown},
@@ -192,28 +201,47 @@ func TestWorkerHandshakeScripted(t *testing.T) {
 		{name: "too-old", d: scriptedDaemon{version: 1<<8 | 9}, wantErr: "too old"},
 		{name: "wrong-major", d: scriptedDaemon{version: 2<<8 | 34}, wantErr: "unsupported daemon protocol"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			h, err := runScripted(t, tc.d)
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if h.DaemonVersion != tc.wantProto || h.NixVersion != tc.wantNix || h.Trusted != tc.wantTrust {
-				t.Errorf("got %s %q %v, want %s %q %v", formatProtoVersion(h.DaemonVersion), h.NixVersion, h.Trusted,
-					formatProtoVersion(tc.wantProto), tc.wantNix, tc.wantTrust)
-			}
-			if h.Version != min(tc.wantProto, workerClientVersion) {
-				t.Errorf("negotiated %s", formatProtoVersion(h.Version))
-			}
-			if strings.Join(h.Log, "|") != strings.Join(tc.wantLog, "|") {
-				t.Errorf("log = %q, want %q", h.Log, tc.wantLog)
-			}
-		})
+		// Each row as we speak (1.37) and at 1.38, the feature exchange.
+		for _, ours := range []uint64{workerClientVersion, workerMaxVersion} {
+			t.Run(tc.name+"/client-"+formatProtoVersion(ours), func(t *testing.T) {
+				tc.check(t, ours)
+			})
+		}
+	}
+}
+
+func (tc scriptedRow) check(t *testing.T, ours uint64) {
+	h, err := runScripted(t, tc.d, ours)
+	if tc.wantErr != "" {
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Fatalf("err = %v, want %q", err, tc.wantErr)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.DaemonVersion != tc.wantProto || h.NixVersion != tc.wantNix || h.Trusted != tc.wantTrust {
+		t.Errorf("got %s %q %v, want %s %q %v", formatProtoVersion(h.DaemonVersion), h.NixVersion, h.Trusted,
+			formatProtoVersion(tc.wantProto), tc.wantNix, tc.wantTrust)
+	}
+	if h.Version != min(tc.wantProto, ours) {
+		t.Errorf("negotiated %s, want %s", formatProtoVersion(h.Version), formatProtoVersion(min(tc.wantProto, ours)))
+	}
+	if strings.Join(h.Log, "|") != strings.Join(tc.wantLog, "|") {
+		t.Errorf("log = %q, want %q", h.Log, tc.wantLog)
+	}
+}
+
+// TestWorkerHandshakeLegacy138 is why we announce 1.37: a daemon build
+// that announced 1.38 without the feature exchange (and, like daemons
+// before Nix 2.20, used the client's version as is) still answers us
+// right.
+func TestWorkerHandshakeLegacy138(t *testing.T) {
+	d := scriptedDaemon{version: 1<<8 | 38, nix: "2.21.0pre", trusted: 1, legacy: true}
+	h, err := runScripted(t, d, workerClientVersion)
+	if err != nil || h.NixVersion != "2.21.0pre" || h.Trusted != TrustedYes {
+		t.Fatalf("got %+v, %v", h, err)
 	}
 }
 
@@ -221,27 +249,29 @@ func TestWorkerHandshakeScripted(t *testing.T) {
 // magic and version, [features at 1.38], CPU affinity 0, reserveSpace 0.
 func TestWorkerHandshakeClientBytes(t *testing.T) {
 	for _, tc := range []struct {
-		daemon uint64
-		want   []uint64
+		ours, daemon uint64
+		want         []uint64
 	}{
-		{1<<8 | 34, []uint64{workerMagic1, workerClientVersion, 0, 0}},
-		{1<<8 | 38, []uint64{workerMagic1, workerClientVersion, 0 /* no features */, 0, 0}},
-		{1<<8 | 12, []uint64{workerMagic1, workerClientVersion, 0}},
+		{workerClientVersion, 1<<8 | 34, []uint64{workerMagic1, 1<<8 | 37, 0, 0}},
+		{workerClientVersion, 1<<8 | 38, []uint64{workerMagic1, 1<<8 | 37, 0, 0}},
+		{workerMaxVersion, 1<<8 | 38, []uint64{workerMagic1, 1<<8 | 38, 0 /* no features */, 0, 0}},
+		{workerClientVersion, 1<<8 | 12, []uint64{workerMagic1, 1<<8 | 37, 0}},
 	} {
+		v := min(tc.ours, tc.daemon) & 0xff
 		var in wire
 		in.num(workerMagic2, tc.daemon)
-		if tc.daemon&0xff >= 38 {
+		if v >= 38 {
 			in.strs()
 		}
-		if tc.daemon&0xff >= 33 {
+		if v >= 33 {
 			in.str("v")
 		}
-		if tc.daemon&0xff >= 35 {
+		if v >= 35 {
 			in.num(0)
 		}
 		in.num(stderrLast)
 		var out bytes.Buffer
-		if _, err := workerHandshake(&out, &in); err != nil {
+		if _, err := workerHandshakeAt(&out, &in, tc.ours); err != nil {
 			t.Fatalf("%s: %v", formatProtoVersion(tc.daemon), err)
 		}
 		var want wire
@@ -324,12 +354,14 @@ func FuzzReadWorkerHello(f *testing.F) {
 	}
 	f.Add(new(wire).num(workerMagic2, 1<<8|38).strs("a").str("2.26.3").num(2, stderrLast).Bytes())
 	f.Fuzz(func(t *testing.T, data []byte) {
-		h, err := workerHandshake(io.Discard, bytes.NewReader(data))
-		if err == nil && (h.Version > workerClientVersion || h.DaemonVersion < workerMinVersion) {
-			t.Fatalf("accepted version %#x / %#x", h.Version, h.DaemonVersion)
-		}
-		if len(h.Log) > keptHelloLines || len(h.NixVersion) > maxWireString {
-			t.Fatalf("kept too much: %d lines, %d bytes", len(h.Log), len(h.NixVersion))
+		for _, ours := range []uint64{workerClientVersion, workerMaxVersion} {
+			h, err := workerHandshakeAt(io.Discard, bytes.NewReader(data), ours)
+			if err == nil && (h.Version > ours || h.DaemonVersion < workerMinVersion) {
+				t.Fatalf("accepted version %#x / %#x", h.Version, h.DaemonVersion)
+			}
+			if len(h.Log) > keptHelloLines || len(h.NixVersion) > maxWireString || len(h.Features) > maxWireList {
+				t.Fatalf("kept too much: %d lines, %d bytes, %d features", len(h.Log), len(h.NixVersion), len(h.Features))
+			}
 		}
 	})
 }
