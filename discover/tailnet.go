@@ -57,7 +57,15 @@ var _ TailnetLocalAPI = (*local.Client)(nil)
 // advert is emitted as soon as it arrives; peers that do not answer are
 // retried with capped backoff in a smaller share of the pool, so that a
 // tailnet full of dead builders cannot delay a live one. An unchanged set
-// is not re-emitted. When tailscaled goes away, Run emits a Snapshot with
+// is not re-emitted.
+//
+// A builder whose advert came with an ETag is then long-polled (GET
+// /v1/advert?wait=<etag>, one held request per builder, outside the pool):
+// its advert changes, such as the draining advert of a clean stop, are
+// emitted as soon as it publishes them. A poll that breaks (agent stopped
+// or restarting) is followed at once by a fetch, under the usual backoff;
+// the last good advert is kept through a few failed fetches. Builders
+// that send no ETag are re-fetched every Refresh. When tailscaled goes away, Run emits a Snapshot with
 // Err and re-subscribes with capped backoff.
 //
 // Set the fields, then call Run once.
@@ -80,8 +88,9 @@ type TailnetSource struct {
 	AdvertPort int
 	// FetchTimeout bounds one advert fetch; 0 means 2 s.
 	FetchTimeout time.Duration
-	// Refresh is how often the adverts of answering candidates are
-	// re-fetched, to see draining and capacity changes; 0 means 5 s.
+	// Refresh is how often the adverts of answering candidates that
+	// cannot be long-polled are re-fetched, to see draining and capacity
+	// changes; 0 means 5 s.
 	Refresh time.Duration
 	// Logger receives source up/down and fetch failures; nil discards.
 	Logger *slog.Logger
@@ -118,6 +127,7 @@ func (s *TailnetSource) Run(ctx context.Context, emit func(Snapshot)) error {
 	cancel()
 	wg.Wait() // the watcher and every fetch have returned
 	l.client.CloseIdleConnections()
+	l.pollc.CloseIdleConnections()
 	return nil
 }
 

@@ -46,14 +46,24 @@ type tnEntry struct {
 	failures int    // failed fetches in a row
 	due      time.Time
 	inflight bool
+
+	// Long poll state (see tailnet_poll.go).
+	etag       string             // ETag of advert; "" means fetch, not poll
+	polling    bool               // a long poll is outstanding
+	cancelPoll context.CancelFunc // cancels it
+	pollFails  int                // failed long polls in a row
 }
 
-// fetchResult is what a fetch goroutine hands back to the loop.
+// fetchResult is what a fetch or long-poll goroutine hands back to the loop.
 type fetchResult struct {
 	id     tailcfg.NodeID
 	seq    uint64
-	retry  bool // counted in tnLoop.retrying
+	retry  bool      // counted in tnLoop.retrying
+	poll   bool      // a long poll, counted in tnLoop.polling
+	sent   string    // the ETag a long poll waited on
+	start  time.Time // when a long poll was sent
 	advert *advertise.Advert
+	etag   string
 	err    error
 }
 
@@ -63,6 +73,7 @@ type tnLoop struct {
 	emit     func(Snapshot)
 	log      *slog.Logger
 	client   *http.Client
+	pollc    *http.Client
 	tags     []string
 	port     string
 	refresh  time.Duration
@@ -71,6 +82,7 @@ type tnLoop struct {
 	seq      uint64
 	inflight int
 	retrying int // in-flight fetches for peers with failures > 0
+	polling  int // outstanding long polls (outside the fetch pool)
 	results  chan fetchResult
 	started  bool      // the bus has said something (up or down)
 	down     error     // non-nil while the IPN bus is down
@@ -91,12 +103,13 @@ func (s *TailnetSource) newLoop(emit func(Snapshot)) *tnLoop {
 		emit:    emit,
 		log:     log.With("source", s.Name()),
 		client:  s.newHTTPClient(timeout),
+		pollc:   s.newPollClient(timeout),
 		tags:    s.Tags,
 		port:    strconv.Itoa(advertise.DefaultAdvertPort),
 		refresh: s.Refresh,
 		peers:   tnPeers{},
 		entries: map[tailcfg.NodeID]*tnEntry{},
-		results: make(chan fetchResult, tnMaxFetches),
+		results: make(chan fetchResult, tnMaxFetches+tnMaxPolls),
 	}
 	if l.tags == nil {
 		l.tags = []string{DefaultBuilderTag}
@@ -129,7 +142,11 @@ func (l *tnLoop) run(ctx context.Context, wg *sync.WaitGroup, bus <-chan busEven
 		case ev := <-bus:
 			l.onBus(ev)
 		case r := <-l.results:
-			l.onResult(r, time.Now())
+			if r.poll {
+				l.onPollResult(r, time.Now())
+			} else {
+				l.onResult(r, time.Now())
+			}
 		case <-timer.C:
 		}
 	}
@@ -162,6 +179,7 @@ func (l *tnLoop) reconcile(now time.Time) {
 		p := l.peers[id]
 		reason, ok := l.qualifies(p)
 		if !ok {
+			e.stopPoll()
 			delete(l.entries, id)
 			continue
 		}
@@ -169,8 +187,9 @@ func (l *tnLoop) reconcile(now time.Time) {
 		cur, _ := p.fetchAddr()
 		if old != cur {
 			// Re-addressed: drop any fetch in flight and fetch again now.
+			e.stopPoll()
 			l.seq++
-			e.seq, e.inflight, e.due = l.seq, false, now
+			e.seq, e.inflight, e.etag, e.due = l.seq, false, "", now
 		}
 		e.peer, e.reason = p, reason
 	}
@@ -204,14 +223,19 @@ func (l *tnLoop) qualifies(p *tnPeer) (string, bool) {
 	return "", false
 }
 
-// dispatch starts the fetches that are due, never-failing peers first,
-// within the pool limits.
+// dispatch starts the long polls and fetches that are due: polls outside
+// the pool, fetches for never-failing peers first, within the pool limits.
 func (l *tnLoop) dispatch(ctx context.Context, wg *sync.WaitGroup, now time.Time) {
 	var due []*tnEntry
 	for _, e := range l.entries {
-		if !e.inflight && !e.due.After(now) {
-			due = append(due, e)
+		if e.inflight || e.polling || e.due.After(now) {
+			continue
 		}
+		if l.pollNext(e) {
+			l.startPoll(ctx, wg, e)
+			continue
+		}
+		due = append(due, e)
 	}
 	slices.SortFunc(due, func(a, b *tnEntry) int {
 		if (a.failures == 0) != (b.failures == 0) {
@@ -234,12 +258,11 @@ func (l *tnLoop) dispatch(ctx context.Context, wg *sync.WaitGroup, now time.Time
 		}
 		l.inflight++
 		e.inflight = true
-		ip, _ := e.peer.fetchAddr()
 		r := fetchResult{id: e.peer.nodeID, seq: e.seq, retry: e.failures > 0}
-		url := "http://" + net.JoinHostPort(ip.String(), l.port) + advertise.AdvertPath
+		url := l.advertURL(e)
 		wg.Go(func() {
-			r.advert, r.err = l.fetch(ctx, url)
-			l.results <- r // never blocks: cap(results) >= tnMaxFetches
+			r.advert, r.etag, r.err = l.fetch(ctx, l.client, url)
+			l.results <- r // never blocks: cap(results) >= tnMaxFetches+tnMaxPolls
 		})
 	}
 }
@@ -257,8 +280,11 @@ func (l *tnLoop) onResult(r fetchResult, now time.Time) {
 	e.inflight = false
 	e.fetched = true
 	if r.err == nil {
-		e.advert, e.failures, e.lastErr = r.advert, 0, ""
-		e.due = now.Add(l.refresh)
+		e.advert, e.failures, e.lastErr, e.etag = r.advert, 0, "", r.etag
+		e.due = now.Add(l.refresh) // no ETag: the server cannot long-poll
+		if e.etag != "" && l.polling < tnMaxPolls {
+			e.due = now // hold a long poll from now on
+		}
 		return
 	}
 	e.failures++
@@ -267,16 +293,17 @@ func (l *tnLoop) onResult(r fetchResult, now time.Time) {
 	l.log.Debug("advert fetch failed", "builder", e.peer.name, "attempt", e.failures, "err", r.err)
 }
 
-// nextDue is when the next fetch that the pool limits allow is due.
+// nextDue is when the next poll or fetch that the limits allow is due.
 func (l *tnLoop) nextDue() (time.Time, bool) {
 	var next time.Time
 	found := false
-	if l.inflight >= tnMaxFetches {
-		return next, false // a result wakes the loop
-	}
 	for _, e := range l.entries {
-		if e.inflight || (e.failures > 0 && l.retrying >= tnMaxRetryFetches) {
+		if e.inflight || e.polling {
 			continue
+		}
+		if !l.pollNext(e) && (l.inflight >= tnMaxFetches ||
+			(e.failures > 0 && l.retrying >= tnMaxRetryFetches)) {
+			continue // a result wakes the loop
 		}
 		if !found || e.due.Before(next) {
 			next, found = e.due, true
@@ -285,28 +312,35 @@ func (l *tnLoop) nextDue() (time.Time, bool) {
 	return next, found
 }
 
-// fetch gets and decodes one advert.
-func (l *tnLoop) fetch(ctx context.Context, url string) (*advertise.Advert, error) {
+// advertURL is where e's advert is fetched: its tailnet IP, never a name.
+func (l *tnLoop) advertURL(e *tnEntry) string {
+	ip, _ := e.peer.fetchAddr()
+	return "http://" + net.JoinHostPort(ip.String(), l.port) + advertise.AdvertPath
+}
+
+// fetch gets and decodes one advert with client, and returns it with its
+// ETag ("" when the server sent none or an unusable one).
+func (l *tnLoop) fetch(ctx context.Context, client *http.Client, url string) (*advertise.Advert, string, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return nil, fmt.Errorf("advert fetch failed: %w", err)
+		return nil, "", fmt.Errorf("advert fetch failed: %w", err)
 	}
 	req.Header.Set("Accept", "application/json")
-	resp, err := l.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("advert fetch failed: %w", err)
+		return nil, "", fmt.Errorf("advert fetch failed: %w", err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, advertise.MaxJSONSize+1))
 	if err != nil {
-		return nil, fmt.Errorf("advert fetch failed: %s: %w", url, err)
+		return nil, "", fmt.Errorf("advert fetch failed: %s: %w", url, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("advert fetch failed: %s: %s", url, resp.Status)
+		return nil, "", fmt.Errorf("advert fetch failed: %s: %s", url, resp.Status)
 	}
 	a, err := advertise.DecodeJSON(body)
 	if err != nil {
-		return nil, fmt.Errorf("advert invalid: %w", err)
+		return nil, "", fmt.Errorf("advert invalid: %w", err)
 	}
-	return a, nil
+	return a, tnETag(resp.Header.Get("ETag")), nil
 }
