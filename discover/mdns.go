@@ -205,28 +205,19 @@ func (s *MDNSSource) queryLoop(ctx context.Context, ifis []*net.Interface, event
 	}
 }
 
-// query runs one hashicorp/mdns query on ifi and forwards its answers as
-// they come. The library's querier sends answers without blocking (so the
-// channel is buffered and drained concurrently), does not filter by
-// service type (done here), and carries no TTLs (the state keeps the last
-// TTL it saw on the wire, or DefaultMDNSTTL).
+// query runs one hashicorp/mdns query on ifi and forwards its answers.
+// The library's querier sends answers without blocking (so the channel is
+// buffered), keeps writing to an entry after sending it (so entries are
+// read only once the query has returned), does not filter by service type
+// (done here) and carries no TTLs (the state keeps the last TTL it saw on
+// the wire, or DefaultMDNSTTL). Its multicast socket also hears other
+// interfaces, so answers whose addresses are not on ifi are dropped.
 func (s *MDNSSource) query(ctx context.Context, ifi *net.Interface, timeout time.Duration, events chan<- mdnsEvent, qlog *log.Logger, logger *slog.Logger) {
 	if ctx.Err() != nil {
 		return
 	}
+	onLink := interfacePrefixes(ifi)
 	entries := make(chan *mdns.ServiceEntry, 64)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for e := range entries {
-			if o, ok := entryObs(e, ifi.Name); ok {
-				select {
-				case events <- mdnsEvent{obs: []mdnsObs{o}}:
-				case <-ctx.Done():
-				}
-			}
-		}
-	}()
 	err := mdns.QueryContext(ctx, &mdns.QueryParam{
 		Service:   advertise.MDNSService,
 		Domain:    "local",
@@ -236,26 +227,68 @@ func (s *MDNSSource) query(ctx context.Context, ifi *net.Interface, timeout time
 		Logger:    qlog,
 	})
 	close(entries) // the query has returned: the library sends no more
-	<-done
 	if err != nil && ctx.Err() == nil {
 		logger.Warn("mdns query failed", "iface", ifi.Name, "err", err)
 	}
+	var obs []mdnsObs
+	for e := range entries {
+		if o, ok := entryObs(e, ifi.Name, onLink); ok {
+			obs = append(obs, o)
+		}
+	}
+	if len(obs) > 0 {
+		select {
+		case events <- mdnsEvent{obs: obs}:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// interfacePrefixes lists the IP prefixes on ifi.
+func interfacePrefixes(ifi *net.Interface) []netip.Prefix {
+	addrs, err := ifi.Addrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if p, err := netip.ParsePrefix(n.String()); err == nil {
+				out = append(out, p.Masked())
+			}
+		}
+	}
+	return out
 }
 
 // entryObs turns a hashicorp/mdns answer into an observation, if it is an
 // instance of our service.
-func entryObs(e *mdns.ServiceEntry, iface string) (mdnsObs, bool) {
+func entryObs(e *mdns.ServiceEntry, iface string, onLink []netip.Prefix) (mdnsObs, bool) {
 	inst, ok := instanceLabel(e.Name, mdnsServiceName())
 	if !ok || e.Port <= 0 || e.Port > 65535 || len(e.InfoFields) > advertise.MaxTXTStrings {
 		return mdnsObs{}, false
 	}
 	o := mdnsObs{instance: inst, iface: iface, hasSRV: true, port: uint16(e.Port), hasTXT: true, txt: e.InfoFields}
-	if a, ok := netip.AddrFromSlice(e.AddrV4.To4()); ok && e.AddrV4 != nil {
+	linked := func(a netip.Addr) bool {
+		if a.IsLinkLocalUnicast() {
+			return true
+		}
+		for _, p := range onLink {
+			if p.Contains(a) {
+				return true
+			}
+		}
+		return false
+	}
+	if a, ok := netip.AddrFromSlice(e.AddrV4.To4()); ok && e.AddrV4 != nil && linked(a) {
 		o.addrs = append(o.addrs, a)
 	}
 	if e.AddrV6IPAddr != nil {
-		if a, ok := netip.AddrFromSlice(e.AddrV6IPAddr.IP.To16()); ok {
-			o.addrs = append(o.addrs, a.WithZone(e.AddrV6IPAddr.Zone))
+		if a, ok := netip.AddrFromSlice(e.AddrV6IPAddr.IP.To16()); ok && linked(a) {
+			if a.IsLinkLocalUnicast() {
+				a = a.WithZone(iface)
+			}
+			o.addrs = append(o.addrs, a)
 		}
 	}
 	if len(o.addrs) == 0 {
