@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -490,6 +492,137 @@ func TestSettingsAreFlags(t *testing.T) {
 		}
 		if !strings.Contains(out, `--interval "0s": want a positive duration`) {
 			t.Errorf("the enrolment settings were not accepted up to --interval:\n%s", out)
+		}
+	})
+}
+
+// TestAuthorizedKeysCommandPath shows why the module's
+// AuthorizedKeysCommand is a copied script in /etc/ssh and not
+// /run/current-system/sw/bin/nixrb-discover: a real sshd refuses a command
+// whose resolved path crosses a group-writable directory such as
+// /nix/store (1775 root:nixbld), even through a root-owned symlink, and
+// accepts a copied file in root-owned 0755 directories.
+//
+// The store path is made with nix-store --add and deleted afterwards.
+func TestAuthorizedKeysCommandPath(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: sshd checks the command path as root")
+	}
+	for _, tool := range []string{"/usr/sbin/sshd", "ssh", "ssh-keygen", "nix-store"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (openssh-server, openssh-client, nix-bin)", tool)
+		}
+	}
+	// Outside /tmp (world-writable): every directory up to / must be
+	// root-owned and not group- or world-writable for the good case.
+	root, err := os.MkdirTemp("/var/lib", "nixrb-akc-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Chmod(root, 0o755))
+	clientKey := filepath.Join(root, "id_ed25519")
+	hostKey := filepath.Join(root, "host_ed25519")
+	for _, k := range []string{clientKey, hostKey} {
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", k).CombinedOutput(); err != nil {
+			t.Fatalf("ssh-keygen: %v\n%s", err, out)
+		}
+	}
+	pub, err := os.ReadFile(clientKey + ".pub")
+	must(err)
+	script := "#!/bin/sh\necho '" + strings.TrimSpace(string(pub)) + "'\n"
+
+	// The real /nix/store (1775 root:nixbld, a group with members, so
+	// Debian's patch that tolerates a single-member group does not apply)
+	// behind a root-owned symlink, as /run/current-system/sw/bin is.
+	must(os.WriteFile(filepath.Join(root, "nixrb-akc-test-keys"), []byte(script), 0o555))
+	added, err := nixCmd(t, "nix-store", "--add", filepath.Join(root, "nixrb-akc-test-keys"))
+	if err != nil {
+		t.Fatalf("nix-store --add: %v", err)
+	}
+	storePath := strings.TrimSpace(string(added))
+	t.Cleanup(func() { exec.Command("nix-store", "--delete", storePath).Run() })
+	must(os.Mkdir(filepath.Join(root, "sw"), 0o755))
+	must(os.Symlink(storePath, filepath.Join(root, "sw", "keys")))
+	// Like environment.etc."ssh/nixrb-discover-authorized-keys" with a mode: a copy.
+	must(os.Mkdir(filepath.Join(root, "etc"), 0o755))
+	must(os.WriteFile(filepath.Join(root, "etc", "keys"), []byte(script), 0o755))
+
+	login := func(t *testing.T, command string) (bool, string) {
+		t.Helper()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		must(err)
+		port := fmt.Sprint(ln.Addr().(*net.TCPAddr).Port)
+		ln.Close()
+		cfg := filepath.Join(root, "sshd_config")
+		must(os.WriteFile(cfg, []byte(strings.Join([]string{
+			"ListenAddress 127.0.0.1:" + port,
+			"HostKey " + hostKey,
+			"PidFile none",
+			"UsePAM no",
+			"PermitRootLogin prohibit-password",
+			"PasswordAuthentication no",
+			"KbdInteractiveAuthentication no",
+			"AuthorizedKeysFile none",
+			"AuthorizedKeysCommand " + command + " %u",
+			"AuthorizedKeysCommandUser root",
+		}, "\n")+"\n"), 0o600))
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		// -d: serve one connection, then exit; -e: log to stderr.
+		sshd := exec.CommandContext(ctx, "/usr/sbin/sshd", "-d", "-e", "-f", cfg)
+		stderr, err := sshd.StderrPipe()
+		must(err)
+		must(sshd.Start())
+		defer sshd.Process.Kill()
+		var log strings.Builder
+		listening := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			sc := bufio.NewScanner(stderr)
+			for sc.Scan() {
+				log.WriteString(sc.Text() + "\n")
+				if strings.Contains(sc.Text(), "Server listening on") {
+					close(listening)
+				}
+			}
+		}()
+		select {
+		case <-listening:
+		case <-done:
+			sshd.Wait()
+			t.Fatalf("sshd exited:\n%s", log.String())
+		case <-ctx.Done():
+			t.Fatal("sshd did not start listening within 30s")
+		}
+		ssh := exec.CommandContext(ctx, "ssh", "-F", "/dev/null", "-i", clientKey, "-p", port,
+			"-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+			"-o", "ConnectTimeout=5", "root@127.0.0.1", "true")
+		out, err := ssh.CombinedOutput()
+		<-done // sshd -d exits after the one connection
+		sshd.Wait()
+		return err == nil, string(out) + log.String()
+	}
+
+	t.Run("store-path-behind-a-symlink-is-refused", func(t *testing.T) {
+		ok, log := login(t, filepath.Join(root, "sw", "keys"))
+		if ok {
+			t.Fatalf("sshd accepted a command under a group-writable directory:\n%s", log)
+		}
+		if !strings.Contains(log, "Unsafe AuthorizedKeysCommand") {
+			t.Errorf("refused, but not for the path:\n%s", log)
+		}
+	})
+	t.Run("copied-script-is-accepted", func(t *testing.T) {
+		if ok, log := login(t, filepath.Join(root, "etc", "keys")); !ok {
+			t.Fatalf("login with the key from the copied command failed:\n%s", log)
 		}
 	})
 }
