@@ -120,6 +120,9 @@ func TestUnitDirectives(t *testing.T) {
 		// The agent leaves /dev/kvm visible (Nix's kvm feature) but may
 		// open no device.
 		{systemd.AdvertiseUnit, "Service", "DevicePolicy", "closed"},
+		// The device policy also answers access(2): without this, Nix
+		// stops reporting kvm.
+		{systemd.AdvertiseUnit, "Service", "DeviceAllow", "/dev/kvm rw"},
 		{systemd.ClientUnit, "Service", "ProtectProc", "invisible"},
 		{both, "Service", "ProtectKernelTunables", "yes"},
 		{both, "Service", "ProtectKernelModules", "yes"},
