@@ -160,7 +160,7 @@ func (l *loop) nextWake(now time.Time, firstRound time.Duration) time.Time {
 		}
 	}
 	consider(l.mem.NextDue())
-	if l.dirty {
+	if l.dirty && l.ready { // before the first round, nothing is rendered
 		lo, hi := l.c.waits()
 		consider(minTime(l.lastChange.Add(lo), l.firstChange.Add(hi)))
 	}
