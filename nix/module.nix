@@ -308,7 +308,7 @@ in
       tags = mkOption {
         type = types.listOf types.str;
         default = [ "tag:nix-builder" ];
-        description = "Tailnet tags that mark builders.";
+        description = "Tailnet tags that mark builders. An empty list means the client's default, `tag:nix-builder`.";
       };
       builders = mkOption {
         type = types.listOf types.str;
