@@ -66,6 +66,8 @@ let
   # Options shaped like nix.buildMachines, so that
   # `static = config.nix.buildMachines;` works unchanged.
   machineOptions = {
+    # Options a newer nix.buildMachines may add are carried along, unused.
+    freeformType = types.attrsOf types.anything;
     options = {
       hostName = mkOption {
         type = types.str;
@@ -468,7 +470,7 @@ in
             message = "services.nixrb-discover.client.mdns.enable needs trustKeys or pins: unsigned, unpinned mDNS adverts are never used";
           }
           {
-            assertion = lib.hasInfix "@${machinesFile}" (toString config.nix.settings.builders);
+            assertion = lib.hasInfix "@${machinesFile}" (toString (config.nix.settings.builders or ""));
             message = "services.nixrb-discover.client: nix.settings.builders must include @${machinesFile} (is nix.distributedBuilds false?)";
           }
         ];

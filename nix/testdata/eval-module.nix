@@ -53,6 +53,7 @@ let
         listOf = _: t "listOf";
         attrsOf = _: t "attrsOf";
         either = _: _: t "either";
+        anything = t "anything";
         submodule = _: t "submodule";
       };
     hasInfix =
