@@ -163,3 +163,68 @@ func slicesMax(ds []time.Duration) time.Duration {
 	}
 	return m
 }
+
+// BenchmarkTailnetCleanStop: the builder's agent stops cleanly (its Run
+// context cancelled, as on SIGTERM) → a snapshot shows it draining, pushed
+// by the long poll the source holds on it. Each run starts a new agent
+// on the same node and waits for the source to see it, then stops it.
+// Runs max(b.N, 20) times and reports the median as ms/stop-p50.
+func BenchmarkTailnetCleanStop(b *testing.B) {
+	tn := tailnettest.New(b)
+	builder := tn.AddNode(b, "b1", tailnettest.TagBuilder)
+	c := tn.AddNode(b, "c1")
+	tn.WaitPeer(b, c, builder)
+	tn.WaitPeer(b, builder, c)
+	run := tnStart(b, &discover.TailnetSource{LocalAPI: c.LocalClient, Dial: c.Server.Dial, Refresh: time.Hour})
+	const wait = 10 * time.Second
+	var lat []time.Duration
+	i := 0
+	b.ResetTimer()
+	for range max(b.N, 20) {
+		agent := tnStartAgent(b, builder, 0, nil)
+		_, i = run.wait(b, i, wait, "b1 up, not draining", tnDraining(builder, false))
+		time.Sleep(150 * time.Millisecond) // the long poll is held
+		i = run.count()
+		start := time.Now()
+		agent.cancel()
+		var snap tnSnap
+		snap, i = run.wait(b, i, wait, "b1 draining", tnDraining(builder, true))
+		lat = append(lat, snap.at.Sub(start))
+		agent.stop()
+	}
+	b.StopTimer()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(ms(tnMedian(lat)), "ms/stop-p50")
+	b.ReportMetric(ms(slicesMax(lat)), "ms/stop-max")
+	b.ReportMetric(float64(len(lat)), "runs")
+}
+
+// BenchmarkTailnetDrain: the builder's agent toggles draining (SIGUSR1) →
+// a snapshot shows the new flag. Runs max(b.N, 20) toggles and reports
+// the median as ms/drain-p50.
+func BenchmarkTailnetDrain(b *testing.B) {
+	tn := tailnettest.New(b)
+	builder := tn.AddNode(b, "b1", tailnettest.TagBuilder)
+	c := tn.AddNode(b, "c1")
+	tn.WaitPeer(b, c, builder)
+	tn.WaitPeer(b, builder, c)
+	agent := tnStartAgent(b, builder, 0, nil)
+	run := tnStart(b, &discover.TailnetSource{LocalAPI: c.LocalClient, Dial: c.Server.Dial, Refresh: time.Hour})
+	_, i := run.wait(b, 0, 10*time.Second, "b1 not draining", tnDraining(builder, false))
+	var lat []time.Duration
+	draining := false
+	b.ResetTimer()
+	for range max(b.N, 20) {
+		time.Sleep(150 * time.Millisecond) // past the source's least gap between polls
+		draining = !draining
+		start := time.Now()
+		agent.ToggleDrain()
+		var snap tnSnap
+		snap, i = run.wait(b, i, 2*time.Second, "draining toggled", tnDraining(builder, draining))
+		lat = append(lat, snap.at.Sub(start))
+	}
+	b.StopTimer()
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	b.ReportMetric(ms(tnMedian(lat)), "ms/drain-p50")
+	b.ReportMetric(ms(slicesMax(lat)), "ms/drain-max")
+}

@@ -2,7 +2,9 @@ package discover_test
 
 import (
 	"context"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -24,16 +26,20 @@ type tnAgent struct {
 // tnStartAgent runs an agent on node until stop or the end of the test.
 // Its facts are all overrides (no nix needed); it re-measures capacity
 // only hourly, so that its advert changes only when the test says so.
-// wait is its server's long-poll bound (0: the default).
-func tnStartAgent(tb testing.TB, node *tailnettest.Node, wait time.Duration) *tnAgent {
+// wait is its server's long-poll bound (0: the default); listen opens its
+// listeners (nil: the node's).
+func tnStartAgent(tb testing.TB, node *tailnettest.Node, wait time.Duration, listen func(string, string) (net.Listener, error)) *tnAgent {
 	tb.Helper()
+	if listen == nil {
+		listen = node.Server.Listen
+	}
 	a := &advertise.Agent{
 		Facts: advertise.FactsOptions{Overrides: advertise.Overrides{
 			Hostname: "advertised-" + node.Name, HostKey: tnHostKey, Systems: []string{"x86_64-linux"},
 			SupportedFeatures: []string{}, MaxJobs: 4, AgentVersion: "test",
 		}},
 		Interval: time.Hour,
-		Tailnet:  &advertise.TailnetServer{LocalAPI: node.LocalClient, Listen: node.Server.Listen, Wait: wait},
+		Tailnet:  &advertise.TailnetServer{LocalAPI: node.LocalClient, Listen: listen, Wait: wait},
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ta := &tnAgent{Agent: a, cancel: cancel, done: make(chan struct{})}
@@ -77,7 +83,7 @@ func TestTailnetSourceLongPoll(t *testing.T) {
 	tn.WaitPeer(t, c, b)
 	tn.WaitPeer(t, b, c)
 	const hold = 400 * time.Millisecond
-	agent := tnStartAgent(t, b, hold)
+	agent := tnStartAgent(t, b, hold, nil)
 	dial := &tnCountingDial{dial: c.Server.Dial}
 	run := tnStart(t, &discover.TailnetSource{LocalAPI: c.LocalClient, Dial: dial.Dial, Refresh: time.Hour, Logger: slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	const wait = 10 * time.Second
@@ -193,5 +199,94 @@ func TestTailnetSourceNoETagFallback(t *testing.T) {
 	defer mu.Unlock()
 	if waits != 0 || gets < 3 {
 		t.Errorf("%d GETs of which %d long polls; want periodic fetches, no long polls", gets, waits)
+	}
+}
+
+// tnCrash opens listeners that a test can cut like a crashed process
+// would: every listener and connection closed at once, nothing answered.
+type tnCrash struct {
+	listen func(string, string) (net.Listener, error)
+	mu     sync.Mutex
+	closer []io.Closer
+}
+
+func (c *tnCrash) Listen(network, addr string) (net.Listener, error) {
+	ln, err := c.listen(network, addr)
+	if err != nil {
+		return nil, err
+	}
+	c.track(ln)
+	return &tnCrashListener{Listener: ln, c: c}, nil
+}
+
+func (c *tnCrash) track(x io.Closer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closer = append(c.closer, x)
+}
+
+func (c *tnCrash) crash() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, x := range c.closer {
+		x.Close()
+	}
+	c.closer = nil
+}
+
+type tnCrashListener struct {
+	net.Listener
+	c *tnCrash
+}
+
+func (l *tnCrashListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err == nil {
+		l.c.track(conn)
+	}
+	return conn, err
+}
+
+// TestTailnetSourceAgentRestart crashes a builder's agent (its listener
+// and held long poll cut, no draining advert) and starts a new one a few
+// hundred ms later: the source re-fetches at once when the poll breaks,
+// keeps the builder with its last good advert and no problem throughout,
+// and long-polls the new agent (Refresh is an hour).
+func TestTailnetSourceAgentRestart(t *testing.T) {
+	tn := tailnettest.New(t)
+	b := tn.AddNode(t, "b1", tailnettest.TagBuilder)
+	c := tn.AddNode(t, "c1", tailnettest.TagClient)
+	tn.WaitPeer(t, c, b)
+	tn.WaitPeer(t, b, c)
+	crash := &tnCrash{listen: b.Server.Listen}
+	tnStartAgent(t, b, 0, crash.Listen)
+	dial := &tnCountingDial{dial: c.Server.Dial}
+	run := tnStart(t, &discover.TailnetSource{LocalAPI: c.LocalClient, Dial: dial.Dial, Refresh: time.Hour})
+	_, i := run.wait(t, 0, 10*time.Second, "b1 not draining", tnDraining(b, false))
+	time.Sleep(200 * time.Millisecond) // the long poll is held
+
+	n0 := dial.count()
+	crash.crash()
+	time.Sleep(300 * time.Millisecond)
+	if n := dial.count() - n0; n < 1 {
+		t.Errorf("%d requests within 300ms of the crash, want a prompt re-fetch", n)
+	}
+	agent := tnStartAgent(t, b, 0, nil)
+	// Back on the first retry (1 s after the failed re-fetch).
+	deadline := time.Now().Add(5 * time.Second)
+	for dial.count()-n0 < 3 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	start := time.Now()
+	agent.ToggleDrain()
+	s, j := run.wait(t, i, 2*time.Second, "b1 draining (pushed by the new agent)", tnDraining(b, true))
+	t.Logf("new agent's drain seen %v after the toggle", s.at.Sub(start))
+	run.mu.Lock()
+	defer run.mu.Unlock()
+	for _, s := range run.snaps[i : j+1] {
+		if !tnHas(b)(s.Snapshot) {
+			t.Errorf("during the restart: snapshot %s, want b1 kept with its advert", tnDescribe(s.Snapshot))
+		}
 	}
 }
