@@ -179,6 +179,20 @@ func TestMDNSSourceFollowsAnnouncementsAndGoodbye(t *testing.T) {
 	})
 	t.Logf("TXT change seen %v after Update", at.Sub(updated))
 
+	// A clean leave: a signed advert that says draining, then the goodbye.
+	drain := mdnsAdvert(t, "b1", hk, nil, time.Now())
+	drain.Draining = true
+	if err := advertise.Sign(drain, fleet, time.Now().Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Update(mdnsTXT(t, drain)); err != nil {
+		t.Fatal(err)
+	}
+	_, i, _ = rec.waitFor(t, i+1, time.Second, "the signed draining advert", func(s Snapshot) bool {
+		c, ok := mdnsCandidateIn(s, key)
+		return ok && c.Trusted && c.Advert.Draining
+	})
+
 	stopped := time.Now()
 	stop()
 	snap, _, at := rec.waitFor(t, i+1, time.Second, "a re-check after the goodbye", func(s Snapshot) bool { return slices.Contains(s.Recheck, key) })
