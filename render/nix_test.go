@@ -5,73 +5,65 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
 )
 
-// realNix runs the Debian nix-bin (Nix 2.8) found on PATH.
+// realNix is one Nix lane: Debian's 2.8 on the host or 2.26 in the
+// trixie chroot (internal/nixtest), used as a client.
 type realNix struct {
+	lane    nixtest.Version
 	version NixVersion
-	dir     string
 }
 
-func newRealNix(t *testing.T) *realNix {
+// lanes returns both Nix versions the tests run against.
+func lanes(t *testing.T) []realNix {
 	t.Helper()
-	if _, err := exec.LookPath("nix-build"); err != nil {
-		t.Skip("nix-build not on PATH: install Debian's nix-bin (.ci/run does)")
-	}
-	out, err := exec.Command("nix", "--version").Output()
-	if err != nil {
-		t.Fatalf("nix --version: %v", err)
-	}
-	v, err := ParseNixVersion(string(out))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	conf := "sandbox = false\nsubstituters =\nbuild-users-group =\n"
-	if err := os.WriteFile(filepath.Join(dir, "nix.conf"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return &realNix{version: v, dir: dir}
+	nixtest.RequireTools(t)
+	return []realNix{{nixtest.V28, NixVersion{2, 8, 0}}, {nixtest.V226, NixVersion{2, 26, 3}}}
 }
 
 // build asks Nix to build a trivial derivation with only the builders in
 // machines and no local jobs, and returns what Nix printed. SSH goes to
 // port 1 on loopback, which refuses at once: no traffic leaves the host.
-func (n *realNix) build(t *testing.T, machines string) string {
+func (n realNix) build(t *testing.T, machines string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "machines")
+	path := filepath.Join(nixtest.WorkDir(t, "render"), "machines")
 	if err := os.WriteFile(path, []byte(machines), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	expr := fmt.Sprintf(`derivation { name = "render-crosscheck-%d"; system = "x86_64-linux"; builder = "/bin/sh"; args = ["-c" "echo x > $out"]; }`, time.Now().UnixNano())
-	cmd := exec.CommandContext(ctx, "nix-build", "--no-out-link", "--builders", "@"+path, "--max-jobs", "0", "-E", expr)
-	cmd.Env = append(os.Environ(), "NIX_CONF_DIR="+n.dir, "NIX_SSHOPTS=-p 1 -o ConnectTimeout=2", "TMPDIR="+t.TempDir())
-	out, err := cmd.CombinedOutput()
+	_, stderr, err := nixtest.NixBuild(t, ctx, nixtest.ClientOptions{Version: n.lane, MachinesFile: path, Expr: expr, SSHOpts: "-p 1 -o ConnectTimeout=2"})
 	if err == nil {
-		t.Fatalf("nix-build succeeded with unreachable builders:\n%s", out)
+		t.Fatalf("nix-build succeeded with unreachable builders:\n%s", stderr)
 	}
 	if ctx.Err() != nil {
-		t.Fatalf("nix-build timed out:\n%s", out)
+		t.Fatalf("nix-build timed out:\n%s", stderr)
 	}
-	return string(out)
+	return stderr
 }
 
 // TestRealNixReadsWhatFormatWrites has real Nix read files written by
 // Format: Nix must get as far as connecting (and fail: the port is
 // closed), never reject the file.
 func TestRealNixReadsWhatFormatWrites(t *testing.T) {
-	n := newRealNix(t)
-	t.Run("nix-"+n.version.String(), func(t *testing.T) {
+	for _, n := range lanes(t) {
+		t.Run(n.lane.String(), func(t *testing.T) { readsWhatFormatWrites(t, n) })
+	}
+}
+
+func readsWhatFormatWrites(t *testing.T, n realNix) {
+	{
 		a := builder()
 		a.URI.Host, a.URI.User = "127.0.0.1", "nobody"
-		a.SpeedFactor = 2.5 // rounded for Nix < 2.20
+		a.SSHKey = ""       // the key file would have to exist for the 2.26 chroot
+		a.SpeedFactor = 2.5 // 2.26 reads it as is; rounded for Nix < 2.20
 		b := a
 		b.URI = StoreURI{Scheme: "ssh", User: "nobody", Host: "localhost", Params: map[string][]string{"remote-store": {"daemon"}}}
 		b.Systems = []string{"x86_64-linux"}
@@ -90,7 +82,10 @@ func TestRealNixReadsWhatFormatWrites(t *testing.T) {
 				t.Errorf("Nix did not try builder %s:\n%s", host, got)
 			}
 		}
-	})
+		if n.version.AtLeast(2, 20) && !strings.Contains(string(out), " 2.5 ") {
+			t.Errorf("file for Nix %s lost the fractional speed factor:\n%s", n.version, out)
+		}
+	}
 }
 
 // TestRealNixAgreesWithCheck feeds real Nix the lines the parser rejects:
@@ -98,19 +93,34 @@ func TestRealNixReadsWhatFormatWrites(t *testing.T) {
 // lines Nix accepts at parse time that would still fail every build; the
 // test proves Nix does accept them, so the claim stays honest.
 func TestRealNixAgreesWithCheck(t *testing.T) {
-	n := newRealNix(t)
+	nixtest.EnsureTrixie(t) // one chroot for every row
+	for _, n := range lanes(t) {
+		t.Run(n.lane.String(), func(t *testing.T) { agreesWithCheck(t, n) })
+	}
+}
+
+func agreesWithCheck(t *testing.T, n realNix) {
 	hostKey := base64.StdEncoding.EncodeToString([]byte(keyB2))
 	tests := []struct {
 		name     string
 		line     string
 		stricter string // why we reject what Nix parses; empty when Nix rejects too
+		// onlyBefore: the line is invalid only for Nix older than this;
+		// newer Nix (and our parser for it) must accept it.
+		onlyBefore string
+		// stricterSince: from this Nix version on, Nix accepts the line at
+		// parse time and the stricter note applies.
+		stricterSince string
 	}{
 		{name: "valid-line", line: "ssh://nobody@127.0.0.1 x86_64-linux - 2 1 kvm - " + hostKey},
 		{name: "max-jobs-not-a-number", line: "ssh://nobody@127.0.0.1 x86_64-linux - many"},
 		{name: "max-jobs-negative", line: "ssh://nobody@127.0.0.1 x86_64-linux - -3"},
-		{name: "speed-factor-fraction", line: "ssh://nobody@127.0.0.1 x86_64-linux - 1 1.5"},
+		{name: "speed-factor-fraction", line: "ssh://nobody@127.0.0.1 x86_64-linux - 1 1.5", onlyBefore: "2.20"},
+		{name: "speed-factor-negative", line: "ssh://nobody@127.0.0.1 x86_64-linux - 1 -1",
+			stricterSince: "2.20", stricter: "Nix 2.26 takes -1 as a float and ranks the builder below every other"},
 		{name: "speed-factor-word", line: "ssh://nobody@127.0.0.1 x86_64-linux - 1 fast"},
-		{name: "host-key-not-base64", line: "ssh://nobody@127.0.0.1 x86_64-linux - 1 1 - - not*base64"},
+		{name: "host-key-not-base64", line: "ssh://nobody@127.0.0.1 x86_64-linux - 1 1 - - not*base64",
+			stricterSince: "2.20", stricter: "Nix 2.26 no longer checks the base64 at parse time; every connection then fails"},
 		{name: "no-store-uri", line: "- x86_64-linux"},
 		{name: "host-key-not-a-key", line: "ssh://nobody@127.0.0.1 x86_64-linux - 1 1 - - " + base64.StdEncoding.EncodeToString([]byte("hello")),
 			stricter: "Nix writes it to known_hosts and every connection fails host-key verification"},
@@ -122,20 +132,32 @@ func TestRealNixAgreesWithCheck(t *testing.T) {
 			stricter: "Nix ignores the 9th field; it is surely a mistake"},
 	}
 	for _, tt := range tests {
-		t.Run("nix-"+n.version.String()+"/"+tt.name, func(t *testing.T) {
+		t.Run(tt.name, func(t *testing.T) {
 			_, ourErr := Parse([]byte(tt.line+"\n"), ParseOptions{NixVersion: n.version})
 			nixOut := n.build(t, tt.line+"\n")
 			nixRejects := strings.Contains(nixOut, "bad machine specification")
+			stricter := tt.stricter
+			if tt.stricterSince != "" {
+				v, _ := ParseNixVersion(tt.stricterSince)
+				if !n.version.AtLeast(v.Major, v.Minor) {
+					stricter = ""
+				}
+			}
+			valid := tt.name == "valid-line"
+			if tt.onlyBefore != "" {
+				v, _ := ParseNixVersion(tt.onlyBefore)
+				valid = n.version.AtLeast(v.Major, v.Minor)
+			}
 			switch {
-			case tt.name == "valid-line":
+			case valid:
 				if ourErr != nil || nixRejects {
-					t.Fatalf("valid line: ours %v, Nix rejects %v:\n%s", ourErr, nixRejects, nixOut)
+					t.Fatalf("valid line for Nix %s: ours %v, Nix rejects %v:\n%s", n.version, ourErr, nixRejects, nixOut)
 				}
 			case ourErr == nil:
 				t.Fatalf("we accept %q; Nix rejects: %v", tt.line, nixRejects)
-			case tt.stricter == "" && !nixRejects:
+			case stricter == "" && !nixRejects:
 				t.Fatalf("we reject (%v) but Nix %s accepts:\n%s", ourErr, n.version, nixOut)
-			case tt.stricter != "" && nixRejects:
+			case stricter != "" && nixRejects:
 				t.Fatalf("row says Nix accepts, but Nix rejects; drop the stricter note:\n%s", nixOut)
 			}
 		})
