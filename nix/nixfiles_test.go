@@ -626,3 +626,52 @@ func TestAuthorizedKeysCommandPath(t *testing.T) {
 		}
 	})
 }
+
+// TestFlakeOutputs evaluates flake.nix's outputs and nix/package.nix
+// with a stub nixpkgs (buildGoModule returns its arguments): the shape
+// nix flake check would look at, without fetching nixpkgs.
+func TestFlakeOutputs(t *testing.T) {
+	const expr = `
+	let
+	  stubPkgs = goVersion: rec {
+	    go = { version = goVersion; };
+	    lib = { cleanSource = p: p; platforms.linux = [ "x86_64-linux" ]; };
+	    buildGoModule = args: args // { builtWith = "buildGoModule"; };
+	    buildGo126Module = args: args // { builtWith = "buildGo126Module"; };
+	    callPackage = f: extra: let fn = import f; in fn (builtins.intersectAttrs (builtins.functionArgs fn) (stubPkgs goVersion) // extra);
+	    stdenv.hostPlatform.system = "x86_64-linux";
+	  };
+	  nixpkgs = {
+	    lib.genAttrs = names: f: builtins.listToAttrs (map (n: { name = n; value = f n; }) names);
+	    legacyPackages = { x86_64-linux = stubPkgs "1.26.8"; aarch64-linux = stubPkgs "1.25.4"; };
+	  };
+	  flake = import ../flake.nix;
+	  self = flake.outputs { inherit self nixpkgs; };
+	  p = self.packages.x86_64-linux.default;
+	in {
+	  inherit (p) pname vendorHash subPackages builtWith;
+	  src = toString p.src;
+	  oldGo = self.packages.aarch64-linux.default.builtWith;
+	  module = toString self.nixosModules.default;
+	  check = self.checks.x86_64-linux.package.pname;
+	}`
+	var got struct {
+		Pname, VendorHash, BuiltWith, Src, OldGo, Module, Check string
+		SubPackages                                          []string
+	}
+	evalJSON(t, expr, &got)
+	abs, _ := filepath.Abs("..")
+	if got.Pname != "nixrb-discover" || got.Check != "nixrb-discover" || !reflect.DeepEqual(got.SubPackages, []string{"cmd/nixrb-discover"}) {
+		t.Errorf("package: %+v", got)
+	}
+	if got.Src != abs || got.Module != filepath.Join(abs, "nix", "module.nix") {
+		t.Errorf("src %s, module %s: want the repository and nix/module.nix", got.Src, got.Module)
+	}
+	if !strings.HasPrefix(got.VendorHash, "sha256-") {
+		t.Errorf("vendorHash %q", got.VendorHash)
+	}
+	// go.mod wants Go 1.26.6: an older default Go switches to buildGo126Module.
+	if got.BuiltWith != "buildGoModule" || got.OldGo != "buildGo126Module" {
+		t.Errorf("built with %s (Go 1.26.8) and %s (Go 1.25.4)", got.BuiltWith, got.OldGo)
+	}
+}
