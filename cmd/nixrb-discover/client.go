@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"flag"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/advertise"
 	"github.com/nixrb-discover/nixrb-discover/discover"
 	"github.com/nixrb-discover/nixrb-discover/render"
 	"github.com/nixrb-discover/nixrb-discover/systemd"
@@ -230,9 +230,28 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env) 
 	}
 }
 
-// mdnsSource is filled in by the mDNS wiring.
-var errNoMDNS = fmt.Errorf("mDNS discovery is not built in yet")
-
+// mdnsSource builds the mDNS source with its trust settings.
 func (f *clientFlags) mdnsSource(log *slog.Logger) (discover.Source, error) {
-	return nil, errNoMDNS
+	src := &discover.MDNSSource{Interfaces: f.mdnsIfaces, Pins: &discover.Pins{}, Logger: log}
+	for _, path := range f.trustKeys {
+		k, err := advertise.LoadTrustKey(path)
+		if err != nil {
+			return nil, usageError("--trust-key %s: %v", path, err)
+		}
+		src.TrustKeys = append(src.TrustKeys, k)
+	}
+	for _, p := range f.pins {
+		if err := src.Pins.AddFlag(p); err != nil {
+			return nil, usageError("--pin %q: %v", p, err)
+		}
+	}
+	if f.pinFile != "" {
+		if err := src.Pins.LoadPinFile(f.pinFile); err != nil {
+			return nil, usageError("--pin-file: %v", err)
+		}
+	}
+	if len(src.TrustKeys) == 0 && src.Pins.Len() == 0 {
+		log.Warn("mDNS without --trust-key or --pin: every mDNS builder will be listed as untrusted and kept out of the file")
+	}
+	return src, nil
 }

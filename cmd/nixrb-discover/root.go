@@ -68,6 +68,7 @@ and keeps the Nix machines file holding exactly the builders that work.`),
 			newClientCmd(e),
 			newKeygenCmd(e),
 			newListCmd(e),
+			newSystemdUnitsCmd(e),
 		},
 	}
 	root.Exec = func(ctx context.Context, args []string) error {
