@@ -269,7 +269,10 @@ func runHealthRow(t *testing.T, lane nixLane, row healthRow) {
 		opts.Extra = row.extra(t, scratchDir(t))
 	}
 	s := lane.start(t, opts)
-	c := &Checker{Signer: signer}
+	// A generous step timeout: the host's Nix store is shared with other
+	// tests, and its lock contention has stalled a handshake past 3 s.
+	// Rows about timeouts set their own.
+	c := &Checker{Signer: signer, Timeout: 10 * time.Second}
 	if row.unauthorized {
 		c.Signer = newTestSigner(t)
 	}

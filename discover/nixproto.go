@@ -105,7 +105,7 @@ func workerHandshake(w io.Writer, r io.Reader) (workerHello, error) {
 func workerHandshakeAt(w io.Writer, r io.Reader, ours uint64) (workerHello, error) {
 	ours = min(ours, workerMaxVersion)
 	var h workerHello
-	// Like Nix since 2.24, send the magic and our version together: the
+	// Like recent Nix clients, send the magic and our version together: the
 	// daemon reads them in order and replies with its own version.
 	if err := putNums(w, workerMagic1, ours); err != nil {
 		return h, fmt.Errorf("send hello: %w", err)
