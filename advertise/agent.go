@@ -35,6 +35,10 @@ type Agent struct {
 	// OnChange is called (from Run's goroutine) with every new advert,
 	// the first one included.
 	OnChange func(a *Advert)
+	// Tick, when set, is called from Run's loop at least every TickEvery
+	// (the systemd watchdog: a stuck loop stops calling it).
+	Tick      func()
+	TickEvery time.Duration
 
 	drain   chan struct{}
 	once    sync.Once
@@ -129,6 +133,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	var watchdog <-chan time.Time
+	if a.Tick != nil && a.TickEvery > 0 {
+		wd := time.NewTicker(a.TickEvery)
+		defer wd.Stop()
+		watchdog = wd.C
+		a.Tick()
+	}
 	lastSigned := time.Now()
 	for {
 		select {
@@ -143,6 +154,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("advertise: %w", err)
 			}
+		case <-watchdog:
+			a.Tick()
 		case <-a.drain:
 			o.Draining = !o.Draining
 			if _, err := a.publish(facts, o, time.Now()); err != nil {

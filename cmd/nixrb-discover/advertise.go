@@ -168,6 +168,10 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 		}
 		notify.Status(status)
 	}
+	if wd := notify.WatchdogInterval(); wd > 0 {
+		agent.TickEvery = wd
+		agent.Tick = func() { notify.Watchdog() }
+	}
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
 	defer signal.Stop(usr1)
