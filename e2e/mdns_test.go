@@ -1,0 +1,219 @@
+// Package e2e runs the built nixrb-discover binaries as separate processes
+// on hosts made of network namespaces, with real sshd, real Nix and real
+// multicast, and checks what users see: the machines file and list.
+package e2e
+
+import (
+	"bytes"
+
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/internal/netnstest"
+	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
+)
+
+// host is one machine of the test: a namespace on the hub bridge and a
+// root-owned work directory outside /tmp (sshd refuses /tmp-based paths).
+type host struct {
+	*netnstest.Host
+	dir string
+}
+
+func newHost(t *testing.T, topo *netnstest.Topology, name string) *host {
+	t.Helper()
+	return &host{Host: topo.AddHost(t, name), dir: nixtest.WorkDir(t, "e2e-"+name)}
+}
+
+// start runs a command on the host, stopped (SIGTERM, then SIGKILL) at cleanup.
+func (h *host) start(t *testing.T, logName string, name string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := h.Command(name, args...)
+	logf, err := os.Create(filepath.Join(h.dir, logName+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := h.Start(t, cmd); err != nil {
+		t.Fatalf("%s on %s: %v", name, h.Name, err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logf.Name())
+			t.Logf("--- %s on %s:\n%s", logName, h.Name, b)
+		}
+	})
+	return cmd
+}
+
+// startSSHD runs a real OpenSSH sshd on the host's address that lets the
+// client key in as root; nix-daemon --stdio comes from the host's Nix.
+func (h *host) startSSHD(t *testing.T, clientPub string) string {
+	t.Helper()
+	key := filepath.Join(h.dir, "ssh_host_ed25519_key")
+	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", key).CombinedOutput(); err != nil {
+		t.Fatalf("ssh-keygen: %v %s", err, out)
+	}
+	ak := filepath.Join(h.dir, "authorized_keys")
+	os.WriteFile(ak, []byte(clientPub+"\n"), 0o644)
+	cfg := filepath.Join(h.dir, "sshd_config")
+	os.WriteFile(cfg, []byte(fmt.Sprintf(`ListenAddress %s:22
+HostKey %s
+AuthorizedKeysFile %s
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PidFile none
+StrictModes no
+SetEnv TMPDIR=%s
+`, h.IP, key, ak, h.dir)), 0o644)
+	h.start(t, "sshd", "/usr/sbin/sshd", "-D", "-e", "-f", cfg)
+	return key + ".pub"
+}
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	dir := nixtest.WorkDir(t, "e2e-bin")
+	bin := filepath.Join(dir, "nixrb-discover")
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nixrb-discover/nixrb-discover/cmd/nixrb-discover").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !ok() {
+		if time.Since(start) > within {
+			t.Fatalf("not within %v: %s", within, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func fileHas(path, s string) func() bool {
+	return func() bool { b, _ := os.ReadFile(path); return bytes.Contains(b, []byte(s)) }
+}
+
+// listJSON runs `nixrb-discover list --json` against the client's socket.
+func listJSON(t *testing.T, bin, socket string) *discover.Status {
+	t.Helper()
+	out, err := exec.Command(bin, "list", "--json", "--socket", socket).Output()
+	if err != nil {
+		t.Fatalf("list --json: %v", err)
+	}
+	var st discover.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("list --json: %v\n%s", err, out)
+	}
+	return &st
+}
+
+// TestMDNSFleet: a builder with a signed advert, a rogue with an unsigned
+// one, and a laptop running the client, each a namespace on one bridge,
+// each running the real binary. The signed builder (with its real Nix
+// facts) enters the machines file; the rogue never does and list says
+// why; stopping the builder's agent takes it out at once.
+func TestMDNSFleet(t *testing.T) {
+	nixtest.RequireTools(t)
+	netnstest.RequireRoot(t)
+	bin := buildBinary(t)
+	topo := netnstest.New(t)
+	laptop, b1, rogue := newHost(t, topo, "laptop"), newHost(t, topo, "b1"), newHost(t, topo, "rogue")
+
+	fleet := filepath.Join(laptop.dir, "fleet")
+	if out, err := exec.Command(bin, "keygen", "--out", fleet).CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v %s", err, out)
+	}
+	// The builders get the private half; the laptop trusts the public one.
+	signKey := filepath.Join(b1.dir, "fleet")
+	k, _ := os.ReadFile(fleet)
+	os.WriteFile(signKey, k, 0o600)
+
+	clientKey := filepath.Join(laptop.dir, "id_ed25519")
+	machines := filepath.Join(laptop.dir, "machines")
+	socket := filepath.Join(laptop.dir, "client.sock")
+	if out, err := exec.Command(bin, "client", "--once", "--tailnet=false", "--static", "/dev/null", "--ssh-key", clientKey, "--machines", filepath.Join(laptop.dir, "first")).CombinedOutput(); err != nil {
+		t.Fatalf("create the client key: %v %s", err, out)
+	}
+	clientPub, _ := os.ReadFile(clientKey + ".pub")
+
+	b1HostKey := b1.startSSHD(t, strings.TrimSpace(string(clientPub)))
+	rogueHostKey := rogue.startSSHD(t, strings.TrimSpace(string(clientPub)))
+
+	laptop.start(t, "client", bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
+		"--trust-key", fleet+".pub", "--ssh-key", clientKey, "--machines", machines, "--socket", socket, "--log-level", "debug")
+	agent := b1.start(t, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
+		"--sign-key", signKey, "--ssh-user", "root", "--ssh-host-key", b1HostKey, "--hostname", "b1", "--log-level", "debug")
+	rogue.start(t, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
+		"--ssh-user", "root", "--ssh-host-key", rogueHostKey, "--hostname", "rogue", "--log-level", "debug")
+
+	took := waitFor(t, 30*time.Second, "b1 in the machines file", fileHas(machines, "ssh-ng://root@"+b1.IP.String()))
+	t.Logf("signed builder in the machines file %v after its agent started", took)
+
+	// Real Nix facts: the line carries what this machine's nix reports.
+	nixOut, err := exec.Command("nix", "--extra-experimental-features", "nix-command", "show-config", "--json").Output()
+	if err != nil {
+		t.Fatalf("nix show-config: %v", err)
+	}
+	var conf map[string]struct{ Value any }
+	json.Unmarshal(nixOut, &conf)
+	system, _ := conf["system"].Value.(string)
+	file, _ := os.ReadFile(machines)
+	if !bytes.Contains(file, []byte(" "+system)) || !bytes.Contains(file, []byte(" "+clientKey+" ")) {
+		t.Errorf("b1's line lacks the real system %q or the client key:\n%s", system, file)
+	}
+
+	st := listJSON(t, bin, socket)
+	var sawRogue bool
+	for _, b := range st.Builders {
+		switch {
+		case b.Name == "b1" && (!b.InFile || b.State != discover.StateHealthy || !b.Trusted):
+			t.Errorf("list says b1 is %+v, want healthy, trusted, in the file", b)
+		case strings.Contains(b.Key, "untrusted"):
+			sawRogue = true
+			if b.InFile || b.Trusted || !strings.Contains(b.TrustHint, "--trust-key") && !strings.Contains(b.TrustHint, "--pin") {
+				t.Errorf("rogue listed as %+v; want untrusted, out of the file, with the flag that would trust it", b)
+			}
+		}
+	}
+	if !sawRogue {
+		t.Errorf("list --json does not show the rogue at all: %+v", st.Builders)
+	}
+	if bytes.Contains(file, []byte(rogue.IP.String())) {
+		t.Fatalf("the unsigned rogue is in the machines file:\n%s", file)
+	}
+	out, _ := exec.Command(bin, "list", "--all", "--socket", socket).CombinedOutput()
+	if !bytes.Contains(out, []byte("untrusted")) || !bytes.Contains(out, []byte("b1")) {
+		t.Errorf("list --all does not explain both builders:\n%s", out)
+	}
+	t.Logf("list --all:\n%s", out)
+
+	// A clean stop publishes a signed draining advert: out at once.
+	stopped := time.Now()
+	agent.Process.Signal(syscall.SIGTERM)
+	took = waitFor(t, 10*time.Second, "b1 out of the machines file after its agent stopped", func() bool { return !fileHas(machines, b1.IP.String())() })
+	t.Logf("clean stop: out of the machines file %v after SIGTERM", took)
+	done := make(chan error, 1)
+	go func() { done <- agent.Wait() }()
+	select {
+	case <-done:
+		if since := time.Since(stopped); since > 2*time.Second {
+			t.Errorf("agent took %v to exit after SIGTERM, want < 2s", since)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("agent did not exit within 5s of SIGTERM")
+	}
+
+}
