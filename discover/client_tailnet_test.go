@@ -130,6 +130,8 @@ func TestClientOnTailnet(t *testing.T) {
 	auth := []string{id.AuthorizedKey}
 	b1 := startTailnetBuilder(t, tn, "b1", []string{tailnettest.TagBuilder}, nixtest.BuilderOptions{Version: nixtest.V28, AuthorizedKeys: auth, SystemFeatures: []string{"kvm"}})
 	b2 := startTailnetBuilder(t, tn, "b2", []string{tailnettest.TagBuilder}, nixtest.BuilderOptions{Version: nixtest.V28, AuthorizedKeys: auth, SystemFeatures: []string{"big-parallel"}})
+	nixtest.EnsureTrixie(t)
+	b3 := startTailnetBuilder(t, tn, "b3", []string{tailnettest.TagBuilder}, nixtest.BuilderOptions{Version: nixtest.V226, AuthorizedKeys: auth, SystemFeatures: []string{"benchmark"}})
 	rogue := startTailnetBuilder(t, tn, "untagged", nil, nixtest.BuilderOptions{Version: nixtest.V28, AuthorizedKeys: auth})
 	cn := tn.AddNode(t, "laptop", tailnettest.TagClient)
 
@@ -154,19 +156,22 @@ func TestClientOnTailnet(t *testing.T) {
 		}
 	})
 
-	file, took := waitFile(t, machines, "listed both tagged builders", func(f string) bool {
-		return strings.Contains(f, b1.node.FQDN) && strings.Contains(f, b2.node.FQDN)
+	file, took := waitFile(t, machines, "listed the three tagged builders", func(f string) bool {
+		return strings.Contains(f, b1.node.FQDN) && strings.Contains(f, b2.node.FQDN) && strings.Contains(f, b3.node.FQDN)
 	})
-	t.Logf("both builders in the file %v after the client started", took)
+	t.Logf("all builders in the file %v after the client started", took)
 	entries, err := render.Parse([]byte(file), render.ParseOptions{NixVersion: render.NixVersion{Major: 2, Minor: 8}})
-	if err != nil || len(entries) != 2 {
-		t.Fatalf("file does not parse as 2 machines (%v):\n%s", err, file)
+	if err != nil || len(entries) != 3 {
+		t.Fatalf("file does not parse as 3 machines (%v):\n%s", err, file)
 	}
 	for _, e := range entries {
 		m := e.Machine
 		want := b1
-		if m.URI.Host == b2.node.FQDN {
+		switch m.URI.Host {
+		case b2.node.FQDN:
 			want = b2
+		case b3.node.FQDN:
+			want = b3
 		}
 		if m.URI.Scheme != "ssh-ng" || m.URI.User != "root" || m.SSHKey != id.Path || m.MaxJobs != 2 ||
 			strings.Join(strings.Fields(m.HostKey)[:2], " ") != strings.Join(strings.Fields(want.nix.HostKey())[:2], " ") {
@@ -180,28 +185,39 @@ func TestClientOnTailnet(t *testing.T) {
 		t.Fatalf("the untagged peer is in the file:\n%s", file)
 	}
 
-	t.Run("real-nix-builds-through-the-file", func(t *testing.T) {
-		// MagicDNS names resolve only on the tailnet; give ssh the
-		// builders' real addresses under those names.
-		cfg := filepath.Join(dir, "ssh_config")
-		var sb strings.Builder
-		for _, b := range []*tailnetBuilder{b1, b2} {
-			fmt.Fprintf(&sb, "Host %s\n  HostName %s\n  HostKeyAlias %s\n", b.node.FQDN, b.nix.Addr, b.node.FQDN)
-		}
-		os.WriteFile(cfg, []byte(sb.String()), 0o644)
-		bctx, bcancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer bcancel()
-		out, stderr, err := nixtest.NixBuild(t, bctx, nixtest.ClientOptions{
-			Version: nixtest.V28, MachinesFile: machines, SSHOpts: "-F " + cfg,
-			Expr: nixtest.TrivialDerivation("via-tailnet", "kvm"),
+	// MagicDNS names resolve only on the tailnet; give ssh the builders'
+	// real addresses under those names.
+	cfg := filepath.Join(dir, "ssh_config")
+	var sb strings.Builder
+	for _, b := range []*tailnetBuilder{b1, b2, b3} {
+		fmt.Fprintf(&sb, "Host %s\n  HostName %s\n  HostKeyAlias %s\n", b.node.FQDN, b.nix.Addr, b.node.FQDN)
+	}
+	os.WriteFile(cfg, []byte(sb.String()), 0o644)
+	for _, tc := range []struct {
+		name    string
+		client  nixtest.Version
+		feature string
+		want    *tailnetBuilder
+	}{
+		{"nix-2.8-client-kvm-build-goes-to-the-kvm-builder", nixtest.V28, "kvm", b1},
+		{"nix-2.8-client-to-nix-2.26-builder", nixtest.V28, "benchmark", b3},
+		{"nix-2.26-client-to-nix-2.8-builder", nixtest.V226, "kvm", b1},
+	} {
+		t.Run("real-nix-build/"+tc.name, func(t *testing.T) {
+			bctx, bcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer bcancel()
+			out, stderr, err := nixtest.NixBuild(t, bctx, nixtest.ClientOptions{
+				Version: tc.client, MachinesFile: machines, SSHOpts: "-F " + cfg, BindPaths: []string{dir},
+				Expr: nixtest.TrivialDerivation("via-tailnet", tc.feature),
+			})
+			if err != nil {
+				t.Fatalf("nix-build through the rendered file: %v\n%s", err, stderr)
+			}
+			if strings.TrimSpace(out) != tc.want.node.Name {
+				t.Errorf("a %s build ran on %q, want %s (the only builder with it)", tc.feature, out, tc.want.node.Name)
+			}
 		})
-		if err != nil {
-			t.Fatalf("nix-build through the rendered file: %v\n%s", err, stderr)
-		}
-		if strings.TrimSpace(out) != "b1" {
-			t.Errorf("a kvm build ran on %q, want b1 (the only kvm builder)", out)
-		}
-	})
+	}
 
 	t.Run("sshd-killed-leaves", func(t *testing.T) {
 		if err := b2.nix.KillSSHD(); err != nil {
