@@ -657,7 +657,7 @@ func TestFlakeOutputs(t *testing.T) {
 	}`
 	var got struct {
 		Pname, VendorHash, BuiltWith, Src, OldGo, Module, Check string
-		SubPackages                                          []string
+		SubPackages                                             []string
 	}
 	evalJSON(t, expr, &got)
 	abs, _ := filepath.Abs("..")
