@@ -34,7 +34,7 @@ type tailnetBuilder struct {
 // address to its sshd: every connection to the node's tailnet port 22 is
 // piped to the real sshd (which sees a plain TCP client). Faults of the
 // real sshd (killed, stopped, re-keyed) pass through unchanged.
-func forwardSSH(t *testing.T, node *tailnettest.Node, backend string) {
+func forwardSSH(t testing.TB, node *tailnettest.Node, backend string) {
 	ln, err := node.Server.Listen("tcp", ":22")
 	if err != nil {
 		t.Fatalf("listen on %s:22: %v", node.Name, err)
@@ -63,7 +63,7 @@ func forwardSSH(t *testing.T, node *tailnettest.Node, backend string) {
 	}()
 }
 
-func startTailnetBuilder(t *testing.T, tn *tailnettest.Net, name string, tags []string, opts nixtest.BuilderOptions) *tailnetBuilder {
+func startTailnetBuilder(t testing.TB, tn *tailnettest.Net, name string, tags []string, opts nixtest.BuilderOptions) *tailnetBuilder {
 	t.Helper()
 	opts.Hostname = name
 	b := nixtest.StartBuilder(t, opts)
@@ -92,7 +92,7 @@ func startTailnetBuilder(t *testing.T, tn *tailnettest.Net, name string, tags []
 }
 
 // waitFile polls the machines file until ok says yes (bounded).
-func waitFile(t *testing.T, path string, what string, ok func(string) bool) (string, time.Duration) {
+func waitFile(t testing.TB, path string, what string, ok func(string) bool) (string, time.Duration) {
 	t.Helper()
 	start := time.Now()
 	deadline := start.Add(30 * time.Second)
