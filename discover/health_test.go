@@ -12,9 +12,10 @@ import (
 	"golang.org/x/crypto/ssh"
 )
 
-// nixLane is a Nix that answers behind the test sshd. Today that is the
-// host's Debian nix-bin 2.8; the Nix 2.26 (trixie chroot) lane adds an
-// entry with its own start function and expectations.
+// nixLane is a Nix that answers behind the loopback test sshd: the host's
+// Debian nix-bin 2.8, whose sshd_config (SetEnv, ForceCommand) the rows
+// shape freely. TestCheckLanes (health_lane_test.go) runs the checks that
+// need a real Nix of each version, 2.8 and 2.26, on namespace builders.
 type nixLane struct {
 	name       string
 	nixVersion string // what the daemon reports
@@ -145,9 +146,10 @@ func healthRows() []healthRow {
 		{
 			// FAKE remote: sshd's ForceCommand replays what Nix 2.26's
 			// daemon (announcing 1.38, negotiated down to our 1.37) says to
-			// a user it does not trust: version, trusted flag 2. It proves
-			// the mapping to ReasonNotTrusted over real SSH until the Nix
-			// 2.26 lane runs the real one.
+			// a user it does not trust: version, trusted flag 2. It pins
+			// the mapping to ReasonNotTrusted over real SSH byte for byte;
+			// TestCheckLanes/nix-2.26/ssh-ng-untrusted-user runs the real
+			// daemon.
 			name: "fake-1.38-daemon-not-trusted",
 			extra: func(t *testing.T, dir string) []string {
 				hello := new(wire).num(workerMagic2, 1<<8|38).str("2.26.3").num(2, stderrLast)
