@@ -7,14 +7,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
-	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
 )
 
 // realNix skips unless Debian's nix-bin (or another nix) is installed.
+// TestDetectFactsLanes (facts_lane_test.go) runs it, and Nix 2.26 beside.
 func realNix(t *testing.T) string {
 	t.Helper()
 	nix, err := exec.LookPath("nix")
@@ -22,21 +21,6 @@ func realNix(t *testing.T) string {
 		t.Skip("nix not installed (apt-get install nix-bin)")
 	}
 	return nix
-}
-
-// nixConf points nix at a nix.conf of our own, with nothing from the
-// machine's or the user's configuration.
-func nixConf(t *testing.T, conf string) {
-	t.Helper()
-	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "nix.conf"), []byte(conf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("NIX_CONF_DIR", dir)
-	t.Setenv("NIX_USER_CONF_FILES", filepath.Join(dir, "none.conf"))
-	t.Setenv("XDG_CONFIG_HOME", dir)
-	t.Setenv("XDG_CACHE_HOME", dir)
-	t.Setenv("TMPDIR", t.TempDir()) // Nix 2.8 leaves nix-PID-0 dirs behind
 }
 
 func fakeProcOptions(t *testing.T) FactsOptions {
@@ -48,80 +32,6 @@ func fakeProcOptions(t *testing.T) FactsOptions {
 		PasswdFile:  "testdata/passwd",
 		NixTimeout:  20 * time.Second,
 	}
-}
-
-func TestDetectFactsRealNix(t *testing.T) {
-	nix := realNix(t)
-	t.Run("nix-config-decides", func(t *testing.T) {
-		nixConf(t, "system-features = kvm big-parallel\nextra-platforms = aarch64-linux i686-linux\nmax-jobs = 6\nbuild-users-group = nixbld\n")
-		opts := fakeProcOptions(t)
-		opts.NixPath = nix
-		f, err := DetectFacts(context.Background(), opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !regexp.MustCompile(`^[a-z0-9_]+-linux$`).MatchString(f.System) {
-			t.Errorf("System = %q, want this machine's <arch>-linux", f.System)
-		}
-		if got := slices.Sorted(slices.Values(f.ExtraPlatforms)); !reflect.DeepEqual(got, []string{"aarch64-linux", "i686-linux"}) {
-			t.Errorf("ExtraPlatforms = %q", f.ExtraPlatforms)
-		}
-		if got := slices.Sorted(slices.Values(f.SystemFeatures)); !reflect.DeepEqual(got, []string{"big-parallel", "kvm"}) {
-			t.Errorf("SystemFeatures = %q", f.SystemFeatures)
-		}
-		if f.MaxJobs != 6 {
-			t.Errorf("MaxJobs = %d, want 6", f.MaxJobs)
-		}
-		if !regexp.MustCompile(`^\d+\.\d+`).MatchString(f.NixVersion) {
-			t.Errorf("NixVersion = %q", f.NixVersion)
-		}
-		if h, _ := os.Hostname(); f.Hostname != h {
-			t.Errorf("Hostname = %q, want %q", f.Hostname, h)
-		}
-		if f.HostKey != testHostKey(t) {
-			t.Errorf("HostKey = %q, want the key without its comment", f.HostKey)
-		}
-		if f.BuildUsers.Group != "nixbld" || f.Capacity.RunningBuilds != 2 || f.Capacity.Cores != 4 {
-			t.Errorf("build users %+v, capacity %+v: want group nixbld, 2 running builds, 4 cores", f.BuildUsers, f.Capacity)
-		}
-		a, err := BuildAdvert(f, Overrides{}, time.Now())
-		if err != nil {
-			t.Fatalf("BuildAdvert from real facts: %v", err)
-		}
-		if a.Systems[0] != f.System || len(a.Systems) != 3 {
-			t.Errorf("advert systems = %q, want the system first, then the extra platforms", a.Systems)
-		}
-	})
-	t.Run("max-jobs-auto-is-the-cpu-count", func(t *testing.T) {
-		nixConf(t, "max-jobs = auto\n")
-		opts := fakeProcOptions(t)
-		opts.NixPath = nix
-		f, err := DetectFacts(context.Background(), opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c, err := countCPUs("/proc")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f.MaxJobs != c {
-			t.Errorf("MaxJobs = %d, want the %d online CPUs", f.MaxJobs, c)
-		}
-	})
-	t.Run("overrides-are-not-asked-of-nix", func(t *testing.T) {
-		nixConf(t, "")
-		opts := fakeProcOptions(t)
-		opts.NixPath = nix
-		opts.HostKeyPath = "/nonexistent"
-		opts.Overrides = Overrides{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{}, MaxJobs: 2, Hostname: "b1", HostKey: testHostKey(t)}
-		f, err := DetectFacts(context.Background(), opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if f.System != "" || f.NixVersion == "" {
-			t.Errorf("facts %+v: want no Nix config read but the Nix version known", f)
-		}
-	})
 }
 
 // fakeNix writes an executable shell script standing in for nix.
