@@ -3,7 +3,7 @@
 // real advertise agent, an untagged peer that must stay out, and the real
 // client keeping a machines file as builders stop and die.
 //
-//	go run ./cmd/nixrb-demo [-v]
+//	go run ./cmd/nixrb-demo [-v [-tailscale-logs]]
 //
 // Its output says what is real and what is simulated. It links tsnet and
 // testcontrol, so it is a separate binary from nixrb-discover.
@@ -37,7 +37,8 @@ func main() {
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("nixrb-demo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	verbose := fs.Bool("v", false, "log what the client, the agents and Tailscale do (to stderr)")
+	verbose := fs.Bool("v", false, "log what the client and the agents do (to stderr)")
+	tslogs := fs.Bool("tailscale-logs", false, "with -v, also log Tailscale's own messages (many)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -48,5 +49,5 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *verbose {
 		log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	return demo.Run(ctx, demo.Options{Stdout: stdout, Logger: log})
+	return demo.Run(ctx, demo.Options{Stdout: stdout, Logger: log, TailscaleLogs: *tslogs})
 }

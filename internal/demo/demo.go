@@ -26,6 +26,7 @@ import (
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
 	"github.com/nixrb-discover/nixrb-discover/render"
+	"tailscale.com/types/logger"
 )
 
 // DefaultTimeout bounds each wait of the demo.
@@ -38,6 +39,9 @@ type Options struct {
 	// Logger gets the logs of the client, the agents and (at debug
 	// level) Tailscale's; nil discards them.
 	Logger *slog.Logger
+	// TailscaleLogs sends Tailscale's own (many) log lines to Logger too,
+	// at debug level.
+	TailscaleLogs bool
 	// Timeout bounds each wait; zero means DefaultTimeout.
 	Timeout time.Duration
 }
@@ -83,8 +87,12 @@ func Run(ctx context.Context, o Options) error {
 	d.machines = filepath.Join(dir, "machines")
 	d.banner()
 
-	tslog := d.log.With("component", "tailscale")
-	tn, err := newTailnet(ctx, filepath.Join(dir, "nodes"), func(f string, a ...any) { tslog.Debug(fmt.Sprintf(f, a...)) })
+	tslogf := logger.Discard
+	if o.TailscaleLogs {
+		tslog := d.log.With("component", "tailscale")
+		tslogf = func(f string, a ...any) { tslog.Debug(fmt.Sprintf(f, a...)) }
+	}
+	tn, err := newTailnet(ctx, filepath.Join(dir, "nodes"), tslogf)
 	if err != nil {
 		return fmt.Errorf("start the tailnet: %w", err)
 	}
@@ -94,54 +102,21 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(d.out, "Starting the tailnet (control, DERP, STUN on 127.0.0.1) and 4 nodes...\n")
-	sctx, cancel := context.WithTimeout(ctx, d.timeout)
-	defer cancel()
-	var (
-		wg               sync.WaitGroup
-		b1, b2, untagged *builder
-		laptop           *node
-		e1, e2, e3, e4   error
-		agentLog         = d.log.With("component", "advertise")
-		startB           = func(s builderSpec) (*builder, error) {
-			return startBuilder(sctx, tn, s, id.Signer.PublicKey(), agentLog)
-		}
-		nodesStarted       = time.Now()
-		timeoutHint        = fmt.Sprintf(" (bounded by %s)", d.timeout)
-		errStartingTailnet = errors.New("start the demo nodes")
-	)
-	wg.Go(func() { b1, e1 = startB(specB1) })
-	wg.Go(func() { b2, e2 = startB(specB2) })
-	wg.Go(func() { untagged, e3 = startB(specUntagged) })
-	wg.Go(func() { laptop, e4 = tn.addNode(sctx, "laptop") })
-	wg.Wait()
-	if err := errors.Join(e1, e2, e3, e4); err != nil {
-		return fmt.Errorf("%w%s: %w", errStartingTailnet, timeoutHint, err)
-	}
-	if err := waitPeers(sctx, laptop, b1.node, b2.node, untagged.node); err != nil {
+	b1, b2, untagged, laptop, err := d.startNodes(ctx, tn, id)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(d.out, "  ready in %s:\n", ms(time.Since(nodesStarted)))
-	for _, b := range []*builder{b1, b2, untagged} {
-		tag := "no tags"
-		if len(b.spec.tags) > 0 {
-			tag = strings.Join(b.spec.tags, ",")
-		}
-		fmt.Fprintf(d.out, "  %-9s %-16s advertises %s (features %s, %d jobs)\n", b.spec.name, tag,
-			strings.Join(b.spec.systems, ","), orDash(b.spec.features), b.spec.maxJobs)
-	}
-	fmt.Fprintf(d.out, "  %-9s %-16s runs the client (tailnet source, tag %s)\n\n", "laptop", "no tags", TagBuilder)
 
 	checker := &discover.Checker{Signer: id.Signer, Dial: laptop.server.Dial, Logger: d.log.With("component", "health")}
 	defer checker.Close()
 	d.client = &discover.Client{
-		Sources:              []discover.Source{&discover.TailnetSource{LocalAPI: laptop.lc, Dial: laptop.server.Dial, Logger: d.log.With("component", "tailnet")}},
+		Sources:              []discover.Source{&discover.TailnetSource{LocalAPI: laptop.lc, Dial: laptop.server.Dial, Logger: d.log}},
 		Checker:              checker,
 		MachinesPath:         d.machines,
 		SSHKeyPath:           id.Path,
 		ClientKeyFingerprint: id.Fingerprint,
 		NixVersion:           render.NixVersion{Major: 2, Minor: 8},
-		Logger:               d.log.With("component", "client"),
+		Logger:               d.log,
 		Hooks: discover.Hooks{Rendered: func(bool, error) {
 			select {
 			case d.rendered <- struct{}{}:
@@ -170,7 +145,7 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 	fmt.Fprintf(d.out, "  b1 and b2 are in the machines file %s after the client started.\n\n", ms(time.Since(clientStarted)))
-	if err := d.show(ctx); err != nil {
+	if err := d.show(ctx, true); err != nil {
 		return err
 	}
 	if err := d.showPeers(ctx, laptop); err != nil {
@@ -206,7 +181,7 @@ func Run(ctx context.Context, o Options) error {
 	fmt.Fprintf(d.out, "  b1 left the machines file %s after its SSH endpoint died\n"+
 		"  (a fresh connection to port 22 failed %d checks in a row).\n\n", ms(seen.Sub(t0)), discover.DefaultFall)
 
-	if err := d.show(ctx); err != nil {
+	if err := d.show(ctx, false); err != nil {
 		return err
 	}
 	if err := d.cat(); err != nil {
@@ -259,4 +234,40 @@ func orDash(ss []string) string {
 		return "-"
 	}
 	return strings.Join(ss, ",")
+}
+
+// startNodes starts the three builders and the client's node at once and
+// waits until the client's node sees them all online.
+func (d *demo) startNodes(ctx context.Context, tn *tailnet, id *discover.Identity) (b1, b2, untagged *builder, laptop *node, err error) {
+	fmt.Fprintf(d.out, "Starting the tailnet (control, DERP, STUN on 127.0.0.1) and 4 nodes...\n")
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	startB := func(s builderSpec) (*builder, error) {
+		return startBuilder(ctx, tn, s, id.Signer.PublicKey(), d.log)
+	}
+	var wg sync.WaitGroup
+	var e1, e2, e3, e4 error
+	wg.Go(func() { b1, e1 = startB(specB1) })
+	wg.Go(func() { b2, e2 = startB(specB2) })
+	wg.Go(func() { untagged, e3 = startB(specUntagged) })
+	wg.Go(func() { laptop, e4 = tn.addNode(ctx, "laptop") })
+	wg.Wait()
+	if err := errors.Join(e1, e2, e3, e4); err != nil {
+		return nil, nil, nil, nil, fmt.Errorf("start the demo nodes (bounded by %s): %w", d.timeout, err)
+	}
+	if err := waitPeers(ctx, laptop, b1.node, b2.node, untagged.node); err != nil {
+		return nil, nil, nil, nil, err
+	}
+	fmt.Fprintf(d.out, "  ready in %s:\n", ms(time.Since(start)))
+	for _, b := range []*builder{b1, b2, untagged} {
+		tag := "no tags"
+		if len(b.spec.tags) > 0 {
+			tag = strings.Join(b.spec.tags, ",")
+		}
+		fmt.Fprintf(d.out, "  %-9s %-16s advertises %s (features %s, %d jobs)\n", b.spec.name, tag,
+			strings.Join(b.spec.systems, ","), orDash(b.spec.features), b.spec.maxJobs)
+	}
+	fmt.Fprintf(d.out, "  %-9s %-16s runs the client (tailnet source, builder tag %s)\n\n", "laptop", "no tags", TagBuilder)
+	return b1, b2, untagged, laptop, nil
 }

@@ -32,8 +32,9 @@ func (d *demo) banner() {
 `)
 }
 
-// show prints the client's state as `nixrb-discover list --all` does.
-func (d *demo) show(ctx context.Context) error {
+// show prints the client's state as `nixrb-discover list --all` does and,
+// with handshakes, what each builder's Nix handshake said.
+func (d *demo) show(ctx context.Context, handshakes bool) error {
 	sctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
 	st, err := d.client.Status(sctx)
@@ -42,6 +43,14 @@ func (d *demo) show(ctx context.Context) error {
 	}
 	fmt.Fprintln(d.out, "$ nixrb-discover list --all")
 	printStatus(d.out, st)
+	if handshakes {
+		for _, b := range st.Builders {
+			if b.InFile {
+				fmt.Fprintf(d.out, "  %s: SSH login as %s with the client key, host key as advertised, "+
+					"nix-daemon --stdio handshake: Nix %q, user %s\n", b.Name, b.SSHUser, b.RemoteNix, b.TrustedUser)
+			}
+		}
+	}
 	fmt.Fprintln(d.out)
 	return nil
 }
