@@ -29,12 +29,16 @@ type host struct {
 }
 
 func newHost(t *testing.T, topo *netnstest.Topology, name string) *host {
+	return newHostTB(t, topo, name)
+}
+
+func newHostTB(t testing.TB, topo *netnstest.Topology, name string) *host {
 	t.Helper()
 	return &host{Host: topo.AddHost(t, name), dir: nixtest.WorkDir(t, "e2e-"+name)}
 }
 
 // start runs a command on the host, stopped (SIGTERM, then SIGKILL) at cleanup.
-func (h *host) start(t *testing.T, logName string, name string, args ...string) *exec.Cmd {
+func (h *host) start(t testing.TB, logName string, name string, args ...string) *exec.Cmd {
 	t.Helper()
 	cmd := h.Command(name, args...)
 	logf, err := os.Create(filepath.Join(h.dir, logName+".log"))
@@ -56,7 +60,7 @@ func (h *host) start(t *testing.T, logName string, name string, args ...string) 
 
 // startSSHD runs a real OpenSSH sshd on the host's address that lets the
 // client key in as root; nix-daemon --stdio comes from the host's Nix.
-func (h *host) startSSHD(t *testing.T, clientPub string) string {
+func (h *host) startSSHD(t testing.TB, clientPub string) string {
 	t.Helper()
 	key := filepath.Join(h.dir, "ssh_host_ed25519_key")
 	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", key).CombinedOutput(); err != nil {
@@ -80,7 +84,9 @@ SetEnv TMPDIR=%s
 	return key + ".pub"
 }
 
-func buildBinary(t *testing.T) string {
+func buildBinary(t *testing.T) string { return buildBinaryTB(t) }
+
+func buildBinaryTB(t testing.TB) string {
 	t.Helper()
 	dir := nixtest.WorkDir(t, "e2e-bin")
 	bin := filepath.Join(dir, "nixrb-discover")
@@ -90,7 +96,7 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
-func waitFor(t *testing.T, within time.Duration, what string, ok func() bool) time.Duration {
+func waitFor(t testing.TB, within time.Duration, what string, ok func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for !ok() {

@@ -1,0 +1,73 @@
+package e2e
+
+import (
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/internal/netnstest"
+	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
+)
+
+// BenchmarkMDNSJoinLeave runs the real binaries over mDNS between
+// namespaces and measures, per iteration: advertise started → line in the
+// machines file (includes reading the facts from the real nix, the
+// announcement and the SSH + Nix check), SIGTERM → line gone (the signed
+// draining advert), and sshd SIGKILLed → line gone.
+//
+//	go test -run '^$' -bench BenchmarkMDNSJoinLeave -benchtime 20x ./e2e
+func BenchmarkMDNSJoinLeave(b *testing.B) {
+	nixtest.RequireTools(b)
+	netnstest.RequireRoot(b)
+	bin := buildBinaryTB(b)
+	topo := netnstest.New(b)
+	laptop, b1 := newHostTB(b, topo, "laptop"), newHostTB(b, topo, "b1")
+	fleet := filepath.Join(laptop.dir, "fleet")
+	if out, err := exec.Command(bin, "keygen", "--out", fleet).CombinedOutput(); err != nil {
+		b.Fatalf("keygen: %v %s", err, out)
+	}
+	signKey := filepath.Join(b1.dir, "fleet")
+	k, _ := os.ReadFile(fleet)
+	os.WriteFile(signKey, k, 0o600)
+	clientKey := filepath.Join(laptop.dir, "id_ed25519")
+	machines := filepath.Join(laptop.dir, "machines")
+	exec.Command(bin, "client", "--once", "--tailnet=false", "--static", "/dev/null", "--ssh-key", clientKey, "--machines", filepath.Join(laptop.dir, "first")).Run()
+	clientPub, _ := os.ReadFile(clientKey + ".pub")
+	hostKey := b1.startSSHD(b, strings.TrimSpace(string(clientPub)))
+	laptop.start(b, "client", bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
+		"--trust-key", fleet+".pub", "--ssh-key", clientKey, "--machines", machines, "--socket", filepath.Join(laptop.dir, "sock"))
+	present := func(want bool) func() bool {
+		return func() bool { return fileHas(machines, "root@"+b1.IP.String())() == want }
+	}
+	lat := map[string][]time.Duration{}
+	for b.Loop() {
+		agent := b1.start(b, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
+			"--sign-key", signKey, "--ssh-user", "root", "--ssh-host-key", hostKey, "--hostname", "b1")
+		lat["join"] = append(lat["join"], waitFor(b, 30*time.Second, "join", present(true)))
+		time.Sleep(time.Duration(rand.Int64N(int64(time.Second))))
+		agent.Process.Signal(syscall.SIGTERM)
+		lat["clean-stop"] = append(lat["clean-stop"], waitFor(b, 30*time.Second, "clean stop", present(false)))
+		agent.Wait()
+	}
+	for _, s := range []string{"join", "clean-stop"} {
+		p50, p95 := quantiles(lat[s])
+		b.ReportMetric(float64(p50.Microseconds())/1000, s+"-p50-ms")
+		b.ReportMetric(float64(p95.Microseconds())/1000, s+"-p95-ms")
+		b.Logf("%-10s n=%d p50=%v p95=%v", s, len(lat[s]), p50.Round(time.Millisecond), p95.Round(time.Millisecond))
+	}
+}
+
+func quantiles(ds []time.Duration) (p50, p95 time.Duration) {
+	if len(ds) == 0 {
+		return 0, 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2], s[min(len(s)-1, len(s)*95/100)]
+}
