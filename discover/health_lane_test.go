@@ -189,6 +189,64 @@ func laneRows() []laneRow {
 			},
 		},
 		{
+			// Later checks keep the daemon's answers while they reuse the
+			// authenticated connection (keepalive and a new session on
+			// it), and a new connection follows after RefreshChecks.
+			name: "reuse-then-refresh",
+			run: func(t *testing.T, h *laneHarness) Result {
+				h.c.RefreshChecks = 2
+				var reused []bool
+				var last Result
+				for range 4 {
+					last = h.check(t)
+					mustOK(t, last)
+					reused = append(reused, last.Reused)
+				}
+				if want := []bool{false, true, true, false}; !equalBools(reused, want) {
+					t.Errorf("Reused sequence = %v, want %v", reused, want)
+				}
+				return last
+			},
+			want: wantReason(ReasonOK),
+			verify: func(t *testing.T, l laneSpec, _ *laneHarness, r Result) {
+				if r.ProtocolVersion != l.protocol || r.Trusted != l.trusted {
+					t.Errorf("got protocol %q trusted %v, want %q %v", r.ProtocolVersion, r.Trusted, l.protocol, l.trusted)
+				}
+			},
+		},
+		{
+			// Checks of several keys at once (two per key) on one builder;
+			// run under -race.
+			name: "concurrent-checks",
+			run: func(t *testing.T, h *laneHarness) Result {
+				// One check first: on a brand-new store, Nix 2.8's daemon
+				// workers race to create /nix/var/nix/gcroots/profiles,
+				// and the loser ends the connection ("creating symlink
+				// ... File exists"). A real builder's store is not new.
+				mustOK(t, h.check(t))
+				h.c.Forget(h.target.Key)
+				results := make(chan Result, 8)
+				for i := range 8 {
+					go func() {
+						tg := h.target
+						tg.Key = tg.Key + "#" + strconv.Itoa(i%4)
+						ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+						defer cancel()
+						results <- h.c.Check(ctx, tg)
+					}()
+				}
+				var last Result
+				for range 8 {
+					last = <-results
+					if !last.OK {
+						t.Errorf("concurrent check: %s: %s", last.Reason, last.Detail)
+					}
+				}
+				return last
+			},
+			want: wantReason(ReasonOK),
+		},
+		{
 			// The listening sshd dies under a cached connection (whose
 			// session process lives on): Nix's next connection is refused,
 			// and so is the check, at once.
