@@ -19,6 +19,9 @@ type HealthChecker interface {
 	Check(ctx context.Context, t Target) Result
 	// Probe runs the cheap one: a fresh TCP connection and the banner.
 	Probe(ctx context.Context, t Target) Result
+	// Ping runs the cheapest: a keepalive on the cached connection; ok
+	// is false when there is none.
+	Ping(ctx context.Context, t Target) (r Result, ok bool)
 	// Forget drops what is cached for a builder that left.
 	Forget(key string)
 }
@@ -69,9 +72,14 @@ type Client struct {
 	// the first. Zero means DefaultWaitMin/DefaultWaitMax.
 	WaitMin, WaitMax time.Duration
 	// FullEvery is how often a builder in the file gets the full check
-	// (SSH login + Nix handshake); the checks between are probes (fresh
-	// TCP connection + banner). Zero means DefaultFullEvery.
+	// (SSH login + Nix handshake). Zero means DefaultFullEvery.
 	FullEvery time.Duration
+	// ProbeEvery is how often a discovered builder in the file gets a
+	// probe (fresh TCP connection + banner); the checks between are pings
+	// on the cached connection, and its agent reports a dead or hung sshd
+	// in its advert. Static builders have no agent: every check between
+	// full ones is a probe. Zero means DefaultProbeEvery.
+	ProbeEvery time.Duration
 	// MaxChecks bounds concurrent health checks; zero means 16.
 	MaxChecks int
 	// Once makes Run return after the first round.
@@ -86,20 +94,30 @@ type Client struct {
 	statusReq chan chan *Status
 }
 
-// Defaults for the coalescing window and the full-check period.
+// Defaults for the coalescing window and the check kinds.
 const (
-	DefaultWaitMin   = 20 * time.Millisecond
-	DefaultWaitMax   = 250 * time.Millisecond
-	DefaultFullEvery = 10 * time.Second
+	DefaultWaitMin    = 20 * time.Millisecond
+	DefaultWaitMax    = 250 * time.Millisecond
+	DefaultFullEvery  = 60 * time.Second
+	DefaultProbeEvery = 15 * time.Second
 )
 
 // ErrNotWritten is returned by Run with Once when the file could not be written.
 var ErrNotWritten = errors.New("machines file not written")
 
+// checkKind is what a check does, cheapest last.
+type checkKind int
+
+const (
+	checkFull  checkKind = iota // SSH login + Nix handshake
+	checkProbe                  // fresh TCP connection + SSH banner
+	checkPing                   // keepalive on the cached connection
+)
+
 type checkDone struct {
 	key  string
 	r    Result
-	full bool
+	kind checkKind
 }
 
 // Status returns the client's current state, as `list` shows it. It asks

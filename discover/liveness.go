@@ -2,6 +2,7 @@ package discover
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -21,4 +22,44 @@ func (c *Checker) Probe(ctx context.Context, t Target) Result {
 		c.Forget(t.Key)
 	}
 	return r
+}
+
+// Ping sends keepalive@openssh.com on the authenticated connection a full
+// check left for t.Key: one encrypted round trip, the cheapest proof that
+// the builder's host and the path to it are up (no TCP handshake, no sshd
+// fork on the builder). ok is false when there is no usable connection or
+// it was closed: then Probe. A ping that times out is a failure (packets
+// dropped, host down) and drops the connection.
+//
+// A ping cannot see a dead or hung listening sshd (the session's own sshd
+// process outlives it): the builder's agent reports that in its advert,
+// and Probe, run less often, is the backstop.
+func (c *Checker) Ping(ctx context.Context, t Target) (r Result, ok bool) {
+	start := time.Now()
+	e := c.entry(t.Key)
+	if e == nil {
+		return Result{}, false
+	}
+	e.mu.Lock()
+	cl := e.client
+	same := cl != nil && e.addr == t.Addr && e.user == t.User && t.HostKey != nil && e.hostKey == string(t.HostKey.Marshal())
+	e.mu.Unlock()
+	if !same {
+		return Result{}, false
+	}
+	rtt, err := keepalive(ctx, cl, c.bannerTimeout())
+	switch {
+	case err == nil:
+		return Result{OK: true, RTT: rtt, Reused: true, When: start, Took: time.Since(start)}, true
+	case errors.Is(err, context.DeadlineExceeded):
+		e.drop()
+		r = fail(ReasonTimeout, "%s: no reply to an SSH keepalive within %s (packets dropped or host down)", t.Addr, c.bannerTimeout())
+		r.When, r.Took = start, time.Since(start)
+		return r, true
+	default:
+		// Closed: the builder or a middlebox ended the session; only a
+		// fresh connection can tell.
+		e.drop()
+		return Result{}, false
+	}
 }

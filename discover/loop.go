@@ -30,6 +30,7 @@ type loop struct {
 	retryAt     time.Time // when to retry a failed write
 	renderProbs map[string]string
 	lastFull    map[string]time.Time // last passed full check per builder
+	lastProbe   map[string]time.Time // last passed fresh TCP probe per builder
 	ready       bool
 	started     time.Time
 	statusText  string
@@ -55,6 +56,7 @@ func newLoop(c *Client) *loop {
 		heard:       map[string]bool{},
 		renderProbs: map[string]string{},
 		lastFull:    map[string]time.Time{},
+		lastProbe:   map[string]time.Time{},
 	}
 }
 
@@ -195,24 +197,47 @@ func (l *loop) startCheck(ctx context.Context, key string) {
 		return
 	}
 	l.sem <- struct{}{}
-	// In the file and fully checked recently: a probe is enough.
-	fullEvery := l.c.FullEvery
-	if fullEvery <= 0 {
-		fullEvery = DefaultFullEvery
-	}
-	full := !m.InFile || m.State != StateHealthy || time.Since(l.lastFull[key]) >= fullEvery
+	kind := l.kindFor(m)
 	go func() {
 		var r Result
-		if full {
+		switch kind {
+		case checkFull:
 			r = l.c.Checker.Check(ctx, t)
-		} else {
+		case checkPing:
+			var ok bool
+			if r, ok = l.c.Checker.Ping(ctx, t); !ok {
+				kind, r = checkProbe, l.c.Checker.Probe(ctx, t)
+			}
+		default:
 			r = l.c.Checker.Probe(ctx, t)
 		}
 		if r.When.IsZero() {
 			r.When = time.Now()
 		}
-		l.done <- checkDone{key: key, r: r, full: full}
+		l.done <- checkDone{key: key, r: r, kind: kind}
 	}()
+}
+
+// kindFor picks the cheapest check that still proves what must be proved:
+// a full one to enter the file and every FullEvery, a probe every
+// ProbeEvery (every time for static builders, which have no agent to
+// report a dead sshd), and pings between.
+func (l *loop) kindFor(m *Member) checkKind {
+	fullEvery, probeEvery := l.c.FullEvery, l.c.ProbeEvery
+	if fullEvery <= 0 {
+		fullEvery = DefaultFullEvery
+	}
+	if probeEvery <= 0 {
+		probeEvery = DefaultProbeEvery
+	}
+	switch {
+	case !m.InFile || m.State != StateHealthy || time.Since(l.lastFull[m.Key]) >= fullEvery:
+		return checkFull
+	case m.Advert == nil || time.Since(l.lastProbe[m.Key]) >= probeEvery:
+		return checkProbe
+	default:
+		return checkPing
+	}
 }
 
 func (l *loop) onSnapshot(now time.Time, s Snapshot) {
@@ -244,13 +269,18 @@ func (l *loop) onResult(now time.Time, d checkDone) {
 		d.r.OK, d.r.Reason, d.r.Detail = true, ReasonOK, ""
 	}
 	switch {
-	case d.full && d.r.OK:
-		l.lastFull[d.key] = now
-	case !d.full && d.r.OK && m != nil:
-		// Keep what only a full check learns.
-		d.r.NixVersion, d.r.ProtocolVersion, d.r.Trusted = m.Last.NixVersion, m.Last.ProtocolVersion, m.Last.Trusted
 	case !d.r.OK:
 		delete(l.lastFull, d.key)
+		delete(l.lastProbe, d.key)
+	case d.kind == checkFull:
+		l.lastFull[d.key], l.lastProbe[d.key] = now, now
+	default:
+		if d.kind == checkProbe {
+			l.lastProbe[d.key] = now
+		}
+		if m != nil { // keep what only a full check learns
+			d.r.NixVersion, d.r.ProtocolVersion, d.r.Trusted = m.Last.NixVersion, m.Last.ProtocolVersion, m.Last.Trusted
+		}
 	}
 	if l.c.Hooks.Checked != nil {
 		l.c.Hooks.Checked(d.key, d.r)
