@@ -1,0 +1,106 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/internal/netnstest"
+	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
+)
+
+// procCPU reads utime+stime (clock ticks) and RSS (KiB) of pid.
+func procCPU(tb testing.TB, pid int) (ticks, rssKiB int64) {
+	tb.Helper()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			rssKiB, _ = strconv.ParseInt(strings.Fields(l)[1], 10, 64)
+		}
+	}
+	return ut + st, rssKiB
+}
+
+// BenchmarkIdleFleet runs the real binaries over mDNS between namespaces:
+// N builders (sshd + signed agent each) and one client, all healthy, and
+// reports the client's and one agent's CPU share and RSS over a quiet
+// minute, and how often the machines file was rewritten (goal 0).
+//
+//	go test -run '^$' -bench BenchmarkIdleFleet -benchtime 1x ./e2e
+func BenchmarkIdleFleet(b *testing.B) {
+	nixtest.RequireTools(b)
+	netnstest.RequireRoot(b)
+	for _, n := range []int{3, 10} {
+		b.Run(fmt.Sprintf("builders=%d", n), func(b *testing.B) { idleFleet(b, n) })
+	}
+}
+
+func idleFleet(b *testing.B, n int) {
+	bin := buildBinaryTB(b)
+	topo := netnstest.New(b)
+	laptop := newHostTB(b, topo, "laptop")
+	fleet := filepath.Join(laptop.dir, "fleet")
+	if out, err := exec.Command(bin, "keygen", "--out", fleet).CombinedOutput(); err != nil {
+		b.Fatalf("keygen: %v %s", err, out)
+	}
+	priv, _ := os.ReadFile(fleet)
+	clientKey := filepath.Join(laptop.dir, "id_ed25519")
+	exec.Command(bin, "client", "--once", "--tailnet=false", "--static", "/dev/null", "--ssh-key", clientKey, "--machines", filepath.Join(laptop.dir, "first")).Run()
+	clientPub, _ := os.ReadFile(clientKey + ".pub")
+	machines := filepath.Join(laptop.dir, "machines")
+	var agent *exec.Cmd
+	for i := range n {
+		h := newHostTB(b, topo, fmt.Sprintf("b%d", i))
+		signKey := filepath.Join(h.dir, "fleet")
+		os.WriteFile(signKey, priv, 0o600)
+		hostKey := h.startSSHD(b, strings.TrimSpace(string(clientPub)))
+		agent = h.start(b, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
+			"--sign-key", signKey, "--ssh-user", "root", "--ssh-host-key", hostKey, "--hostname", fmt.Sprintf("b%d", i), "--log-level", "warn")
+	}
+	client := laptop.start(b, "client", bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
+		"--trust-key", fleet+".pub", "--ssh-key", clientKey, "--machines", machines, "--socket", filepath.Join(laptop.dir, "sock"), "--log-level", "warn")
+	waitFor(b, 60*time.Second, "all builders in the file", func() bool {
+		data, _ := os.ReadFile(machines)
+		return strings.Count(string(data), "ssh-ng://") == n
+	})
+	settle, window := 20*time.Second, 60*time.Second
+	if testing.Short() {
+		settle, window = 5*time.Second, 15*time.Second
+	}
+	time.Sleep(settle)
+	before, _ := os.Stat(machines)
+	c0, _ := procCPU(b, client.Process.Pid)
+	a0, _ := procCPU(b, agent.Process.Pid)
+	b.ResetTimer()
+	time.Sleep(window)
+	b.StopTimer()
+	c1, crss := procCPU(b, client.Process.Pid)
+	a1, arss := procCPU(b, agent.Process.Pid)
+	after, _ := os.Stat(machines)
+	rewrites := 0.0
+	if !after.ModTime().Equal(before.ModTime()) {
+		rewrites = 1
+	}
+	const hz = 100 // USER_HZ
+	ccpu := float64(c1-c0) / hz / window.Seconds() * 100
+	acpu := float64(a1-a0) / hz / window.Seconds() * 100
+	b.ReportMetric(ccpu, "client-cpu%")
+	b.ReportMetric(float64(crss)/1024, "client-rss-MiB")
+	b.ReportMetric(acpu, "agent-cpu%")
+	b.ReportMetric(float64(arss)/1024, "agent-rss-MiB")
+	b.ReportMetric(rewrites, "rewrites")
+	b.Logf("%d builders, %v quiet: client CPU %.3f%% RSS %.1f MiB; one agent CPU %.3f%% RSS %.1f MiB; machines file rewritten: %v",
+		n, window, ccpu, float64(crss)/1024, acpu, float64(arss)/1024, rewrites != 0)
+}
