@@ -1,0 +1,163 @@
+package advertise
+
+import (
+	"fmt"
+	"time"
+)
+
+// DefaultSSHWatchInterval is how often an [SSHWatch] looks at sshd.
+const DefaultSSHWatchInterval = 250 * time.Millisecond
+
+// SSHWatch watches this builder's own sshd, cheaply, so that the agent can
+// publish a draining advert the moment sshd stops accepting connections
+// (Nix stalls on a builder whose sshd is hung, and waits once per build on
+// one that is dead) instead of each client finding out by probing.
+//
+// It reads the kernel's listening sockets (NetDir/tcp and tcp6): no
+// connection is made, so sshd forks nothing. Three failures are seen:
+//
+//   - not listening: no socket in state LISTEN on Port (sshd died);
+//   - stopped: the process holding the listening socket is stopped
+//     (SIGSTOP, or stopped by a tracer), so nothing accepts;
+//   - stalled: the listening socket's accept queue (rx_queue) stayed
+//     above zero across two consecutive checks: connections arrive and
+//     nobody takes them (sshd hung in some other way).
+//
+// The owner of the listening socket is found by scanning ProcRoot/*/fd for
+// the socket's inode, once per new inode (sshd restarted), and cached. That
+// needs permission to read other processes' fds (root with
+// CAP_SYS_PTRACE, or the same user without capabilities being dropped);
+// without it the stopped check is off ([SSHState].PIDErr says why) and a
+// stopped sshd is seen as stalled once a client connects.
+//
+// The zero value (with Port set) watches this machine. Set the fields
+// before the first Check; an SSHWatch is not safe for concurrent use.
+// It is implemented on Linux; elsewhere Check reports [SSHUnknown].
+type SSHWatch struct {
+	// Port is sshd's TCP port (DefaultSSHPort when 0).
+	Port int
+	// ProcRoot is the procfs mount ("/proc").
+	ProcRoot string
+	// NetDir is where the tcp and tcp6 tables are read (ProcRoot+"/net",
+	// which is this process's network namespace). Tests may point it at
+	// /proc/<pid>/net of a process in another namespace.
+	NetDir string
+	// Interval is how often the agent calls Check
+	// (DefaultSSHWatchInterval when 0).
+	Interval time.Duration
+
+	state sshWatchState // OS-specific cache: owners, previous queues
+}
+
+// SSHStatus is what an [SSHWatch] found out about sshd.
+type SSHStatus int
+
+// The states of sshd an SSHWatch tells apart.
+const (
+	// SSHUp: sshd listens on the port, its process runs, it accepts.
+	SSHUp SSHStatus = iota
+	// SSHNotListening: nothing listens on the port.
+	SSHNotListening
+	// SSHStopped: the process holding the listening socket is stopped.
+	SSHStopped
+	// SSHStalled: connections wait in the accept queue and are not taken.
+	SSHStalled
+	// SSHUnknown: the socket tables cannot be read (see SSHState.Err).
+	// It counts as healthy: the watch only speeds up what clients find
+	// out by probing, and must not take a working builder out.
+	SSHUnknown
+)
+
+// SSHState is the outcome of one [SSHWatch.Check].
+type SSHState struct {
+	Status SSHStatus
+	// Port is the port that was checked.
+	Port int
+	// PID is the process holding the listening socket, 0 when unknown.
+	PID int
+	// PIDErr says why PID is 0 while sshd listens (the stopped check is
+	// then off), nil otherwise.
+	PIDErr error
+	// Err says why Status is SSHUnknown.
+	Err error
+}
+
+// Healthy reports whether clients may send builds here as far as sshd is
+// concerned: up, or unknown.
+func (s SSHState) Healthy() bool { return s.Status == SSHUp || s.Status == SSHUnknown }
+
+// String says the state in words, as the agent logs it.
+func (s SSHState) String() string {
+	switch s.Status {
+	case SSHUp:
+		if s.PID > 0 {
+			return fmt.Sprintf("sshd (pid %d) is listening on port %d", s.PID, s.Port)
+		}
+		return fmt.Sprintf("sshd is listening on port %d", s.Port)
+	case SSHNotListening:
+		return fmt.Sprintf("sshd is not listening on port %d", s.Port)
+	case SSHStopped:
+		return fmt.Sprintf("sshd (pid %d) is stopped", s.PID)
+	case SSHStalled:
+		return "sshd is not accepting connections"
+	default:
+		return fmt.Sprintf("cannot tell whether sshd is up: %v", s.Err)
+	}
+}
+
+func (w *SSHWatch) port() int {
+	if w.Port > 0 {
+		return w.Port
+	}
+	return DefaultSSHPort
+}
+
+func (w *SSHWatch) interval() time.Duration {
+	if w.Interval > 0 {
+		return w.Interval
+	}
+	return DefaultSSHWatchInterval
+}
+
+// sshHealth is the agent's view of its SSHWatch: the last state, and
+// whether the last reported health differs. It decides what the agent
+// logs and when it republishes; the agent only wires it in.
+type sshHealth struct {
+	watch     *SSHWatch
+	bad       bool // sshd unhealthy: the advert says draining
+	pidErr    bool // the "owner unknown" note was logged
+	unknown   bool // the "cannot tell" note was logged
+	lastState SSHState
+}
+
+// check runs one Check and reports whether the health (bad) changed, with
+// a log line for the change or for a note worth saying once.
+func (h *sshHealth) check(log logger) (changed bool) {
+	st := h.watch.Check()
+	h.lastState = st
+	if st.Status == SSHUnknown && !h.unknown {
+		log.Warn("cannot watch sshd: clients find a dead sshd by probing only", "err", st.Err)
+	}
+	h.unknown = st.Status == SSHUnknown
+	if st.Status == SSHUp && st.PIDErr != nil && !h.pidErr {
+		log.Warn("cannot find sshd's process: a stopped sshd is seen only once clients connect", "err", st.PIDErr)
+		h.pidErr = true
+	}
+	bad := !st.Healthy()
+	if bad == h.bad {
+		return false
+	}
+	h.bad = bad
+	if bad {
+		log.Warn("sshd unhealthy, draining: " + st.String())
+	} else {
+		log.Info("sshd healthy again", "sshd", st.String())
+	}
+	return true
+}
+
+// logger is the part of *slog.Logger that sshHealth uses.
+type logger interface {
+	Warn(msg string, args ...any)
+	Info(msg string, args ...any)
+}
