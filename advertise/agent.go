@@ -30,6 +30,11 @@ type Agent struct {
 	Tailnet *TailnetServer
 	// MDNS announces the advert by mDNS when set (its TXT is set by Run).
 	MDNS *MDNSResponder
+	// SSHWatch, when set, is checked every SSHWatch.Interval: while sshd
+	// is unhealthy (see [SSHWatch]) the advert says draining, so clients
+	// drop this builder within a check instead of Nix stalling on it.
+	// Nil turns the watch off.
+	SSHWatch *SSHWatch
 	// Logger gets what is advertised where, once, and then each change.
 	Logger *slog.Logger
 	// OnChange is called (from Run's goroutine) with every new advert,
@@ -94,8 +99,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	if facts.CapacityErr != nil {
 		log.Warn("some capacity figures cannot be measured and are advertised as 0 (unknown)", "err", facts.CapacityErr)
 	}
-	o := a.Facts.Overrides
-	ad, err := a.publish(facts, o, time.Now())
+	o := a.Facts.Overrides // o.Draining is the user's drain; see advertised
+	var sshd *sshHealth
+	var sshTick <-chan time.Time
+	if a.SSHWatch != nil {
+		sshd = &sshHealth{watch: a.SSHWatch}
+		sshd.check(log)
+		t := time.NewTicker(a.SSHWatch.interval())
+		defer t.Stop()
+		sshTick = t.C
+	}
+	// advertised is what goes out: draining while the user drains or
+	// sshd is unhealthy.
+	advertised := func() Overrides {
+		p := o
+		p.Draining = sshd.draining(o.Draining)
+		return p
+	}
+	ad, err := a.publish(facts, advertised(), time.Now())
 	if err != nil {
 		return err
 	}
@@ -145,7 +166,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			o.Draining = true
-			if _, err := a.publish(facts, o, time.Now()); err != nil {
+			if _, err := a.publish(facts, advertised(), time.Now()); err != nil {
 				log.Error("cannot publish the leaving advert", "err", err)
 			}
 			log.Info("stopping: published a draining advert, saying goodbye")
@@ -157,13 +178,26 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-watchdog:
 			a.Tick()
 		case <-a.drain:
+			before := sshd.draining(o.Draining)
 			o.Draining = !o.Draining
-			if _, err := a.publish(facts, o, time.Now()); err != nil {
+			log.Info("draining changed", "draining", o.Draining)
+			if sshd.draining(o.Draining) == before {
+				continue // sshd keeps the advert draining: nothing to publish
+			}
+			if _, err := a.publish(facts, advertised(), time.Now()); err != nil {
 				log.Error("cannot publish the new advert", "err", err)
 				continue
 			}
 			lastSigned = time.Now()
-			log.Info("draining changed", "draining", o.Draining)
+		case <-sshTick:
+			if !sshd.check(log) || o.Draining {
+				continue // the advertised draining flag did not change
+			}
+			if _, err := a.publish(facts, advertised(), time.Now()); err != nil {
+				log.Error("cannot publish the new advert", "err", err)
+				continue
+			}
+			lastSigned = time.Now()
 		case now := <-tick.C:
 			c, err := MeasureCapacity(a.Facts, facts.BuildUsers)
 			if err != nil && facts.CapacityErr == nil {
@@ -175,7 +209,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				continue
 			}
 			facts.Capacity = c
-			if _, err := a.publish(facts, o, now); err != nil {
+			if _, err := a.publish(facts, advertised(), now); err != nil {
 				log.Error("cannot publish the new advert", "err", err)
 				continue
 			}

@@ -130,6 +130,10 @@ type sshHealth struct {
 	lastState SSHState
 }
 
+// draining is the advertised draining flag: the user's, or sshd's
+// (nil h: no watch).
+func (h *sshHealth) draining(user bool) bool { return user || h != nil && h.bad }
+
 // check runs one Check and reports whether the health (bad) changed, with
 // a log line for the change or for a note worth saying once.
 func (h *sshHealth) check(log logger) (changed bool) {
