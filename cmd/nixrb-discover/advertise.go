@@ -32,6 +32,7 @@ type advertiseFlags struct {
 	mdns                                 bool
 	mdnsIfaces                           repeated
 	drain                                bool
+	watchSSHD                            bool
 	nixPath                              string
 	logLevel                             string
 }
@@ -60,6 +61,7 @@ func newAdvertiseCmd(e *env) *ffcli.Command {
 	fs.BoolVar(&f.mdns, "mdns", false, "also advertise by mDNS (needs --mdns-iface)")
 	fs.Var(&f.mdnsIfaces, "mdns-iface", "network interface to advertise on by mDNS (repeatable)")
 	fs.BoolVar(&f.drain, "drain", false, "start draining: clients send no new builds (SIGUSR1 toggles)")
+	fs.BoolVar(&f.watchSSHD, "watch-sshd", true, "advertise draining while the local sshd on --ssh-port is dead, stopped or hung (read from the kernel 4 times a second; no connection is made)")
 	fs.StringVar(&f.nixPath, "nix", "nix", "the nix binary to read the configuration from")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.String("config", "", "JSON file whose keys are these flag names")
@@ -75,6 +77,9 @@ advert on the tailnet (GET /v1/advert on --advert-port, only on this
 node's tailnet addresses, only to tailnet peers) and, with --mdns, by
 DNS-SD (_nix-builder._tcp) on the chosen interfaces. SIGUSR1 toggles
 draining; SIGTERM publishes a draining advert, says goodbye and exits.
+With --watch-sshd (the default) the advert also says draining while the
+local sshd on --ssh-port is dead, stopped or hung, so that Nix never
+stalls on this builder.
 
 Example:
   nixrb-discover advertise --ssh-user nix-ssh --features kvm,big-parallel`),
@@ -125,6 +130,9 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 		},
 		Interval: interval,
 		Logger:   log,
+	}
+	if f.watchSSHD {
+		agent.SSHWatch = &advertise.SSHWatch{Port: f.sshPort}
 	}
 	if f.signKey != "" {
 		k, err := advertise.LoadSigningKey(f.signKey)
