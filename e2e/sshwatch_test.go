@@ -1,0 +1,175 @@
+package e2e
+
+import (
+	"bytes"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/internal/netnstest"
+	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
+)
+
+// TestSSHWatchLeave: the builder's agent watches its own sshd and pushes
+// a signed draining advert when sshd dies or is stopped, so the builder
+// leaves the client's machines file at once although the client probes
+// only every 10 s; when sshd is back, so is the builder.
+func TestSSHWatchLeave(t *testing.T) {
+	nixtest.RequireTools(t)
+	netnstest.RequireRoot(t)
+	bin := buildBinary(t)
+	topo := netnstest.New(t)
+	laptop, b1 := newHost(t, topo, "laptop"), newHost(t, topo, "b1")
+
+	fleet := filepath.Join(laptop.dir, "fleet")
+	if out, err := exec.Command(bin, "keygen", "--out", fleet).CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v %s", err, out)
+	}
+	signKey := filepath.Join(b1.dir, "fleet")
+	k, _ := os.ReadFile(fleet)
+	os.WriteFile(signKey, k, 0o600)
+	clientKey := filepath.Join(laptop.dir, "id_ed25519")
+	machines := filepath.Join(laptop.dir, "machines")
+	if out, err := exec.Command(bin, "client", "--once", "--tailnet=false", "--static", "/dev/null", "--ssh-key", clientKey, "--machines", filepath.Join(laptop.dir, "first")).CombinedOutput(); err != nil {
+		t.Fatalf("create the client key: %v %s", err, out)
+	}
+	clientPub, _ := os.ReadFile(clientKey + ".pub")
+	hostKey := b1.startSSHD(t, strings.TrimSpace(string(clientPub)))
+	sshdConfig := filepath.Join(b1.dir, "sshd_config") // startSSHD's
+	socket := filepath.Join(laptop.dir, "client.sock")
+
+	// Probing every 10 s: only the agent's push can take b1 out fast.
+	laptop.start(t, "client", bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
+		"--trust-key", fleet+".pub", "--ssh-key", clientKey, "--machines", machines,
+		"--socket", socket, "--interval", "10s", "--log-level", "debug")
+	b1.start(t, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
+		"--sign-key", signKey, "--ssh-user", "root", "--ssh-host-key", hostKey, "--hostname", "b1", "--log-level", "debug")
+
+	line := "ssh-ng://root@" + b1.IP.String()
+	in := fileHas(machines, line)
+	out := func() bool { return !in() }
+	took := waitFor(t, 30*time.Second, "b1 in the machines file", in)
+	t.Logf("b1 in the machines file %v after its agent started", took)
+
+	const leaveWithin, rounds = 2 * time.Second, 4
+	// A random pause before each failure, so that it falls anywhere in
+	// the agent's watch interval.
+	pause := func() { time.Sleep(time.Duration(rand.Int64N(int64(time.Second)))) }
+	var stoppedPID int
+	t.Cleanup(func() {
+		if stoppedPID > 0 {
+			syscall.Kill(stoppedPID, syscall.SIGCONT) // a stopped sshd ignores SIGTERM
+		}
+	})
+	// draining checks that b1 left because its advert says so (the push),
+	// not because a probe failed.
+	draining := func(what string) {
+		t.Helper()
+		for _, b := range listJSON(t, bin, socket).Builders {
+			if b.Name == "b1" && b.State != discover.StateDraining {
+				t.Errorf("%s: list says b1 is %s (%s), want draining", what, b.State, b.Reason)
+			}
+		}
+	}
+	var killed, stopped []time.Duration
+	pid := sshdPID(t, sshdConfig)
+	for i := range rounds {
+		// sshd killed: nothing listens on port 22 any more.
+		pause()
+		syscall.Kill(pid, syscall.SIGKILL)
+		took := waitFor(t, 10*time.Second, "b1 out of the machines file after sshd was killed", out)
+		killed = append(killed, took)
+		draining("sshd killed")
+		t.Logf("round %d: sshd SIGKILLed: b1 out of the machines file after %v", i+1, took)
+
+		// sshd started again (same config and host key): back.
+		restarted := b1.start(t, "sshd-"+strconv.Itoa(i+2), "/usr/sbin/sshd", "-D", "-e", "-f", sshdConfig)
+		took = waitFor(t, 30*time.Second, "b1 back in the machines file after sshd restarted", in)
+		t.Logf("round %d: sshd restarted: b1 back in the machines file after %v", i+1, took)
+
+		// sshd stopped: it listens, but nothing accepts.
+		pid = restarted.Process.Pid // ip netns exec execs sshd itself
+		stoppedPID = pid
+		pause()
+		syscall.Kill(pid, syscall.SIGSTOP)
+		took = waitFor(t, 10*time.Second, "b1 out of the machines file after sshd was stopped", out)
+		stopped = append(stopped, took)
+		draining("sshd stopped")
+		t.Logf("round %d: sshd SIGSTOPped: b1 out of the machines file after %v", i+1, took)
+
+		syscall.Kill(pid, syscall.SIGCONT)
+		stoppedPID = 0
+		took = waitFor(t, 30*time.Second, "b1 back in the machines file after SIGCONT", in)
+		t.Logf("round %d: sshd continued: b1 back in the machines file after %v", i+1, took)
+	}
+	for _, l := range []struct {
+		what string
+		ds   []time.Duration
+	}{{"SIGKILL", killed}, {"SIGSTOP", stopped}} {
+		p50, _ := quantiles(l.ds)
+		t.Logf("leave after %s: median %v of %v", l.what, p50.Round(time.Millisecond), l.ds)
+		for _, d := range l.ds {
+			if d > leaveWithin {
+				t.Errorf("b1 left %v after %s, want within %v (the client probes every 10s)", d, l.what, leaveWithin)
+			}
+		}
+	}
+	logb, _ := os.ReadFile(filepath.Join(b1.dir, "advertise.log"))
+	for _, want := range []string{
+		"sshd unhealthy, draining: sshd is not listening on port 22",
+		"sshd unhealthy, draining: sshd (pid " + strconv.Itoa(pid) + ") is stopped",
+		"sshd healthy again",
+	} {
+		if !bytes.Contains(logb, []byte(want)) {
+			t.Errorf("the agent's log lacks %q:\n%s", want, logb)
+		}
+	}
+}
+
+// sshdPID finds the listening sshd started with config: the process whose
+// command line names config and whose parent's does not (its children,
+// one per connection, start as copies of it before they retitle).
+func sshdPID(t *testing.T, config string) int {
+	t.Helper()
+	names, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	matches := map[int]bool{}
+	for _, n := range names {
+		b, err := os.ReadFile(n)
+		// The listener retitles itself: "sshd: /usr/sbin/sshd -D -e -f
+		// CONFIG [listener] 0 of 10-100 startups".
+		if err != nil || !bytes.Contains(b, []byte("sshd")) || !bytes.Contains(b, []byte(config)) {
+			continue
+		}
+		pid, _ := strconv.Atoi(filepath.Base(filepath.Dir(n)))
+		matches[pid] = true
+	}
+	for pid := range matches {
+		if !matches[ppid(pid)] {
+			return pid
+		}
+	}
+	t.Fatalf("no sshd running with %s", config)
+	return 0
+}
+
+// ppid is pid's parent, from /proc/PID/stat ("PID (comm) S PPID ...").
+func ppid(pid int) int {
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 2 {
+		return 0
+	}
+	p, _ := strconv.Atoi(f[1])
+	return p
+}
