@@ -1,11 +1,15 @@
 package advertise
 
 import (
+	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -82,6 +86,26 @@ func TestSSHWatchRealSSHD(t *testing.T) {
 	expect("started", SSHUp, pid)
 	syscall.Kill(pid, syscall.SIGSTOP)
 	expect("SIGSTOP", SSHStopped, pid)
+
+	// A client connects to the stopped sshd: the kernel completes the
+	// handshake and the connection waits in the accept queue.
+	conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second)
+	if err != nil {
+		t.Fatalf("connect to the stopped sshd: %v", err)
+	}
+	defer conn.Close()
+	expect("SIGSTOP, a connection waiting", SSHStopped, pid) // stopped says more than stalled
+	// Without capabilities (as the shipped systemd unit runs the agent)
+	// sshd's fds are unreadable: no owner, but the queue shows the stall.
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Logf("no setpriv: not checking the watch without capabilities: %v", err)
+	} else {
+		got := checkWithoutCaps(t, port)
+		if len(got) != 2 || got[0].Status != SSHUp || got[0].PIDErr == "" || got[1].Status != SSHStalled {
+			t.Errorf("without capabilities: %+v, want up (owner unknown) then stalled", got)
+		}
+		t.Logf("without capabilities: %+v", got)
+	}
 	syscall.Kill(pid, syscall.SIGCONT)
 	expect("SIGCONT", SSHUp, pid)
 	syscall.Kill(pid, syscall.SIGKILL)
@@ -98,4 +122,63 @@ func freePort(t *testing.T) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// helperPortEnv makes the test binary a helper for checkWithoutCaps.
+const helperPortEnv = "NIXRB_SSHWATCH_HELPER_PORT"
+
+// helperResult is one Check of the helper, as it prints it.
+type helperResult struct {
+	Status SSHStatus
+	PID    int
+	PIDErr string
+}
+
+// checkWithoutCaps runs two Checks of port, 50 ms apart, in this test
+// binary started by setpriv without any capability (root like the
+// shipped unit's agent, CapabilityBoundingSet= empty).
+func checkWithoutCaps(t *testing.T, port int) []helperResult {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "setpriv", "--bounding-set", "-all", "--inh-caps", "-all", "--",
+		os.Args[0], "-test.run", "^TestSSHWatchHelper$", "-test.count", "1")
+	cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d", helperPortEnv, port))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	var res []helperResult
+	for _, l := range strings.Split(string(out), "\n") {
+		if j, ok := strings.CutPrefix(l, "sshwatch: "); ok {
+			var r helperResult
+			if err := json.Unmarshal([]byte(j), &r); err != nil {
+				t.Fatalf("helper said %q: %v", l, err)
+			}
+			res = append(res, r)
+		}
+	}
+	return res
+}
+
+// TestSSHWatchHelper is the other side of checkWithoutCaps; run alone, it
+// skips.
+func TestSSHWatchHelper(t *testing.T) {
+	port, err := strconv.Atoi(os.Getenv(helperPortEnv))
+	if err != nil {
+		t.Skip("a helper process of TestSSHWatchRealSSHD")
+	}
+	w := &SSHWatch{Port: port}
+	for i := range 2 {
+		if i > 0 {
+			time.Sleep(50 * time.Millisecond)
+		}
+		st := w.Check()
+		r := helperResult{Status: st.Status, PID: st.PID}
+		if st.PIDErr != nil {
+			r.PIDErr = st.PIDErr.Error()
+		}
+		b, _ := json.Marshal(r)
+		fmt.Printf("sshwatch: %s\n", b)
+	}
 }
