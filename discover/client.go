@@ -26,6 +26,13 @@ type HealthChecker interface {
 	Forget(key string)
 }
 
+// watcher is a HealthChecker that watches cached connections between
+// checks (*Checker does, with kernel TCP keepalive).
+type watcher interface {
+	SetOnLost(func(key string, r Result))
+	Watched(key string) bool
+}
+
 // Hooks let the caller follow the client's life (systemd notify, metrics).
 // Every hook is optional and is called from the client loop: keep it fast.
 type Hooks struct {
@@ -156,6 +163,15 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	c.Init()
 	l := newLoop(c)
+	if w, ok := c.Checker.(watcher); ok {
+		l.watcher = w
+		w.SetOnLost(func(key string, r Result) {
+			select {
+			case l.lost <- checkDone{key: key, r: r}:
+			case <-ctx.Done():
+			}
+		})
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if n, err := render.SweepStale(c.MachinesPath); err != nil {

@@ -86,6 +86,7 @@ type Checker struct {
 	mu     sync.Mutex
 	conns  map[string]*cachedConn
 	closed bool
+	onLost func(key string, r Result)
 }
 
 // Target is one builder to check, as Nix would reach it.
@@ -184,10 +185,16 @@ type Result struct {
 	PresentedKeyFingerprint string
 	// Reused says the check ran on a reused authenticated connection.
 	Reused bool
+	// ConnectionLost says the cached connection died on its own: the
+	// kernel's TCP keepalive got no answer (packets dropped, host down).
+	ConnectionLost bool
 	// When is when the check started.
 	When time.Time
 	// Took is how long the check took.
 	Took time.Duration
+
+	// watched: connect turned on kernel TCP keepalive for the connection.
+	watched bool
 }
 
 // Forget closes and drops the cached connection for key, if any. Call it
@@ -232,6 +239,7 @@ type cachedConn struct {
 	created   time.Time
 	uses      int
 	presented string // fingerprint of the key the server presented
+	watched   bool   // kernel TCP keepalive watches client
 }
 
 // entry returns the cachedConn of key, creating it; nil once closed.

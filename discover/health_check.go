@@ -83,7 +83,7 @@ func (c *Checker) check(ctx context.Context, t Target) Result {
 	if cl == nil {
 		return r
 	}
-	fp := r.PresentedKeyFingerprint
+	fp, watched := r.PresentedKeyFingerprint, r.watched
 	// sshd answers the first request after authentication only once its
 	// session setup is done (~45 ms here): that is not the network RTT.
 	if _, err := keepalive(ctx, cl, c.timeout()); err != nil {
@@ -102,6 +102,9 @@ func (c *Checker) check(ctx context.Context, t Target) Result {
 		return r
 	}
 	e.keep(cl, t, c.Signer, fp)
+	if watched {
+		c.watch(t.Key, e, cl)
+	}
 	return r
 }
 
@@ -154,7 +157,7 @@ func (e *cachedConn) keep(cl *ssh.Client, t Target, id ssh.Signer, presented str
 	if e.client != nil && e.client != cl {
 		_ = e.client.Close()
 	}
-	e.client = cl
+	e.client, e.watched = cl, false
 	e.addr, e.user = t.Addr, t.User
 	e.hostKey = string(t.HostKey.Marshal())
 	e.identity = string(id.PublicKey().Marshal())
@@ -311,6 +314,7 @@ func (c *Checker) connect(ctx context.Context, t Target) (*ssh.Client, Result) {
 		return nil, r
 	}
 	_ = conn.SetDeadline(time.Time{})
+	r.watched = watchTCP(conn)
 	return ssh.NewClient(sc, chans, reqs), r
 }
 

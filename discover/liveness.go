@@ -3,7 +3,11 @@ package discover
 import (
 	"context"
 	"errors"
+	"fmt"
+	"syscall"
 	"time"
+
+	"golang.org/x/crypto/ssh"
 )
 
 // Probe is the cheap check between full ones: a fresh TCP connection and
@@ -62,4 +66,61 @@ func (c *Checker) Ping(ctx context.Context, t Target) (r Result, ok bool) {
 		e.drop()
 		return Result{}, false
 	}
+}
+
+// SetOnLost registers f to be told, from another goroutine, when a cached
+// connection that kernel TCP keepalive watches dies on its own; r says
+// why (ConnectionLost when the keepalive got no answer). Call it before
+// the first Check.
+func (c *Checker) SetOnLost(f func(key string, r Result)) {
+	c.mu.Lock()
+	c.onLost = f
+	c.mu.Unlock()
+}
+
+// Watched reports whether key has a cached connection that kernel TCP
+// keepalive watches: then nothing needs to ping it, and its loss is
+// reported to the SetOnLost function.
+func (c *Checker) Watched(key string) bool {
+	c.mu.Lock()
+	e := c.conns[key]
+	c.mu.Unlock()
+	if e == nil {
+		return false
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.client != nil && e.watched
+}
+
+// watch waits for cl to end; if it ended on its own (not dropped or
+// replaced by us), it reports the loss.
+func (c *Checker) watch(key string, e *cachedConn, cl *ssh.Client) {
+	e.mu.Lock()
+	if e.client == cl {
+		e.watched = true
+	}
+	e.mu.Unlock()
+	go func() {
+		err := cl.Wait()
+		e.mu.Lock()
+		ours := e.client == cl
+		if ours {
+			e.client, e.watched = nil, false
+		}
+		e.mu.Unlock()
+		c.mu.Lock()
+		f := c.onLost
+		c.mu.Unlock()
+		if !ours || f == nil {
+			return
+		}
+		_ = cl.Close()
+		r := Result{When: time.Now(), Reason: ReasonUnreachable, Detail: fmt.Sprintf("SSH connection ended: %v", err)}
+		if errors.Is(err, syscall.ETIMEDOUT) {
+			r.Reason, r.ConnectionLost = ReasonTimeout, true
+			r.Detail = "no answer to TCP keepalive for " + keepaliveUserTimeout.String() + " (packets dropped or host down)"
+		}
+		f(key, r)
+	}()
 }

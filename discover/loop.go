@@ -18,7 +18,10 @@ type loop struct {
 	mem   *Membership
 	snaps chan Snapshot
 	done  chan checkDone
-	sem   chan struct{}
+	lost  chan checkDone // watched connections that died between checks
+
+	watcher watcher // nil when the checker cannot watch connections
+	sem     chan struct{}
 
 	heard       map[string]bool // sources heard from
 	dirty       bool            // membership changed since the last render
@@ -52,6 +55,7 @@ func newLoop(c *Client) *loop {
 		mem:         NewMembership(c.Membership),
 		snaps:       make(chan Snapshot, 64),
 		done:        make(chan checkDone, maxChecks),
+		lost:        make(chan checkDone, 16),
 		sem:         make(chan struct{}, maxChecks),
 		heard:       map[string]bool{},
 		renderProbs: map[string]string{},
@@ -123,6 +127,15 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 			inflight--
 			<-l.sem
 			l.onResult(time.Now(), d)
+		case d := <-l.lost:
+			if m := l.mem.Member(d.key); m != nil {
+				lvl := slog.LevelInfo
+				if d.r.ConnectionLost {
+					lvl = slog.LevelWarn
+				}
+				l.log.Log(ctx, lvl, "connection to builder lost", "builder", m.Name, "detail", d.r.Detail)
+			}
+			l.changes(time.Now(), l.mem.Lost(time.Now(), d.key, d.r))
 		case <-fileEvents:
 			if b := readFileIfExists(l.c.MachinesPath); string(b) != string(l.written) {
 				l.log.Warn("machines file changed outside nixrb-discover, restoring it", "path", l.c.MachinesPath)
@@ -295,6 +308,18 @@ func (l *loop) onResult(now time.Time, d checkDone) {
 		l.c.Checker.Forget(d.key)
 	}
 	l.changes(now, l.mem.Result(now, d.key, d.r))
+	// A builder whose agent reports its sshd and whose connection the
+	// kernel watches needs only the periodic probe and full check.
+	if m := l.mem.Member(d.key); m != nil && d.r.OK && m.InFile && m.Advert != nil && l.watcher != nil && l.watcher.Watched(d.key) {
+		fullEvery, probeEvery := l.c.FullEvery, l.c.ProbeEvery
+		if fullEvery <= 0 {
+			fullEvery = DefaultFullEvery
+		}
+		if probeEvery <= 0 {
+			probeEvery = DefaultProbeEvery
+		}
+		l.mem.Postpone(d.key, minTime(l.lastProbe[d.key].Add(probeEvery), l.lastFull[d.key].Add(fullEvery)))
+	}
 }
 
 func (l *loop) changes(now time.Time, ch []Change) {

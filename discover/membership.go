@@ -321,6 +321,34 @@ func (m *Membership) Result(now time.Time, key string, r Result) []Change {
 	return nil
 }
 
+// Lost takes news that a builder's connection died between checks. With
+// r.ConnectionLost (its TCP keepalive went unanswered: packets dropped,
+// host down) a builder in the file leaves at once; otherwise it is
+// re-checked at once.
+func (m *Membership) Lost(now time.Time, key string, r Result) []Change {
+	mem := m.members[key]
+	if mem == nil || mem.Next.IsZero() {
+		return nil
+	}
+	if !mem.checking {
+		mem.Next = now
+	}
+	if !r.ConnectionLost || !mem.InFile {
+		return nil
+	}
+	mem.Last, mem.Good, mem.Bad = r, 0, max(mem.Bad, 1)
+	mem.State, mem.Reason = StateDown, string(r.Reason)+": "+r.Detail
+	return m.leave(now, mem, mem.Reason)
+}
+
+// Postpone moves key's next check to t if it is not being checked (a
+// builder watched by other means needs fewer checks).
+func (m *Membership) Postpone(key string, t time.Time) {
+	if mem := m.members[key]; mem != nil && !mem.checking && !mem.Next.IsZero() && t.After(mem.Next) {
+		mem.Next = t
+	}
+}
+
 // Members returns copies of every member, sorted by name then key.
 func (m *Membership) Members() []Member {
 	out := make([]Member, 0, len(m.members))

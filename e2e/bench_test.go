@@ -19,7 +19,7 @@ import (
 // namespaces and measures, per iteration: advertise started → line in the
 // machines file (includes reading the facts from the real nix, the
 // announcement and the SSH + Nix check), SIGTERM → line gone (the signed
-// draining advert), and sshd SIGKILLed → line gone.
+// draining advert), and link down (packets dropped) → line gone.
 //
 //	go test -run '^$' -bench BenchmarkMDNSJoinLeave -benchtime 20x ./e2e
 func BenchmarkMDNSJoinLeave(b *testing.B) {
@@ -51,11 +51,16 @@ func BenchmarkMDNSJoinLeave(b *testing.B) {
 			"--sign-key", signKey, "--ssh-user", "root", "--ssh-host-key", hostKey, "--hostname", "b1")
 		lat["join"] = append(lat["join"], waitFor(b, 30*time.Second, "join", present(true)))
 		time.Sleep(time.Duration(rand.Int64N(int64(time.Second))))
+		b1.LinkDown()
+		lat["link-down"] = append(lat["link-down"], waitFor(b, 30*time.Second, "link down", present(false)))
+		b1.LinkUp()
+		waitFor(b, 30*time.Second, "back after link up", present(true))
+		time.Sleep(time.Duration(rand.Int64N(int64(time.Second))))
 		agent.Process.Signal(syscall.SIGTERM)
 		lat["clean-stop"] = append(lat["clean-stop"], waitFor(b, 30*time.Second, "clean stop", present(false)))
 		agent.Wait()
 	}
-	for _, s := range []string{"join", "clean-stop"} {
+	for _, s := range []string{"join", "link-down", "clean-stop"} {
 		p50, p95 := quantiles(lat[s])
 		b.ReportMetric(float64(p50.Microseconds())/1000, s+"-p50-ms")
 		b.ReportMetric(float64(p95.Microseconds())/1000, s+"-p95-ms")

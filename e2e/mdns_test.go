@@ -206,6 +206,20 @@ func TestMDNSFleet(t *testing.T) {
 	}
 	t.Logf("list --all:\n%s", out)
 
+	// Packets dropped (link down): the kernel's TCP keepalive on the
+	// client's SSH connection goes unanswered and the builder leaves
+	// (the time is logged; BenchmarkMDNSJoinLeave measures it).
+	if err := b1.LinkDown(); err != nil {
+		t.Fatal(err)
+	}
+	took = waitFor(t, 10*time.Second, "b1 out of the machines file after its link went down", func() bool { return !fileHas(machines, b1.IP.String())() })
+	t.Logf("link down: out of the machines file after %v", took)
+	if err := b1.LinkUp(); err != nil {
+		t.Fatal(err)
+	}
+	took = waitFor(t, 30*time.Second, "b1 back in the machines file after its link came up", fileHas(machines, b1.IP.String()))
+	t.Logf("link up: back in the machines file after %v", took)
+
 	// A clean stop publishes a signed draining advert: out at once.
 	stopped := time.Now()
 	agent.Process.Signal(syscall.SIGTERM)
