@@ -181,6 +181,41 @@ func TestMembershipStories(t *testing.T) {
 	}
 }
 
+func TestMembershipLostConnection(t *testing.T) {
+	m := NewMembership(MembershipConfig{Interval: time.Second})
+	m.Apply(t0, *snap("tailnet", cand("b1"), cand("b2")))
+	m.Due(t0)
+	m.Result(t0, "b1", ok)
+	m.Result(t0, "b2", ok)
+	// Keepalive unanswered: packets dropped, out at once.
+	ch := m.Lost(t0.Add(time.Second), "b1", Result{Reason: ReasonTimeout, ConnectionLost: true, Detail: "no answer"})
+	if len(ch) != 1 || ch[0].Joined || ch[0].Key != "b1" {
+		t.Fatalf("lost connection: changes %v, want b1 to leave", ch)
+	}
+	// Ended otherwise (closed by the server): only re-checked at once.
+	m.Postpone("b2", t0.Add(time.Minute))
+	if ch := m.Lost(t0.Add(time.Second), "b2", Result{Reason: ReasonUnreachable}); len(ch) != 0 {
+		t.Fatalf("closed connection: changes %v, want none", ch)
+	}
+	if due := m.Due(t0.Add(time.Second)); len(due) != 2 {
+		t.Errorf("due after losses = %v, want both re-checked at once", due)
+	}
+}
+
+func TestMembershipPostpone(t *testing.T) {
+	m := NewMembership(MembershipConfig{Interval: time.Second})
+	m.Apply(t0, *snap("tailnet", cand("b1")))
+	m.Due(t0)
+	m.Result(t0, "b1", ok)
+	m.Postpone("b1", t0.Add(15*time.Second))
+	if due := m.Due(t0.Add(5 * time.Second)); len(due) != 0 {
+		t.Errorf("postponed builder checked at 5s: %v", due)
+	}
+	if due := m.Due(t0.Add(15 * time.Second)); len(due) != 1 {
+		t.Errorf("postponed builder not checked at 15s: %v", due)
+	}
+}
+
 func TestBackoffIsCapped(t *testing.T) {
 	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}
 	for i, w := range want {
