@@ -73,6 +73,12 @@ func (s *StaticSource) Run(ctx context.Context, emit func(Snapshot)) error {
 		poll = t.C
 	}
 	base := filepath.Base(s.Path)
+	// Editors write in steps (truncate, then write): read the file once it
+	// has been quiet for staticSettle, not at the first event, or a
+	// half-written file would briefly look like "no builders".
+	settle := time.NewTimer(time.Hour)
+	settle.Stop()
+	defer settle.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -82,8 +88,10 @@ func (s *StaticSource) Run(ctx context.Context, emit func(Snapshot)) error {
 				return nil
 			}
 			if filepath.Base(ev.Name) == base {
-				load()
+				settle.Reset(staticSettle)
 			}
+		case <-settle.C:
+			load()
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
@@ -131,6 +139,9 @@ func sameCandidates(a, b []Candidate) bool {
 	}
 	return true
 }
+
+// staticSettle is how long the static file must be quiet before it is read.
+const staticSettle = 100 * time.Millisecond
 
 // errNoHostKey is why a static entry cannot be health-checked.
 var errNoHostKey = errors.New("static entry has no host key (field 8): it cannot be checked safely")
