@@ -106,7 +106,7 @@ const (
 	DefaultWaitMin    = 20 * time.Millisecond
 	DefaultWaitMax    = 250 * time.Millisecond
 	DefaultFullEvery  = 60 * time.Second
-	DefaultProbeEvery = 15 * time.Second
+	DefaultProbeEvery = 30 * time.Second
 )
 
 // ErrNotWritten is returned by Run with Once when the file could not be written.
