@@ -98,8 +98,12 @@ Example:
 			if err != nil {
 				return err
 			}
-			defer cleanup()
-			return runClient(ctx, c, &f, e)
+			err = runClient(ctx, c, &f, e, fs.Lookup("config").Value.String())
+			cleanup()
+			if errors.Is(err, errReload) {
+				return reexec()
+			}
+			return err
 		},
 	}
 }
@@ -189,7 +193,7 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	return c, func() { checker.Close() }, nil
 }
 
-func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env) error {
+func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, configPath string) error {
 	var notify systemd.Notifier
 	c.Hooks.Ready = func() { notify.Ready("first round complete") }
 	c.Hooks.Status = func(s string) { notify.Status(s) }
@@ -210,9 +214,24 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env) 
 	if !c.Once && f.socket != "" {
 		go func() { sockErr <- discover.ServeStatus(ctx, f.socket, c.Status, c.Logger) }()
 	}
+	// A changed config file or SSH key restarts the daemon in place:
+	// every setting is read afresh and nothing is half-applied.
+	var changed <-chan string
+	if !c.Once {
+		var err error
+		if changed, err = watchFiles(ctx, configPath, f.sshKey); err != nil {
+			c.Logger.Warn("cannot watch the config file and SSH key; restart the client after changing them", "err", err)
+		}
+	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- c.Run(ctx) }()
 	select {
+	case path := <-changed:
+		c.Logger.Info("file changed, restarting to apply it", "path", path)
+		notify.Status("restarting: " + path + " changed")
+		cancel()
+		<-runErr
+		return errReload
 	case err := <-sockErr:
 		cancel()
 		<-runErr
