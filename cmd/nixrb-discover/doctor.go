@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/nixrb-discover/nixrb-discover/doctor"
+	"github.com/peterbourgon/ff/v3/ffcli"
+)
+
+func newDoctorCmd(e *env) *ffcli.Command {
+	fs := flag.NewFlagSet("nixrb-discover doctor", flag.ContinueOnError)
+	machines := fs.String("machines", doctor.DefaultMachinesPath, "machines file the client writes (client key machines)")
+	nixPath := fs.String("nix", doctor.DefaultNixPath, "nix program whose settings and version to check")
+	sshConfig := fs.String("ssh-config", doctor.DefaultSSHConfigPath, "ssh_config Host aliases the client writes for non-22 ports (client key ssh-config)")
+	user := fs.String("user", doctor.DefaultUser, "SSH user for a URI without one: the user nix-daemon builds as")
+	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "bound on each step: command, lookup, connect, SSH step")
+	return &ffcli.Command{
+		Name:       "doctor",
+		ShortUsage: "nixrb-discover doctor [--machines FILE] [--nix PATH] [--ssh-config FILE] [BUILDER]",
+		ShortHelp:  "Explain why Nix does or does not use each builder",
+		LongHelp: strings.TrimSpace(`
+Run as root, the user nix-daemon runs builds as. Checks, in the order Nix
+meets them, each printed as "✔ what" or "✘ what — fix: …":
+
+  - Nix's effective builders setting (nix show-config / nix config show)
+    includes the machines file;
+  - the machines file parses for the local Nix (FILE:LINE for each problem);
+  - a builder on a non-22 port has an ssh_config Host alias (Nix < 2.31)
+    and root's ssh_config includes the alias file;
+  - per builder (or only BUILDER, by host or name): the SSH key in field 3
+    is readable and has no passphrase, the host resolves with root's
+    resolver (MagicDNS names only if it asks tailscaled), TCP reaches sshd
+    and it sends a banner, the host key matches field 8, the key is
+    accepted (a Tailscale SSH check-mode rule is recognised), Nix is on the
+    remote's non-interactive PATH, and the remote user is trusted.
+
+Exit status: 0 when every check passes, 1 otherwise, 2 usage.
+
+Example:
+  sudo nixrb-discover doctor b1.tail1234.ts.net`),
+		FlagSet: fs,
+		Exec: func(ctx context.Context, args []string) error {
+			if len(args) > 1 {
+				return usageError("doctor takes at most one BUILDER, got %d arguments", len(args))
+			}
+			if *timeout <= 0 {
+				return usageError("--timeout %s: want a positive duration", *timeout)
+			}
+			opts := doctor.Options{
+				MachinesPath:  *machines,
+				SSHConfigPath: *sshConfig,
+				NixPath:       *nixPath,
+				User:          *user,
+				Timeout:       *timeout,
+			}
+			if len(args) == 1 {
+				opts.Builder = args[0]
+			}
+			rep := doctor.Run(ctx, opts)
+			printReport(e.stdout, rep)
+			if !rep.OK() {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+}
+
+// printReport writes one line per check, with multi-line details (one
+// problem per line) indented under it.
+func printReport(w io.Writer, rep doctor.Report) {
+	ok, failed := 0, 0
+	for _, c := range rep.Checks {
+		mark := "✔"
+		if !c.OK {
+			mark = "✘"
+			failed++
+		} else {
+			ok++
+		}
+		line := mark + " " + c.Name
+		detail, more, multi := strings.Cut(c.Detail, "\n")
+		if c.Detail != "" && !multi {
+			line += ": " + detail
+		}
+		if !c.OK && c.Fix != "" {
+			line += " — fix: " + c.Fix
+		}
+		fmt.Fprintln(w, line)
+		if multi {
+			for _, l := range strings.Split(detail+"\n"+more, "\n") {
+				fmt.Fprintln(w, "    "+l)
+			}
+		}
+	}
+	if failed == 0 {
+		fmt.Fprintf(w, "all %d checks passed\n", ok)
+		return
+	}
+	fmt.Fprintf(w, "%d of %d checks failed\n", failed, ok+failed)
+}

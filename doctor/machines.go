@@ -1,0 +1,55 @@
+package doctor
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+
+	"github.com/nixrb-discover/nixrb-discover/render"
+)
+
+// checkMachinesFile parses the machines file as the local Nix reads it and
+// validates each line. It returns the machines to check one by one: read
+// leniently (ports allowed), so that a builder on a line the local Nix
+// rejects is still diagnosed.
+func checkMachinesFile(r *Report, opts Options, v render.NixVersion) []render.Entry {
+	name := fmt.Sprintf("machines file %s parses for Nix %s", opts.MachinesPath, v)
+	parse := render.ParseOptions{NixVersion: v, LocalSystem: localSystem()}
+	entries, err := render.ParseFile(opts.MachinesPath, parse)
+	var problems render.ParseErrors
+	if err != nil && !errors.As(err, &problems) {
+		r.fail(name, err.Error(), fmt.Sprintf("run the nixrb-discover client (it writes %s), or pass --machines FILE", opts.MachinesPath))
+		return nil
+	}
+	for _, en := range entries {
+		if err := en.Machine.Validate(); err != nil {
+			problems = append(problems, &render.LineError{Path: en.Path, Line: en.Line, Err: err})
+		}
+	}
+	if len(problems) > 0 {
+		lines := make([]string, len(problems))
+		for i, p := range problems {
+			lines[i] = p.Error()
+		}
+		r.fail(name, strings.Join(lines, "\n"),
+			"correct or remove these lines: Nix stops at the first bad line and then uses no remote builder at all")
+	} else {
+		r.pass(name, fmt.Sprintf("%d machines", len(entries)))
+	}
+	if v.AtLeast(2, 31) {
+		return entries
+	}
+	parse.NixVersion = render.NixVersion{Major: 2, Minor: 31}
+	lenient, _ := render.ParseFile(opts.MachinesPath, parse)
+	return lenient
+}
+
+// localSystem is Nix's name for this platform, used for "-" systems.
+func localSystem() string {
+	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "riscv64": "riscv64"}[runtime.GOARCH]
+	if arch == "" {
+		arch = runtime.GOARCH
+	}
+	return arch + "-" + runtime.GOOS
+}
