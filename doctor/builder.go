@@ -71,10 +71,13 @@ func checkBuilder(ctx context.Context, r *Report, opts Options, en render.Entry,
 		}
 	}
 
-	if !checkResolve(ctx, r, opts, label, host) {
+	ip, ok := checkResolve(ctx, r, opts, label, host)
+	if !ok {
 		return
 	}
-	ident, ok := checkTCP(ctx, r, opts, label, addr)
+	// Connect to the address the resolver gave, as ssh does.
+	dialAddr := net.JoinHostPort(ip, strconv.Itoa(port))
+	ident, ok := checkTCP(ctx, r, opts, label, dialAddr)
 	if !ok {
 		return
 	}
@@ -99,14 +102,15 @@ func checkBuilder(ctx context.Context, r *Report, opts Options, en render.Entry,
 
 	c := &discover.Checker{Signer: signer, Timeout: opts.Timeout, BannerTimeout: opts.Timeout, RefreshChecks: -1}
 	defer c.Close()
-	res := c.Check(ctx, discover.Target{Key: m.URI.Host, Addr: addr, User: user, Protocol: m.URI.Scheme, HostKey: hostKey})
+	res := c.Check(ctx, discover.Target{Key: m.URI.Host, Addr: dialAddr, User: user, Protocol: m.URI.Scheme, HostKey: hostKey})
 	sshChecks(r, label, addr, user, kp, ident, m, res)
 }
 
-// checkResolve resolves host with root's resolver, as ssh will.
-func checkResolve(ctx context.Context, r *Report, opts Options, label, host string) bool {
+// checkResolve resolves host with root's resolver, as ssh will, and
+// returns the first address.
+func checkResolve(ctx context.Context, r *Report, opts Options, label, host string) (string, bool) {
 	if net.ParseIP(host) != nil {
-		return true
+		return host, true
 	}
 	name := fmt.Sprintf("%s: %s resolves (root's resolver)", label, host)
 	lookup := opts.LookupHost
@@ -118,19 +122,22 @@ func checkResolve(ctx context.Context, r *Report, opts Options, label, host stri
 	addrs, err := lookup(lctx, host)
 	if err == nil && len(addrs) > 0 {
 		r.pass(name, strings.Join(addrs, ", "))
-		return true
+		return addrs[0], true
 	}
 	if err == nil {
 		err = errors.New("no addresses")
 	}
 	fix := "make the name resolve for root (DNS or /etc/hosts), or write the builder's address in the URI"
-	if strings.HasSuffix(strings.TrimSuffix(host, "."), ".ts.net") || !strings.Contains(host, ".") {
+	switch {
+	case strings.HasPrefix(host, aliasPrefix):
+		fix = "define the ssh_config alias (see above): ssh resolves an undefined alias as a host name"
+	case strings.HasSuffix(strings.TrimSuffix(host, "."), ".ts.net") || !strings.Contains(host, "."):
 		fix = "a MagicDNS name resolves only when root's resolver asks tailscaled (100.100.100.100): " +
 			"run `tailscale set --accept-dns=true` and let /etc/resolv.conf point at it (systemd-resolved, or on NixOS " +
 			"services.tailscale with services.resolved), or write the builder's full MagicDNS name or tailnet IP in the URI"
 	}
 	r.fail(name, err.Error(), fix)
-	return false
+	return "", false
 }
 
 // checkTCP connects to sshd and reads its banner, as every Nix build

@@ -38,8 +38,9 @@ func sshChecks(r *Report, label, addr, user, keyPath, ident string, m render.Mac
 		case discover.TrustedYes:
 			r.pass(trusted, "the daemon says so")
 		default:
-			r.pass(trusted, "not reported by protocol "+res.ProtocolVersion+" (Nix before 2.15, or ssh://): "+
-				"if builds fail with \"not privileged to build input-addressed derivations\", add "+user+" to trusted-users")
+			r.pass(fmt.Sprintf("%s: whether %s is trusted is not reported by protocol %s (Nix before 2.15, or ssh://)",
+				label, user, res.ProtocolVersion),
+				"if builds fail with \"not privileged to build input-addressed derivations\", add "+user+" to trusted-users on the builder")
 		}
 	case discover.ReasonHostKeyMismatch:
 		r.fail(hostKey, res.Detail,
