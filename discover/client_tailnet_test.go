@@ -79,6 +79,9 @@ func startTailnetBuilder(t testing.TB, tn *tailnettest.Net, name string, tags []
 			},
 		},
 		Tailnet: &advertise.TailnetServer{LocalAPI: node.LocalClient, Listen: node.Server.Listen},
+		// The agent runs in the test process; its builder's sshd is in the
+		// builder's namespace, whose socket tables nix-daemon's /proc shows.
+		SSHWatch: &advertise.SSHWatch{Port: 22, NetDir: fmt.Sprintf("/proc/%d/net", b.NixDaemonPID())},
 	}
 	tb := &tailnetBuilder{node: node, nix: b, stop: cancel, done: make(chan struct{})}
 	go func() {
