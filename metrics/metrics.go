@@ -120,10 +120,15 @@ func NewClient(reg prometheus.Registerer) *Client {
 
 // ObserveStatus sets the builders gauge from a status snapshot: one
 // series per known state (zero when empty), plus any other state that a
-// builder is in now. A nil status changes nothing.
+// builder is in now. It also creates the source_errors_total series of
+// each source it lists, at zero until that source reports an error. A nil
+// status changes nothing.
 func (c *Client) ObserveStatus(s *discover.Status) {
 	if s == nil {
 		return
+	}
+	for _, src := range s.Sources {
+		c.sourceErrors.WithLabelValues(src.Name)
 	}
 	counts := make(map[discover.State]int, len(knownStates))
 	for _, st := range knownStates {

@@ -59,7 +59,7 @@ func Listen(addr string) (net.Listener, error) {
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: listen on %s: %w", addr, err)
+		return nil, fmt.Errorf("metrics: %w", err) // "listen tcp ADDR: bind: …"
 	}
 	return ln, nil
 }
@@ -85,7 +85,7 @@ func (c *Client) Serve(ctx context.Context, ln net.Listener, g prometheus.Gather
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "metrics")
-	metrics := promhttp.HandlerFor(g, promhttp.HandlerOpts{
+	gathered := promhttp.HandlerFor(g, promhttp.HandlerOpts{
 		ErrorLog:            promLog{log},
 		ErrorHandling:       promhttp.ContinueOnError,
 		MaxRequestsInFlight: 4,
@@ -95,7 +95,7 @@ func (c *Client) Serve(ctx context.Context, ln net.Listener, g prometheus.Gather
 		if status != nil {
 			c.refresh(r.Context(), status, log)
 		}
-		metrics.ServeHTTP(w, r)
+		gathered.ServeHTTP(w, r)
 	})
 	srv := &http.Server{
 		Handler:           mux,
