@@ -13,9 +13,9 @@ import (
 
 func newDoctorCmd(e *env) *ffcli.Command {
 	fs := flag.NewFlagSet("nixrb-discover doctor", flag.ContinueOnError)
-	machines := fs.String("machines", doctor.DefaultMachinesPath, "machines file the client writes (client key machines)")
+	machines := fs.String("machines", doctor.DefaultMachinesPath, "machines file the client writes (the client's --machines)")
 	nixPath := fs.String("nix", doctor.DefaultNixPath, "nix program whose settings and version to check")
-	sshConfig := fs.String("ssh-config", doctor.DefaultSSHConfigPath, "ssh_config Host aliases the client writes for non-22 ports (client key ssh-config)")
+	sshConfig := fs.String("ssh-config", doctor.DefaultSSHConfigPath, "ssh_config Host aliases the client writes for non-22 ports (the client's --ssh-config)")
 	user := fs.String("user", doctor.DefaultUser, "SSH user for a URI without one: the user nix-daemon builds as")
 	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "bound on each step: command, lookup, connect, SSH step")
 	return &ffcli.Command{
