@@ -35,6 +35,7 @@ type clientFlags struct {
 	nixVersion                                  string
 	once                                        bool
 	logLevel                                    string
+	metricsListen                               string
 }
 
 // register adds the client flags to fs.
@@ -66,7 +67,8 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.nixVersion, "nix-version", "", "format for this Nix version (default: what the local nix reports)")
 	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.String("config", "", "JSON file whose keys are these flag names")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (off by default)")
+	fs.String("config", "", "JSON file whose keys are these flag names; a change restarts the client")
 }
 
 func newClientCmd(e *env) *ffcli.Command {
@@ -222,6 +224,13 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, 
 		if changed, err = watchFiles(ctx, configPath, f.sshKey); err != nil {
 			c.Logger.Warn("cannot watch the config file and SSH key; restart the client after changing them", "err", err)
 		}
+	}
+	if !c.Once && f.metricsListen != "" {
+		stop, err := startMetrics(ctx, f.metricsListen, c, c.Logger)
+		if err != nil {
+			return usageError("--metrics-listen: %v", err)
+		}
+		defer stop()
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- c.Run(ctx) }()
