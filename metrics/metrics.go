@@ -96,11 +96,11 @@ func NewClient(reg prometheus.Registerer) *Client {
 		}, []string{"outcome"}),
 		sourceErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "source_errors_total",
-			Help: "Errors reported by discovery sources, by source (a repeated identical error counts once).",
+			Help: "Errors reported by discovery sources, by source.",
 		}, []string{"source"}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "tailnet_reconnects_total",
-			Help: "Times the tailnet source lost tailscaled's IPN bus and re-subscribed.",
+			Help: "Errors the tailnet source reported (tailscaled's IPN bus lost, or its backend not Running); each is followed by a re-subscription.",
 		}),
 		extra: map[discover.State]struct{}{},
 	}
@@ -172,9 +172,11 @@ func isKnownState(st discover.State) bool {
 //
 // Every SourceError from the tailnet source also counts as an IPN-bus
 // reconnect: the tailnet source reports an error when it loses
-// tailscaled's bus, and then re-subscribes with backoff. It does not
-// repeat an unchanged error, so failed attempts that fail the same way
-// count once.
+// tailscaled's bus (or the backend stops Running), and then re-subscribes
+// with backoff. The count is close, not exact: the source does not repeat
+// an unchanged snapshot, so attempts that keep failing the same way count
+// once, but a builder whose advert changes during the outage makes it
+// report the error again, and that counts too.
 func (c *Client) Hooks(next discover.Hooks) discover.Hooks {
 	h := next
 	h.Checked = func(key string, r discover.Result) {
