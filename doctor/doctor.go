@@ -2,6 +2,8 @@ package doctor
 
 import (
 	"context"
+	"fmt"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -121,6 +123,13 @@ func (r *Report) fail(name, detail, fix string) {
 func Run(ctx context.Context, opts Options) Report {
 	opts.defaults()
 	var r Report
+	if os.Geteuid() == 0 {
+		r.pass("doctor runs as root, the user nix-daemon builds as", "")
+	} else {
+		r.fail("doctor runs as root, the user nix-daemon builds as",
+			fmt.Sprintf("running as uid %d: root's keys, resolver and ssh_config may differ", os.Geteuid()),
+			"run it with sudo")
+	}
 	v := opts.NixVersion
 	if !v.Known() {
 		v = nixVersion(ctx, &r, opts)

@@ -184,6 +184,17 @@ func TestFailures(t *testing.T) {
 		f := newFixture(t, b.MachineLine("ssh-ng", key.Path), "ssh-ng://root@b2 x86_64-linux - many 1")
 		wantFail(t, f.run(t), "parses for Nix 2.8.0", f.machines+":2: ", "Nix stops at the first bad line")
 	})
+	t.Run("machines-file-empty", func(t *testing.T) {
+		f := newFixture(t, "# managed by nixrb-discover client")
+		wantFail(t, f.run(t), "lists a remote builder", "Nix builds everything locally", "nixrb-discover list")
+	})
+	t.Run("machines-file-missing", func(t *testing.T) {
+		f := newFixture(t)
+		if err := os.Remove(f.machines); err != nil {
+			t.Fatal(err)
+		}
+		wantFail(t, f.run(t), "parses for Nix 2.8.0", "no such file", "run the nixrb-discover client")
+	})
 	t.Run("key-not-authorized", func(t *testing.T) {
 		key, other := nixtest.NewClientKey(t), nixtest.NewClientKey(t)
 		b := startBuilder(t, nixtest.V28, other, nil)

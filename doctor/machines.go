@@ -37,11 +37,21 @@ func checkMachinesFile(r *Report, opts Options, v render.NixVersion) []render.En
 	} else {
 		r.pass(name, fmt.Sprintf("%d machines", len(entries)))
 	}
-	if v.AtLeast(2, 31) {
-		return entries
+	lenient := entries
+	if !v.AtLeast(2, 31) {
+		parse.NixVersion = render.NixVersion{Major: 2, Minor: 31}
+		lenient, _ = render.ParseFile(opts.MachinesPath, parse)
 	}
-	parse.NixVersion = render.NixVersion{Major: 2, Minor: 31}
-	lenient, _ := render.ParseFile(opts.MachinesPath, parse)
+	ssh := 0
+	for _, en := range lenient {
+		if en.Machine.URI.IsSSH() {
+			ssh++
+		}
+	}
+	if ssh == 0 && len(problems) == 0 {
+		r.fail(fmt.Sprintf("machines file %s lists a remote builder", opts.MachinesPath), "no SSH machine in it: Nix builds everything locally",
+			"check that the client runs and sees builders (nixrb-discover list says why each one is left out)")
+	}
 	return lenient
 }
 
