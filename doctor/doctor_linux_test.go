@@ -159,6 +159,25 @@ func TestHealthyBuilder(t *testing.T) {
 	}
 }
 
+// With a local Nix 2.26 (the trixie chroot), doctor reads `nix config
+// show`, and the 2.26 daemon says whether the user is trusted.
+func TestLocalNix226(t *testing.T) {
+	root := nixtest.EnsureTrixie(t)
+	key := nixtest.NewClientKey(t)
+	b := startBuilder(t, nixtest.V226, key, nil)
+	f := newFixture(t, b.MachineLine("ssh-ng", key.Path))
+	// nix from the chroot, reading f's nix.conf; the mounts stay in a
+	// mount namespace of its own. The deprecated show-config is refused,
+	// so the check proves that doctor uses `nix config show`.
+	script := fmt.Sprintf(`#!/bin/sh
+case "$*" in *show-config*) echo "show-config refused by the test" >&2; exit 9;; esac
+exec unshare --mount --propagation private sh -c 'R=$1; C=$2; shift 2
+mount -t proc proc "$R/proc" && mount --bind "$C" "$R/etc/nix" && exec chroot "$R" nix "$@"' sh %s %s "$@"
+`, root, filepath.Dir(f.nixConf))
+	write(t, f.opts.NixPath, script, 0o755)
+	wantAllOK(t, f.run(t), "Nix 2.26", "parses for Nix 2.26", "protocol 1.38", "root is a trusted user of the builder's Nix: the daemon says so")
+}
+
 // The rows below each break one thing on an otherwise healthy setup.
 func TestFailures(t *testing.T) {
 	t.Run("builders-setting-elsewhere", func(t *testing.T) {
