@@ -25,9 +25,6 @@ func checkBuilders(ctx context.Context, r *Report, opts Options, entries []rende
 			"name the builder by the host in its URI (nixrb-discover list shows them), or run doctor without BUILDER")
 		return
 	}
-	if opts.Builder == "" && len(sel) == 0 && len(entries) == 0 {
-		return
-	}
 	for _, en := range sel {
 		if ctx.Err() != nil {
 			return
