@@ -8,8 +8,11 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
+
+	"golang.org/x/sys/unix"
 )
 
 // Bounds on what one Check reads.
@@ -54,6 +57,47 @@ type sshWatchState struct {
 	buf      []byte
 	diagBuf  []byte
 	noDiag   bool // sock_diag failed once: read the tables in NetDir
+	noCompat bool // the compat TCPDIAG_GETSOCK dump failed once
+	files    *sshFiles
+}
+
+// sshFiles are what a watch keeps open between checks, because opening
+// them is most of a check's cost: the sock_diag socket and the owner's
+// stat file. The watch has no Close: they are closed when it is garbage
+// collected (runtime.AddCleanup on this struct).
+type sshFiles struct {
+	*sshFDs
+}
+
+// sshFDs are the descriptors themselves (-1: not open).
+type sshFDs struct {
+	nl      int
+	seq     uint32
+	stat    int
+	statPID int
+}
+
+func (s *sshWatchState) openFiles() *sshFDs {
+	if s.files == nil {
+		fds := &sshFDs{nl: -1, stat: -1}
+		s.files = &sshFiles{fds}
+		runtime.AddCleanup(s.files, func(f *sshFDs) { f.closeNetlink(); f.closeStat() }, fds)
+	}
+	return s.files.sshFDs
+}
+
+func (f *sshFDs) closeNetlink() {
+	if f.nl >= 0 {
+		unix.Close(f.nl)
+		f.nl = -1
+	}
+}
+
+func (f *sshFDs) closeStat() {
+	if f.stat >= 0 {
+		unix.Close(f.stat)
+		f.stat, f.statPID = -1, 0
+	}
 }
 
 // Check looks at sshd once: the listening sockets on Port, the state of
@@ -311,17 +355,30 @@ func allStopped(proc string, pids []int, s *sshWatchState) (bool, int, error) {
 // procState reads the state letter of proc/PID/stat: "PID (comm) S ...",
 // where comm may hold spaces and parentheses.
 func (s *sshWatchState) procState(proc string, pid int) (byte, error) {
-	f, err := os.Open(filepath.Join(proc, strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0, err
+	// The file stays open (see sshFiles) and is re-read from offset 0,
+	// which makes procfs generate it afresh; once the process is gone the
+	// read fails (ESRCH), even if its pid was reused. unix, not os: no
+	// poller registration. Only the real procfs behaves so: the file of a
+	// fake proc tree is opened each time.
+	f := s.openFiles()
+	path := proc + "/" + strconv.Itoa(pid) + "/stat"
+	if f.statPID != pid || proc != DefaultProcRoot {
+		f.closeStat()
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return 0, &os.PathError{Op: "open", Path: path, Err: err}
+		}
+		f.stat, f.statPID = fd, pid
 	}
-	defer f.Close()
 	if s.buf == nil {
 		s.buf = make([]byte, sshMaxStatRead)
 	}
-	n, err := io.ReadFull(f, s.buf)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return 0, err
+	n, err := unix.Pread(f.stat, s.buf, 0) // the kernel fills stat in one read
+	if err != nil || proc != DefaultProcRoot {
+		f.closeStat()
+	}
+	if err != nil {
+		return 0, &os.PathError{Op: "read", Path: path, Err: err}
 	}
 	b := s.buf[:n]
 	i := bytes.LastIndexByte(b, ')')
