@@ -67,7 +67,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.nixVersion, "nix-version", "", "format for this Nix version (default: what the local nix reports)")
 	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9464 (off by default)")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this HOST:PORT at /metrics, e.g. 127.0.0.1:9467 (off by default; no authentication)")
 	fs.String("config", "", "JSON file whose keys are these flag names; a change restarts the client")
 }
 
@@ -228,7 +228,7 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, 
 	if !c.Once && f.metricsListen != "" {
 		stop, err := startMetrics(ctx, f.metricsListen, c, c.Logger)
 		if err != nil {
-			return usageError("--metrics-listen: %v", err)
+			return err // an exitError: 2 for a bad address, 1 for a busy port
 		}
 		defer stop()
 	}
