@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -62,6 +63,13 @@ func (o *Options) defaults() {
 	}
 	if o.SSHConfigPath == "" {
 		o.SSHConfigPath = DefaultSSHConfigPath
+	}
+	// Nix reads `builders = @PATH` with an absolute path; name it so.
+	if a, err := filepath.Abs(o.MachinesPath); err == nil {
+		o.MachinesPath = a
+	}
+	if a, err := filepath.Abs(o.SSHConfigPath); err == nil {
+		o.SSHConfigPath = a
 	}
 	if o.RootSSHConfigs == nil {
 		o.RootSSHConfigs = DefaultRootSSHConfigs
