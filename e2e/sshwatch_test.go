@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -172,4 +173,66 @@ func ppid(pid int) int {
 	}
 	p, _ := strconv.Atoi(f[1])
 	return p
+}
+
+// BenchmarkSSHWatchIdle reports what watching sshd costs an idle agent:
+// one builder (real sshd, signed agent over mDNS, nobody else), its
+// agent's CPU share over a quiet window with --watch-sshd and without,
+// from the per-thread run times in /proc/PID/task/*/schedstat (ns, where
+// /proc/PID/stat counts 10 ms ticks).
+//
+//	go test -run '^$' -bench BenchmarkSSHWatchIdle -benchtime 1x ./e2e
+func BenchmarkSSHWatchIdle(b *testing.B) {
+	nixtest.RequireTools(b)
+	netnstest.RequireRoot(b)
+	bin := buildBinaryTB(b)
+	topo := netnstest.New(b)
+	b1 := newHostTB(b, topo, "b1")
+	fleet := filepath.Join(b1.dir, "fleet")
+	if out, err := exec.Command(bin, "keygen", "--out", fleet).CombinedOutput(); err != nil {
+		b.Fatalf("keygen: %v %s", err, out)
+	}
+	hostKey := b1.startSSHD(b, "")
+	window := 30 * time.Second
+	if testing.Short() {
+		window = 10 * time.Second
+	}
+	for _, watch := range []bool{false, true} {
+		b.Run(fmt.Sprintf("watch-sshd=%v", watch), func(b *testing.B) {
+			agent := b1.start(b, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
+				"--sign-key", fleet, "--ssh-user", "root", "--ssh-host-key", hostKey, "--hostname", "b1",
+				"--log-level", "warn", "--watch-sshd="+strconv.FormatBool(watch))
+			defer func() { agent.Process.Signal(syscall.SIGTERM); agent.Wait() }()
+			time.Sleep(3 * time.Second) // facts read, first announcements sent
+			t0 := runNS(b, agent.Process.Pid)
+			b.ResetTimer()
+			time.Sleep(window)
+			b.StopTimer()
+			cpu := float64(runNS(b, agent.Process.Pid)-t0) / float64(window.Nanoseconds()) * 100
+			b.ReportMetric(cpu, "agent-cpu%")
+			b.Logf("--watch-sshd=%v: idle agent CPU %.4f%% over %v", watch, cpu, window)
+		})
+	}
+}
+
+// runNS is the CPU time (ns) pid's threads have run, from schedstat.
+func runNS(tb testing.TB, pid int) int64 {
+	tb.Helper()
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum int64
+	for _, p := range tasks {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // the thread exited
+		}
+		f := strings.Fields(string(b))
+		if len(f) > 0 {
+			n, _ := strconv.ParseInt(f[0], 10, 64)
+			sum += n
+		}
+	}
+	if sum == 0 {
+		tb.Fatalf("no schedstat for pid %d", pid)
+	}
+	return sum
 }
