@@ -13,8 +13,11 @@ const DefaultSSHWatchInterval = 250 * time.Millisecond
 // (Nix stalls on a builder whose sshd is hung, and waits once per build on
 // one that is dead) instead of each client finding out by probing.
 //
-// It reads the kernel's listening sockets (NetDir/tcp and tcp6): no
-// connection is made, so sshd forks nothing. Three failures are seen:
+// It asks the kernel for the listening sockets (by sock_diag netlink, or
+// from NetDir/tcp and tcp6 when NetDir or ProcRoot is set): no connection
+// is made, so sshd forks nothing. A check costs ~35 us (hot) to ~300 us
+// (an idle process waking cold); see BenchmarkSSHWatchCheck and
+// e2e.BenchmarkSSHWatchIdle. Three failures are seen:
 //
 //   - not listening: no socket in state LISTEN on Port (sshd died);
 //   - stopped: the process holding the listening socket is stopped
@@ -25,10 +28,13 @@ const DefaultSSHWatchInterval = 250 * time.Millisecond
 //
 // The owner of the listening socket is found by scanning ProcRoot/*/fd for
 // the socket's inode, once per new inode (sshd restarted), and cached. That
-// needs permission to read other processes' fds (root with
-// CAP_SYS_PTRACE, or the same user without capabilities being dropped);
-// without it the stopped check is off ([SSHState].PIDErr says why) and a
-// stopped sshd is seen as stalled once a client connects.
+// needs ptrace-read access to sshd: root with its capabilities, or
+// CAP_SYS_PTRACE. Root without capabilities (CapabilityBoundingSet= empty,
+// as the shipped systemd unit runs the agent) is refused: the stopped check
+// is then off ([SSHState].PIDErr says why) and a stopped sshd is seen as
+// stalled once a client's connection waits in its accept queue.
+//
+// sshd must listen in the agent's network namespace (NetDir aside).
 //
 // The zero value (with Port set) watches this machine. Set the fields
 // before the first Check; an SSHWatch is not safe for concurrent use.
