@@ -83,7 +83,10 @@ func listenWire(t *testing.T, h *netnstest.Host) <-chan packet {
 	select {
 	case c = <-ready:
 	case err := <-errc:
-		t.Fatalf("wire listener: %v", err)
+		if err != nil {
+			t.Fatalf("wire listener: %v", err)
+		}
+		c = <-ready // Do returned nil after handing over the conn
 	}
 	t.Cleanup(func() { c.Close() })
 	go func() {
