@@ -116,6 +116,19 @@ func (a *Agent) Run(ctx context.Context) error {
 		p.Draining = sshd.draining(o.Draining)
 		return p
 	}
+	// republishDraining publishes when the advertised draining flag
+	// differs from the current advert's (a failed publish is retried on
+	// the next change or watch tick), and reports whether it did.
+	republishDraining := func() bool {
+		if advertised().Draining == a.Current().Draining {
+			return false
+		}
+		if _, err := a.publish(facts, advertised(), time.Now()); err != nil {
+			log.Error("cannot publish the new advert", "err", err)
+			return false
+		}
+		return true
+	}
 	ad, err := a.publish(facts, advertised(), time.Now())
 	if err != nil {
 		return err
@@ -178,26 +191,16 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-watchdog:
 			a.Tick()
 		case <-a.drain:
-			before := sshd.draining(o.Draining)
 			o.Draining = !o.Draining
 			log.Info("draining changed", "draining", o.Draining)
-			if sshd.draining(o.Draining) == before {
-				continue // sshd keeps the advert draining: nothing to publish
+			if republishDraining() {
+				lastSigned = time.Now()
 			}
-			if _, err := a.publish(facts, advertised(), time.Now()); err != nil {
-				log.Error("cannot publish the new advert", "err", err)
-				continue
-			}
-			lastSigned = time.Now()
 		case <-sshTick:
-			if !sshd.check(log) || o.Draining {
-				continue // the advertised draining flag did not change
+			sshd.check(log)
+			if republishDraining() {
+				lastSigned = time.Now()
 			}
-			if _, err := a.publish(facts, advertised(), time.Now()); err != nil {
-				log.Error("cannot publish the new advert", "err", err)
-				continue
-			}
-			lastSigned = time.Now()
 		case now := <-tick.C:
 			c, err := MeasureCapacity(a.Facts, facts.BuildUsers)
 			if err != nil && facts.CapacityErr == nil {

@@ -125,15 +125,14 @@ func (w *SSHWatch) interval() time.Duration {
 	return DefaultSSHWatchInterval
 }
 
-// sshHealth is the agent's view of its SSHWatch: the last state, and
-// whether the last reported health differs. It decides what the agent
-// logs and when it republishes; the agent only wires it in.
+// sshHealth is the agent's view of its SSHWatch: whether sshd is
+// unhealthy (the advert then says draining) and which notes were logged.
+// It decides what the agent logs; the agent only wires it in.
 type sshHealth struct {
-	watch     *SSHWatch
-	bad       bool // sshd unhealthy: the advert says draining
-	pidErr    bool // the "owner unknown" note was logged
-	unknown   bool // the "cannot tell" note was logged
-	lastState SSHState
+	watch   *SSHWatch
+	bad     bool // sshd unhealthy: the advert says draining
+	pidErr  bool // the "owner unknown" note was logged
+	unknown bool // the "cannot tell" note was logged
 }
 
 // draining is the advertised draining flag: the user's, or sshd's
@@ -144,7 +143,6 @@ func (h *sshHealth) draining(user bool) bool { return user || h != nil && h.bad 
 // a log line for the change or for a note worth saying once.
 func (h *sshHealth) check(log logger) (changed bool) {
 	st := h.watch.Check()
-	h.lastState = st
 	if st.Status == SSHUnknown && !h.unknown {
 		log.Warn("cannot watch sshd: clients find a dead sshd by probing only", "err", st.Err)
 	}
