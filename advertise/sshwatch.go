@@ -128,11 +128,22 @@ func (w *SSHWatch) interval() time.Duration {
 // sshHealth is the agent's view of its SSHWatch: whether sshd is
 // unhealthy (the advert then says draining) and which notes were logged.
 // It decides what the agent logs; the agent only wires it in.
+//
+// The watch arms once something has been seen listening on the port:
+// until then "not listening" is not held against the builder, because
+// SSH may be served without a listening socket in this namespace
+// (Tailscale SSH answers port 22 inside tailscaled, a container's sshd
+// listens in its own namespace), and a watch that drained such a builder
+// forever would take a working builder out. A builder whose sshd is
+// still starting is found dead by the clients' probes, as without the
+// watch.
 type sshHealth struct {
 	watch   *SSHWatch
+	armed   bool // something listened on the port once
 	bad     bool // sshd unhealthy: the advert says draining
 	pidErr  bool // the "owner unknown" note was logged
 	unknown bool // the "cannot tell" note was logged
+	waiting bool // the "nothing listens yet" note was logged
 }
 
 // draining is the advertised draining flag: the user's, or sshd's
@@ -150,6 +161,16 @@ func (h *sshHealth) check(log logger) (changed bool) {
 	if st.Status == SSHUp && st.PIDErr != nil && !h.pidErr {
 		log.Warn("cannot find sshd's process: a stopped sshd is seen only once clients connect", "err", st.PIDErr)
 		h.pidErr = true
+	}
+	switch {
+	case st.Status == SSHUp || st.Status == SSHStopped || st.Status == SSHStalled:
+		h.armed = true
+	case st.Status == SSHNotListening && !h.armed:
+		if !h.waiting {
+			log.Warn("nothing listens on the SSH port yet: watching sshd from when it does (with Tailscale SSH, use --watch-sshd=false)", "port", st.Port)
+			h.waiting = true
+		}
+		return false
 	}
 	bad := !st.Healthy()
 	if bad == h.bad {

@@ -204,6 +204,36 @@ func TestSSHHealth(t *testing.T) {
 	}
 }
 
+// TestSSHHealthArms: nothing listening before sshd was ever seen (sshd
+// still starting, or SSH served elsewhere, like Tailscale SSH) does not
+// drain; once sshd was seen, it does.
+func TestSSHHealthArms(t *testing.T) {
+	var logs bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	none, up := fakeProc(t, "none"), fakeProc(t, "any")
+	w := &SSHWatch{Port: 22, ProcRoot: none}
+	h := &sshHealth{watch: w}
+	for i, step := range []struct {
+		proc string
+		bad  bool
+	}{
+		{none, false}, // not armed yet
+		{none, false},
+		{up, false}, // armed
+		{none, true},
+		{up, false},
+	} {
+		w.ProcRoot = step.proc
+		h.check(log)
+		if h.bad != step.bad {
+			t.Errorf("step %d: bad %v, want %v", i, h.bad, step.bad)
+		}
+	}
+	if n := strings.Count(logs.String(), "nothing listens on the SSH port yet"); n != 1 {
+		t.Errorf("the not-yet note was logged %d times, want once:\n%s", n, &logs)
+	}
+}
+
 // BenchmarkSSHWatchCheck measures one Check against the real /proc, on a
 // port this process listens on (so the owner's stat is read as well):
 // by sock_diag (what the agent does) and, for comparison, by reading

@@ -79,7 +79,8 @@ DNS-SD (_nix-builder._tcp) on the chosen interfaces. SIGUSR1 toggles
 draining; SIGTERM publishes a draining advert, says goodbye and exits.
 With --watch-sshd (the default) the advert also says draining while the
 local sshd on --ssh-port is dead, stopped or hung, so that Nix never
-stalls on this builder.
+stalls on this builder (from when sshd is first seen listening; with
+Tailscale SSH, which has no sshd, use --watch-sshd=false).
 
 Example:
   nixrb-discover advertise --ssh-user nix-ssh --features kvm,big-parallel`),
