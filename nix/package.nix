@@ -19,7 +19,7 @@ build {
   pname = "nixrb-discover";
   version = "0.1.0";
   src = lib.cleanSource ../.;
-  vendorHash = "sha256-V0OTjcmhuJxAq1YrMNk6HetY53MC4f4o4bgOImj0ejU=";
+  vendorHash = "sha256-rNzhZLSh0AAVjdKLC49aQuZZEK2CE01kC8nk7NeCMrQ=";
   subPackages = [ "cmd/nixrb-discover" ];
   env.CGO_ENABLED = 0;
   ldflags = [
