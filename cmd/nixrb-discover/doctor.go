@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/discover"
 	"github.com/nixrb-discover/nixrb-discover/doctor"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
 func newDoctorCmd(e *env) *ffcli.Command {
 	fs := flag.NewFlagSet("nixrb-discover doctor", flag.ContinueOnError)
-	machines := fs.String("machines", doctor.DefaultMachinesPath, "machines file the client writes (the client's --machines)")
+	machines := fs.String("machines", "", "machines file the client writes (default: the running client's, asked over --socket, else /etc/nix/machines)")
+	socket := fs.String("socket", discover.DefaultSocket, "the running client's status socket, to learn its machines file")
 	nixPath := fs.String("nix", doctor.DefaultNixPath, "nix program whose settings and version to check")
 	sshConfig := fs.String("ssh-config", doctor.DefaultSSHConfigPath, "ssh_config Host aliases the client writes for non-22 ports (the client's --ssh-config)")
 	user := fs.String("user", doctor.DefaultUser, "SSH user for a URI without one: the user nix-daemon builds as")
@@ -50,6 +53,9 @@ Example:
 			if *timeout <= 0 {
 				return usageError("--timeout %s: want a positive duration", *timeout)
 			}
+			if *machines == "" {
+				*machines = clientMachinesFile(ctx, *socket)
+			}
 			opts := doctor.Options{
 				MachinesPath:  *machines,
 				SSHConfigPath: *sshConfig,
@@ -68,6 +74,17 @@ Example:
 			return nil
 		},
 	}
+}
+
+// clientMachinesFile asks a running client which file it writes; without
+// one, the client's own default.
+func clientMachinesFile(ctx context.Context, socket string) string {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if st, err := discover.FetchStatus(ctx, socket); err == nil && st.MachinesFile != "" {
+		return st.MachinesFile
+	}
+	return "/etc/nix/machines"
 }
 
 // printReport writes one line per check, with multi-line details (one
