@@ -87,6 +87,10 @@ type Client struct {
 	// in its advert. Static builders have no agent: every check between
 	// full ones is a probe. Zero means DefaultProbeEvery.
 	ProbeEvery time.Duration
+	// Enroll, when set, is called before the first check of a tailnet
+	// builder whose advert says enrolment is open, and again after a
+	// check fails with "auth refused"; its error is shown as the reason.
+	Enroll func(ctx context.Context, c Candidate) error
 	// MaxChecks bounds concurrent health checks; zero means 16.
 	MaxChecks int
 	// Once makes Run return after the first round.
@@ -122,9 +126,10 @@ const (
 )
 
 type checkDone struct {
-	key  string
-	r    Result
-	kind checkKind
+	key      string
+	r        Result
+	kind     checkKind
+	enrolled bool // the builder accepted our key just before this check
 }
 
 // Status returns the client's current state, as `list` shows it. It asks

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/render"
@@ -34,6 +35,7 @@ type loop struct {
 	renderProbs map[string]string
 	lastFull    map[string]time.Time // last passed full check per builder
 	lastProbe   map[string]time.Time // last passed fresh TCP probe per builder
+	enrolled    map[string]bool      // builders that accepted our key
 	ready       bool
 	started     time.Time
 	statusText  string
@@ -61,6 +63,7 @@ func newLoop(c *Client) *loop {
 		renderProbs: map[string]string{},
 		lastFull:    map[string]time.Time{},
 		lastProbe:   map[string]time.Time{},
+		enrolled:    map[string]bool{},
 	}
 }
 
@@ -211,7 +214,18 @@ func (l *loop) startCheck(ctx context.Context, key string) {
 	}
 	l.sem <- struct{}{}
 	kind := l.kindFor(m)
+	enrol := l.c.Enroll != nil && m.Advert != nil && m.Advert.Enroll && strings.HasPrefix(m.Key, "tailnet:") &&
+		(!l.enrolled[key] || m.Last.Reason == ReasonAuthRefused)
+	cand := m.Candidate
 	go func() {
+		if enrol {
+			start := time.Now()
+			if err := l.c.Enroll(ctx, cand); err != nil {
+				l.done <- checkDone{key: key, kind: checkFull, r: Result{Reason: ReasonEnrollRefused, Detail: err.Error(), When: start, Took: time.Since(start)}}
+				return
+			}
+			kind = checkFull
+		}
 		var r Result
 		switch kind {
 		case checkFull:
@@ -227,7 +241,7 @@ func (l *loop) startCheck(ctx context.Context, key string) {
 		if r.When.IsZero() {
 			r.When = time.Now()
 		}
-		l.done <- checkDone{key: key, r: r, kind: kind}
+		l.done <- checkDone{key: key, r: r, kind: kind, enrolled: enrol}
 	}()
 }
 
@@ -273,6 +287,10 @@ func (l *loop) onSnapshot(now time.Time, s Snapshot) {
 
 func (l *loop) onResult(now time.Time, d checkDone) {
 	m := l.mem.Member(d.key)
+	if d.enrolled {
+		l.enrolled[d.key] = true
+		l.log.Info("enrolled with builder", "key", d.key)
+	}
 	if d.r.Reason == ReasonNotTrusted && l.c.NixVersion.AtLeast(2, 26) {
 		// Nix 2.26 (tested; maybe earlier) sees from the handshake that it
 		// is not trusted and sends the .drv by path, which an untrusted

@@ -176,6 +176,11 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	}
 	// Every third full check logs in on a new connection, so a re-keyed
 	// host is noticed within 3 × --full-check-every.
+	var enroll func(context.Context, discover.Candidate) error
+	if f.tailnet {
+		var d net.Dialer
+		enroll = (&discover.TailnetEnroller{Dial: d.DialContext, PublicKey: id.AuthorizedKey}).Enroll
+	}
 	checker := &discover.Checker{Signer: id.Signer, Timeout: checkTimeout, BannerTimeout: banner, RefreshChecks: 3, Logger: log}
 	c := &discover.Client{
 		Sources:              sources,
@@ -189,6 +194,7 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		WaitMin:              f.wait.min,
 		WaitMax:              f.wait.max,
 		FullEvery:            fullEvery,
+		Enroll:               enroll,
 		Once:                 f.once,
 		Logger:               log,
 	}
