@@ -1,0 +1,326 @@
+package advertise
+
+import (
+	"bytes"
+	"crypto/rsa"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"tailscale.com/tailcfg"
+)
+
+// Enrolment defaults.
+const (
+	// EnrollPath is the URL path a client POSTs its SSH public key to.
+	EnrollPath = "/v1/enroll"
+	// MaxEnrollRequest bounds an enrolment request body.
+	MaxEnrollRequest = 4 << 10
+	// DefaultEnrollMaxKeys bounds the enrolled keys (one per node).
+	DefaultEnrollMaxKeys = 1000
+	// DefaultEnrollStore is the key store of a system agent.
+	DefaultEnrollStore = "/var/lib/nixrb-discover/enrolled.json"
+	// DefaultEnrollSocket is where the agent answers authorized-keys.
+	DefaultEnrollSocket = "/run/nixrb-discover/enroll.sock"
+	// DefaultEnrollCache is how long the valid-key list is reused.
+	DefaultEnrollCache = 5 * time.Second
+	// DefaultEnrollRateEvery and DefaultEnrollRateBurst make the per-node
+	// rate limit: a burst of 3 requests, then one per 10 s.
+	DefaultEnrollRateEvery = 10 * time.Second
+	DefaultEnrollRateBurst = 3
+	// minRSABits is the smallest RSA key accepted.
+	minRSABits = 2048
+)
+
+// Enroller accepts SSH public keys from tailnet peers that carry an
+// allowed tag or capability (POST /v1/enroll, mounted on the
+// TailnetServer, which has identified the caller), keeps one key per node
+// in a JSON store, and tells sshd, through [Enroller.ServeSocket], which
+// stored keys still belong to nodes that are on the tailnet with an
+// allowed tag or capability. With neither AllowTags nor AllowCaps set,
+// every enrolment is refused.
+//
+// Set the fields before the first request; an Enroller is then safe for
+// concurrent use.
+type Enroller struct {
+	// AllowTags admits callers with one of these ACL tags.
+	AllowTags []string
+	// AllowCaps admits callers granted one of these peer capabilities.
+	AllowCaps []tailcfg.PeerCapability
+	// StorePath is the JSON key store, written atomically with mode 0600.
+	StorePath string
+	// User is the builder's SSH user the keys are for.
+	User string
+	// MaxKeys bounds the enrolled nodes; 0 means DefaultEnrollMaxKeys.
+	MaxKeys int
+	// RateEvery and RateBurst limit each node's requests; 0 means the
+	// defaults (1 per 10 s, burst 3).
+	RateEvery time.Duration
+	RateBurst int
+	// LocalAPI tells which enrolled nodes are still on the tailnet, with
+	// which tags and capabilities (for ValidKeys and ServeSocket).
+	LocalAPI EnrollLocalAPI
+	// CacheFor is how long ValidKeys reuses its answer; 0 means
+	// DefaultEnrollCache.
+	CacheFor time.Duration
+	// Logger receives the audit lines; nil discards.
+	Logger *slog.Logger
+	// now is time.Now, replaced in tests.
+	now func() time.Time
+
+	mu      sync.Mutex
+	store   *keyStore
+	buckets map[tailcfg.StableNodeID]*bucket
+
+	vmu       sync.Mutex // serialises ValidKeys: one LocalAPI call at a time
+	validAt   time.Time
+	validKeys []EnrolledKey
+	wasValid  map[tailcfg.StableNodeID]bool
+}
+
+// EnrolledKey is one node's enrolled key as the store keeps it.
+type EnrolledKey struct {
+	// NodeID is the enrolling node's stable ID.
+	NodeID tailcfg.StableNodeID `json:"node_id"`
+	// NodeName is its MagicDNS name when it enrolled.
+	NodeName string `json:"node_name"`
+	// PublicKey is the key in authorized_keys form, without a comment.
+	PublicKey string `json:"public_key"`
+	// Enrolled is when the key was stored.
+	Enrolled time.Time `json:"enrolled"`
+}
+
+// EnrollRequest is the body of POST /v1/enroll.
+type EnrollRequest struct {
+	// PublicKey is one SSH public key: "ssh-ed25519 AAAA… comment".
+	PublicKey string `json:"public_key"`
+}
+
+// EnrollResponse is the body of a successful enrolment.
+type EnrollResponse struct {
+	// User is the SSH user the key logs in as.
+	User string `json:"user"`
+}
+
+// errTooLarge marks a request body over MaxEnrollRequest.
+var errTooLarge = fmt.Errorf("request larger than %d bytes", MaxEnrollRequest)
+
+// DecodeEnrollRequest reads an enrolment request (at most
+// MaxEnrollRequest bytes of JSON with only "public_key") and returns its
+// key, which must be exactly one SSH public key with no options: ed25519,
+// ECDSA, or RSA of at least 2048 bits.
+func DecodeEnrollRequest(r io.Reader) (ssh.PublicKey, error) {
+	body, err := io.ReadAll(io.LimitReader(r, MaxEnrollRequest+1))
+	if err != nil {
+		return nil, fmt.Errorf("read request: %w", err)
+	}
+	if len(body) > MaxEnrollRequest {
+		return nil, errTooLarge
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var req EnrollRequest
+	if err := dec.Decode(&req); err != nil {
+		return nil, fmt.Errorf("request is not an enrolment JSON object: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("request has data after its JSON object")
+	}
+	return ParseEnrollKey(req.PublicKey)
+}
+
+// ParseEnrollKey checks one authorized_keys-style public key line (no
+// options, one line) against the accepted key types and sizes.
+func ParseEnrollKey(line string) (ssh.PublicKey, error) {
+	line = strings.TrimSpace(line)
+	if line == "" {
+		return nil, errors.New("public_key is empty")
+	}
+	if strings.ContainsAny(line, "\r\n\x00") {
+		return nil, errors.New("public_key must be exactly one key on one line")
+	}
+	k, _, opts, rest, err := ssh.ParseAuthorizedKey([]byte(line))
+	if err != nil {
+		return nil, errors.New("public_key is not an SSH public key")
+	}
+	if len(opts) > 0 {
+		return nil, errors.New("public_key must not carry authorized_keys options")
+	}
+	if len(bytes.TrimSpace(rest)) > 0 {
+		return nil, errors.New("public_key must be exactly one key")
+	}
+	if !strings.HasPrefix(line, k.Type()+" ") && line != k.Type() {
+		return nil, errors.New("public_key must start with its key type")
+	}
+	switch k.Type() {
+	case ssh.KeyAlgoED25519, ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521:
+	case ssh.KeyAlgoRSA:
+		ck, ok := k.(ssh.CryptoPublicKey)
+		if !ok {
+			return nil, errors.New("public_key: unreadable RSA key")
+		}
+		rk, ok := ck.CryptoPublicKey().(*rsa.PublicKey)
+		if !ok || rk.N.BitLen() < minRSABits {
+			return nil, fmt.Errorf("public_key: RSA keys must have at least %d bits", minRSABits)
+		}
+	default:
+		return nil, fmt.Errorf("public_key: key type %s is not accepted (use ed25519, ECDSA or RSA >= %d bits)", k.Type(), minRSABits)
+	}
+	return k, nil
+}
+
+// AuthorizedKey returns k in authorized_keys form without a comment.
+func AuthorizedKey(k ssh.PublicKey) string {
+	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
+}
+
+// Handler serves POST /v1/enroll for callers the TailnetServer identified.
+func (e *Enroller) Handler() http.Handler {
+	return http.HandlerFunc(e.serveEnroll)
+}
+
+func (e *Enroller) serveEnroll(w http.ResponseWriter, r *http.Request) {
+	log := e.logger()
+	c, ok := CallerFromContext(r.Context())
+	if !ok {
+		log.Warn("enrolment refused", "remote", r.RemoteAddr, "reason", "caller not identified")
+		writeJSONError(w, http.StatusForbidden, "enrolment refused: caller not identified")
+		return
+	}
+	if !e.admits(c.Tags, c.Caps) {
+		reason := "caller lacks " + e.wanted()
+		log.Warn("enrolment refused", "node", c.Name, "node_id", c.NodeID, "tags", c.Tags, "reason", reason)
+		writeJSONError(w, http.StatusForbidden, "enrolment refused: "+reason)
+		return
+	}
+	if wait, ok := e.allow(c.NodeID); !ok {
+		log.Warn("enrolment refused", "node", c.Name, "node_id", c.NodeID, "reason", "rate limited")
+		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+		writeJSONError(w, http.StatusTooManyRequests, "enrolment refused: too many requests from this node")
+		return
+	}
+	k, err := DecodeEnrollRequest(r.Body)
+	if err != nil {
+		log.Warn("enrolment refused", "node", c.Name, "node_id", c.NodeID, "reason", err.Error())
+		code := http.StatusBadRequest
+		if errors.Is(err, errTooLarge) {
+			code = http.StatusRequestEntityTooLarge
+		}
+		writeJSONError(w, code, "enrolment refused: "+err.Error())
+		return
+	}
+	fp := ssh.FingerprintSHA256(k)
+	old, err := e.put(EnrolledKey{NodeID: c.NodeID, NodeName: c.Name, PublicKey: AuthorizedKey(k), Enrolled: e.clock().UTC()})
+	if err != nil {
+		log.Error("enrolment failed", "node", c.Name, "node_id", c.NodeID, "fingerprint", fp, "err", err)
+		code := http.StatusInternalServerError
+		if errors.Is(err, errStoreFull) {
+			code = http.StatusInsufficientStorage
+		}
+		writeJSONError(w, code, "enrolment failed: "+err.Error())
+		return
+	}
+	args := []any{"node", c.Name, "node_id", c.NodeID, "fingerprint", fp, "user", e.User}
+	if old != "" {
+		args = append(args, "replaced", old)
+	}
+	log.Info("enrolled key", args...)
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(EnrollResponse{User: e.User})
+}
+
+// wanted names what a caller must carry: "tag:a or tag:b or cap X".
+func (e *Enroller) wanted() string {
+	var w []string
+	w = append(w, e.AllowTags...)
+	for _, c := range e.AllowCaps {
+		w = append(w, "capability "+string(c))
+	}
+	if len(w) == 0 {
+		return "an allowed tag or capability (none configured)"
+	}
+	return strings.Join(w, " or ")
+}
+
+// admits reports whether tags or caps carry an allowed tag or capability.
+func (e *Enroller) admits(tags []string, caps tailcfg.PeerCapMap) bool {
+	for _, t := range tags {
+		if slices.Contains(e.AllowTags, t) {
+			return true
+		}
+	}
+	for _, c := range e.AllowCaps {
+		if caps.HasCapability(c) {
+			return true
+		}
+	}
+	return false
+}
+
+func writeJSONError(w http.ResponseWriter, code int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg})
+}
+
+func (e *Enroller) logger() *slog.Logger {
+	if e.Logger == nil {
+		return slog.New(slog.DiscardHandler).With("component", "enroll")
+	}
+	return e.Logger.With("component", "enroll")
+}
+
+func (e *Enroller) clock() time.Time {
+	if e.now != nil {
+		return e.now()
+	}
+	return time.Now()
+}
+
+// bucket is one node's token bucket.
+type bucket struct {
+	tokens float64
+	last   time.Time
+}
+
+// maxBuckets bounds the rate limiter's memory; past it, it starts over.
+const maxBuckets = 10000
+
+// allow takes a token from node's bucket, or says how long until one.
+func (e *Enroller) allow(node tailcfg.StableNodeID) (time.Duration, bool) {
+	every, burst := e.RateEvery, e.RateBurst
+	if every <= 0 {
+		every = DefaultEnrollRateEvery
+	}
+	if burst <= 0 {
+		burst = DefaultEnrollRateBurst
+	}
+	now := e.clock()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.buckets == nil || len(e.buckets) >= maxBuckets {
+		e.buckets = map[tailcfg.StableNodeID]*bucket{}
+	}
+	b := e.buckets[node]
+	if b == nil {
+		b = &bucket{tokens: float64(burst), last: now}
+		e.buckets[node] = b
+	}
+	b.tokens = min(float64(burst), b.tokens+float64(now.Sub(b.last))/float64(every))
+	b.last = now
+	if b.tokens < 1 {
+		return time.Duration((1 - b.tokens) * float64(every)), false
+	}
+	b.tokens--
+	return 0, true
+}

@@ -1,0 +1,214 @@
+package advertise
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"tailscale.com/client/local"
+	"tailscale.com/client/tailscale/apitype"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/tailcfg"
+)
+
+// EnrollLocalAPI is the part of the tailscaled LocalAPI an Enroller uses
+// to tell whether enrolled nodes are still on the tailnet with an allowed
+// tag or capability. *local.Client satisfies it.
+type EnrollLocalAPI interface {
+	Status(ctx context.Context) (*ipnstate.Status, error)
+	WhoIs(ctx context.Context, remoteAddr string) (*apitype.WhoIsResponse, error)
+}
+
+var _ EnrollLocalAPI = (*local.Client)(nil)
+
+// AuthorizedKeysPath is the URL path of the valid-key list on the socket.
+const AuthorizedKeysPath = "/v1/authorized-keys"
+
+// maxAuthorizedKeysAnswer bounds the socket's answer as a client reads it.
+const maxAuthorizedKeysAnswer = 4 << 20
+
+// validNever marks the valid-key cache stale.
+var validNever time.Time
+
+// AuthorizedKeys is the socket's answer: the builder user and the keys
+// that may log in as it now.
+type AuthorizedKeys struct {
+	User string   `json:"user"`
+	Keys []string `json:"keys"`
+}
+
+// ValidKeys returns the stored keys whose node is on the tailnet now and
+// carries an allowed tag or capability, reusing its answer for CacheFor.
+// A key that stops being valid is logged as expired (once); it stays in
+// the store and comes back if its node regains the tag. Without a
+// LocalAPI, or when the LocalAPI fails, it returns an error (deny).
+func (e *Enroller) ValidKeys(ctx context.Context) ([]EnrolledKey, error) {
+	e.vmu.Lock()
+	defer e.vmu.Unlock()
+	cache := e.CacheFor
+	if cache <= 0 {
+		cache = DefaultEnrollCache
+	}
+	now := e.clock()
+	if !e.validAt.IsZero() && now.Sub(e.validAt) < cache && !now.Before(e.validAt) {
+		return e.validKeys, nil
+	}
+	if e.LocalAPI == nil {
+		return nil, errors.New("enroll: no LocalAPI to check nodes with")
+	}
+	keys, err := e.Keys()
+	if err != nil {
+		return nil, err
+	}
+	st, err := e.LocalAPI.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("local api status: %w", err)
+	}
+	peers := map[tailcfg.StableNodeID]*ipnstate.PeerStatus{}
+	for _, ps := range st.Peer {
+		peers[ps.ID] = ps
+	}
+	log := e.logger()
+	was := e.wasValid
+	e.wasValid = map[tailcfg.StableNodeID]bool{}
+	var valid []EnrolledKey
+	for _, k := range keys {
+		reason := e.invalid(ctx, peers[k.NodeID])
+		ok := reason == ""
+		e.wasValid[k.NodeID] = ok
+		if ok {
+			valid = append(valid, k)
+		}
+		prev, seen := was[k.NodeID]
+		switch {
+		case !ok && (prev || !seen):
+			fp := ""
+			if pk, err := ParseEnrollKey(k.PublicKey); err == nil {
+				fp = ssh.FingerprintSHA256(pk)
+			}
+			log.Warn("enrolled key expired", "node", k.NodeName, "node_id", k.NodeID, "fingerprint", fp, "reason", reason)
+		case ok && seen && !prev:
+			log.Info("enrolled key valid again", "node", k.NodeName, "node_id", k.NodeID)
+		}
+	}
+	e.validAt, e.validKeys = now, valid
+	return valid, nil
+}
+
+// invalid says why ps cannot use its enrolled key, or "" if it can.
+func (e *Enroller) invalid(ctx context.Context, ps *ipnstate.PeerStatus) string {
+	if ps == nil {
+		return "node left the tailnet"
+	}
+	var tags []string
+	if ps.Tags != nil {
+		tags = ps.Tags.AsSlice()
+	}
+	if e.admits(tags, nil) {
+		return ""
+	}
+	if len(e.AllowCaps) > 0 && len(ps.TailscaleIPs) > 0 {
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		who, err := e.LocalAPI.WhoIs(wctx, ps.TailscaleIPs[0].String())
+		cancel()
+		if err == nil && who != nil && e.admits(nil, who.CapMap) {
+			return ""
+		}
+	}
+	return "node lacks " + e.wanted()
+}
+
+// ServeSocket answers GET /v1/authorized-keys on a unix socket at path
+// (mode 0600, its directory created 0755) until ctx is done: the list
+// `nixrb-discover authorized-keys` prints for sshd.
+func (e *Enroller) ServeSocket(ctx context.Context, path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("enroll socket: %w", err)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() == os.ModeSocket {
+		os.Remove(path) // left by an agent that died
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return fmt.Errorf("enroll socket: %w", err)
+	}
+	defer os.Remove(path)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return fmt.Errorf("enroll socket: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+AuthorizedKeysPath, func(w http.ResponseWriter, r *http.Request) {
+		rctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		keys, err := e.ValidKeys(rctx)
+		if err != nil {
+			e.logger().Warn("cannot list valid keys", "err", err)
+			writeJSONError(w, http.StatusServiceUnavailable, err.Error())
+			return
+		}
+		ans := AuthorizedKeys{User: e.User, Keys: []string{}}
+		for _, k := range keys {
+			ans.Keys = append(ans.Keys, k.PublicKey)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(ans)
+	})
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second, WriteTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		<-ctx.Done()
+		srv.Close()
+	}()
+	err = srv.Serve(ln)
+	<-done
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// FetchAuthorizedKeys asks the agent's socket at path for the keys that
+// may log in now, within ctx (callers bound it; sshd waits on them).
+func FetchAuthorizedKeys(ctx context.Context, path string) (*AuthorizedKeys, error) {
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+		DisableKeepAlives: true,
+	}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://enroll"+AuthorizedKeysPath, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("enroll socket %s: %w", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAuthorizedKeysAnswer+1))
+	if err != nil {
+		return nil, fmt.Errorf("enroll socket %s: %w", path, err)
+	}
+	if len(body) > maxAuthorizedKeysAnswer {
+		return nil, fmt.Errorf("enroll socket %s: answer too large", path)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("enroll socket %s: %s: %s", path, resp.Status, body)
+	}
+	var ans AuthorizedKeys
+	if err := json.Unmarshal(body, &ans); err != nil {
+		return nil, fmt.Errorf("enroll socket %s: %w", path, err)
+	}
+	return &ans, nil
+}
