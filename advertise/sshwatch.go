@@ -51,8 +51,25 @@ type SSHWatch struct {
 	// Interval is how often the agent calls Check
 	// (DefaultSSHWatchInterval when 0).
 	Interval time.Duration
+	// PidFile is sshd's pid file, used to find its process when the fds
+	// of other processes cannot be read (DefaultSSHPidFile when empty;
+	// "-" turns the fallback off).
+	PidFile string
 
 	state sshWatchState // OS-specific cache: owners, previous queues
+}
+
+// DefaultSSHPidFile is where Debian's and NixOS's sshd write their PID.
+const DefaultSSHPidFile = "/run/sshd.pid"
+
+func (w *SSHWatch) pidFile() string {
+	switch w.PidFile {
+	case "":
+		return DefaultSSHPidFile
+	case "-":
+		return ""
+	}
+	return w.PidFile
 }
 
 // SSHStatus is what an [SSHWatch] found out about sshd.

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -121,6 +122,9 @@ func (w *SSHWatch) Check() SSHState {
 	}
 	if !s.ownersKnown() {
 		s.scanOwners(proc)
+		if len(s.owners) == 0 {
+			s.ownersFromPidFile(proc, w.pidFile())
+		}
 	}
 	st.PIDErr = s.ownerErr
 	stalled := false
@@ -314,6 +318,32 @@ func (s *sshWatchState) scanOwners(proc string) {
 			s.ownerErr = errors.New("find sshd's process: no process holds the listening socket")
 		}
 	}
+}
+
+// ownersFromPidFile is the fallback when the fds of other processes are
+// unreadable (no CAP_SYS_PTRACE, as under the shipped systemd unit): the
+// PID sshd wrote to its pid file, if that process is an sshd, is taken
+// as the owner of every listening socket on the port.
+func (s *sshWatchState) ownersFromPidFile(proc, pidFile string) {
+	if pidFile == "" {
+		return
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil || len(b) > 32 {
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return
+	}
+	comm, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "comm"))
+	if err != nil || strings.TrimSpace(string(comm)) != "sshd" {
+		return
+	}
+	for _, l := range s.cur {
+		s.owners[l.inode] = []int{pid}
+	}
+	s.ownerErr = nil
 }
 
 // readDirNames lists at most n entries of dir.
