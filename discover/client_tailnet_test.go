@@ -24,10 +24,11 @@ import (
 // tailnetBuilder is a builder on the in-process tailnet: a tsnet node
 // running the real advertise agent, in front of a real sshd + nix-daemon.
 type tailnetBuilder struct {
-	node *tailnettest.Node
-	nix  *nixtest.Builder
-	stop context.CancelFunc
-	done chan struct{}
+	node  *tailnettest.Node
+	nix   *nixtest.Builder
+	agent *advertise.Agent
+	stop  context.CancelFunc
+	done  chan struct{}
 }
 
 // forwardSSH stands in for the kernel routing the builder's tailnet
@@ -83,7 +84,7 @@ func startTailnetBuilder(t testing.TB, tn *tailnettest.Net, name string, tags []
 		// builder's namespace, whose socket tables nix-daemon's /proc shows.
 		SSHWatch: &advertise.SSHWatch{Port: 22, NetDir: fmt.Sprintf("/proc/%d/net", b.NixDaemonPID())},
 	}
-	tb := &tailnetBuilder{node: node, nix: b, stop: cancel, done: make(chan struct{})}
+	tb := &tailnetBuilder{node: node, nix: b, agent: agent, stop: cancel, done: make(chan struct{})}
 	go func() {
 		defer close(tb.done)
 		if err := agent.Run(ctx); err != nil {
@@ -221,6 +222,27 @@ func TestClientOnTailnet(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("drained-builder-gets-no-new-builds", func(t *testing.T) {
+		b1.agent.ToggleDrain() // what SIGUSR1 does
+		_, took := waitFile(t, machines, "dropped the drained b1", notContains(b1.node.FQDN))
+		t.Logf("drained: out of the file after %v", took)
+		for i := range 3 {
+			bctx, bcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			out, stderr, err := nixtest.NixBuild(t, bctx, nixtest.ClientOptions{
+				Version: nixtest.V28, MachinesFile: machines, SSHOpts: "-F " + cfg, Expr: nixtest.TrivialDerivation(fmt.Sprintf("after-drain-%d", i)),
+			})
+			bcancel()
+			if err != nil {
+				t.Fatalf("build %d after the drain: %v\n%s", i, err, stderr)
+			}
+			if strings.TrimSpace(out) == "b1" {
+				t.Errorf("build %d went to the drained builder b1", i)
+			}
+		}
+		b1.agent.ToggleDrain()
+		waitFile(t, machines, "took b1 back when it stopped draining", contains(b1.node.FQDN))
+	})
 
 	t.Run("sshd-killed-leaves", func(t *testing.T) {
 		if err := b2.nix.KillSSHD(); err != nil {
