@@ -35,6 +35,8 @@ type advertiseFlags struct {
 	watchSSHD                            bool
 	nixPath                              string
 	logLevel                             string
+	enrollTags, enrollCaps               repeated
+	enrollStore, enrollSocket            string
 }
 
 func newAdvertiseCmd(e *env) *ffcli.Command {
@@ -64,6 +66,10 @@ func newAdvertiseCmd(e *env) *ffcli.Command {
 	fs.BoolVar(&f.watchSSHD, "watch-sshd", true, "advertise draining while the local sshd on --ssh-port is dead, stopped or hung (read from the kernel 4 times a second; no connection is made)")
 	fs.StringVar(&f.nixPath, "nix", "nix", "the nix binary to read the configuration from")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.Var(&f.enrollTags, "enroll-allow-tag", "accept SSH key enrolment (POST /v1/enroll) from tailnet callers with this tag (repeatable)")
+	fs.Var(&f.enrollCaps, "enroll-allow-cap", "accept SSH key enrolment from tailnet callers granted this peer capability (repeatable)")
+	fs.StringVar(&f.enrollStore, "enroll-store", advertise.DefaultEnrollStore, "file the enrolled keys are kept in")
+	fs.StringVar(&f.enrollSocket, "enroll-socket", advertise.DefaultEnrollSocket, "unix socket 'nixrb-discover authorized-keys' asks for the valid keys")
 	fs.String("config", "", "JSON file whose keys are these flag names")
 	return &ffcli.Command{
 		Name:       "advertise",
@@ -81,6 +87,9 @@ With --watch-sshd (the default) the advert also says draining while the
 local sshd on --ssh-port is dead, stopped or hung, so that Nix never
 stalls on this builder (from when sshd is first seen listening; with
 Tailscale SSH, which has no sshd, use --watch-sshd=false).
+With --enroll-allow-tag or --enroll-allow-cap, tailnet clients with that
+tag or capability enrol their SSH keys themselves (POST /v1/enroll); sshd
+reads them with 'nixrb-discover authorized-keys' (see its help).
 
 Example:
   nixrb-discover advertise --ssh-user nix-ssh --features kvm,big-parallel`),
@@ -144,6 +153,10 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 	} else if f.mdns {
 		log.Warn("advertising by mDNS without --sign-key: clients accept the advert only if they pin this builder's host key")
 	}
+	enrolling := len(f.enrollTags) > 0 || len(f.enrollCaps) > 0
+	if enrolling && !f.tailnet {
+		return usageError("--enroll-allow-tag and --enroll-allow-cap need the tailnet")
+	}
 	if f.tailnet {
 		lc := &local.Client{Socket: f.socket, UseSocketOnly: f.socket != ""}
 		var caps []tailcfg.PeerCapability
@@ -158,6 +171,34 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 			AllowTags:  f.allowTags,
 			AllowCaps:  caps,
 			Logger:     log,
+		}
+		if enrolling {
+			var ecaps []tailcfg.PeerCapability
+			for _, c := range f.enrollCaps {
+				ecaps = append(ecaps, tailcfg.PeerCapability(c))
+			}
+			enr := &advertise.Enroller{
+				AllowTags: f.enrollTags,
+				AllowCaps: ecaps,
+				StorePath: f.enrollStore,
+				User:      f.sshUser,
+				LocalAPI:  lc,
+				Logger:    log,
+			}
+			if _, err := enr.Keys(); err != nil {
+				return err
+			}
+			agent.Facts.Overrides.Enroll = true
+			agent.Tailnet.Handle("POST "+advertise.EnrollPath, enr.Handler())
+			sctx, stopSocket := context.WithCancel(ctx)
+			socketDone := make(chan struct{})
+			go func() {
+				defer close(socketDone)
+				if err := enr.ServeSocket(sctx, f.enrollSocket); err != nil {
+					log.Error("enroll socket failed: sshd gets no enrolled keys", "err", err)
+				}
+			}()
+			defer func() { stopSocket(); <-socketDone }()
 		}
 	}
 	if f.mdns {

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/peterbourgon/ff/v3/ffcli"
+)
+
+// authorizedKeysTimeout bounds the whole question to the agent: sshd
+// waits on it for every login.
+const authorizedKeysTimeout = 2 * time.Second
+
+func newAuthorizedKeysCmd(e *env) *ffcli.Command {
+	fs := flag.NewFlagSet("nixrb-discover authorized-keys", flag.ContinueOnError)
+	socket := fs.String("socket", advertise.DefaultEnrollSocket, "the agent's enrolment socket (advertise --enroll-socket)")
+	return &ffcli.Command{
+		Name:       "authorized-keys",
+		ShortUsage: "nixrb-discover authorized-keys [flags] USER",
+		ShortHelp:  "Print the enrolled SSH keys for sshd's AuthorizedKeysCommand",
+		LongHelp: strings.TrimSpace(`
+Run by sshd for each login. When USER is the builder's SSH user (the
+agent's --ssh-user), prints the keys tailnet clients enrolled with
+'advertise --enroll-allow-tag/--enroll-allow-cap' whose node is still on
+the tailnet with an allowed tag or capability, each restricted to the
+Nix commands by a forced 'nixrb-discover ssh-gate'. For any other user,
+or when the agent cannot be asked within 2 s, it prints nothing: sshd
+then falls back to the user's authorized_keys files alone.
+
+In sshd_config (the command's path and every directory above it must be
+root-owned and not group- or world-writable):
+
+  AuthorizedKeysCommand /run/current-system/sw/bin/nixrb-discover authorized-keys %u
+  AuthorizedKeysCommandUser root
+  AuthorizedKeysFile .ssh/authorized_keys
+
+The agent answers on --socket for at most 5 s from one tailnet lookup.`),
+		FlagSet: fs,
+		Exec: func(ctx context.Context, args []string) error {
+			if len(args) != 1 {
+				return usageError("authorized-keys takes exactly one argument, the user sshd asks about (%%u)")
+			}
+			return runAuthorizedKeys(ctx, e, *socket, args[0])
+		},
+	}
+}
+
+func runAuthorizedKeys(ctx context.Context, e *env, socket, user string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("cannot find this binary for the forced command: %w", err)
+	}
+	if strings.ContainsAny(self, "\"\\\n") {
+		return fmt.Errorf("this binary's path %q cannot be quoted in a forced command", self)
+	}
+	ctx, cancel := context.WithTimeout(ctx, authorizedKeysTimeout)
+	defer cancel()
+	ans, err := advertise.FetchAuthorizedKeys(ctx, socket)
+	if err != nil {
+		return &exitError{code: 1, err: fmt.Errorf("no enrolled keys (deny): %w", err)}
+	}
+	if ans.User == "" || user != ans.User {
+		return nil
+	}
+	var out strings.Builder
+	for _, k := range ans.Keys {
+		pk, err := advertise.ParseEnrollKey(k)
+		if err != nil {
+			return &exitError{code: 1, err: errors.New("the agent sent a key that does not parse (deny)")}
+		}
+		fmt.Fprintf(&out, "restrict,command=\"%s ssh-gate\" %s\n", self, advertise.AuthorizedKey(pk))
+	}
+	_, err = fmt.Fprint(e.stdout, out.String())
+	return err
+}

@@ -1,0 +1,303 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/peterbourgon/ff/v3/ffcli"
+	"golang.org/x/crypto/ssh"
+
+	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
+	"github.com/nixrb-discover/nixrb-discover/internal/tailnettest"
+)
+
+// gateBinName is the name this test binary runs under when sshd starts
+// it as the AuthorizedKeysCommand or the forced command: it then runs
+// authorized-keys or ssh-gate (wired here, so the test does not depend
+// on the root command's list) and exits before any test runs.
+const gateBinName = "nixrb-discover-enroll-test"
+
+func init() {
+	if filepath.Base(os.Args[0]) != gateBinName {
+		return
+	}
+	e := &env{stdout: os.Stdout, stderr: os.Stderr}
+	fs := flag.NewFlagSet("nixrb-discover", flag.ContinueOnError)
+	root := &ffcli.Command{Name: "nixrb-discover", FlagSet: fs,
+		Subcommands: []*ffcli.Command{newAuthorizedKeysCmd(e), newSSHGateCmd(e)}}
+	err := root.ParseAndRun(context.Background(), os.Args[1:])
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+// forwardTailnetSSH pipes connections to node's tailnet port 22 to the
+// real sshd at backend, as the kernel would route them.
+func forwardTailnetSSH(t *testing.T, node *tailnettest.Node, backend string) {
+	ln, err := node.Server.Listen("tcp", ":22")
+	if err != nil {
+		t.Fatalf("listen on %s:22: %v", node.Name, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b, err := net.DialTimeout("tcp", backend, 5*time.Second)
+				if err != nil {
+					return
+				}
+				defer b.Close()
+				var wg sync.WaitGroup
+				wg.Add(2)
+				go func() { defer wg.Done(); io.Copy(b, c); b.(*net.TCPConn).CloseWrite() }()
+				go func() { defer wg.Done(); io.Copy(c, b); c.Close() }()
+				wg.Wait()
+			}()
+		}
+	}()
+}
+
+// installGateBinary copies this test binary into a root-owned 0755
+// directory outside /tmp (sshd refuses an AuthorizedKeysCommand under a
+// writable directory) under gateBinName.
+func installGateBinary(t *testing.T, dir string) string {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, gateBinName)
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+// enrollOver POSTs key to the builder's enrolment endpoint from node.
+func enrollOver(t *testing.T, from *tailnettest.Node, builder *tailnettest.Node, key string) (int, string) {
+	t.Helper()
+	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: from.Server.Dial}}
+	body, _ := json.Marshal(advertise.EnrollRequest{PublicKey: key})
+	url := fmt.Sprintf("http://%s:%d%s", builder.IPv4, advertise.DefaultAdvertPort, advertise.EnrollPath)
+	deadline := time.Now().Add(tailnettest.Timeout)
+	for {
+		resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
+		if err == nil {
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			return resp.StatusCode, strings.TrimSpace(string(b))
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("enrol from %s: %v", from.Name, err)
+		}
+		time.Sleep(50 * time.Millisecond) // the agent is still binding
+	}
+}
+
+// TestEnrollmentOnTailnet: a tagged client enrols its key over the
+// tailnet and then logs in to a real sshd that reads keys only through
+// the real authorized-keys command; an untagged peer cannot; the forced
+// ssh-gate runs Nix and nothing else; untagging the client locks it out.
+func TestEnrollmentOnTailnet(t *testing.T) {
+	nixtest.RequireTools(t)
+	tn := tailnettest.New(t)
+	dir := nixtest.WorkDir(t, "enroll")
+	bin := installGateBinary(t, dir)
+	sock := filepath.Join(dir, "enroll.sock")
+	b := nixtest.StartBuilder(t, nixtest.BuilderOptions{
+		Version: nixtest.V28,
+		ExtraSSHDConfig: fmt.Sprintf("AuthorizedKeysCommand %s authorized-keys --socket %s %%u\nAuthorizedKeysCommandUser root\n",
+			bin, sock),
+	})
+	bnode := tn.AddNode(t, "builder", tailnettest.TagBuilder)
+	forwardTailnetSSH(t, bnode, net.JoinHostPort(b.Addr.String(), "22"))
+
+	var logBuf syncBuffer
+	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logBuf, t.Output()), nil))
+	enr := &advertise.Enroller{
+		AllowTags: []string{tailnettest.TagClient},
+		StorePath: filepath.Join(dir, "state", "enrolled.json"),
+		User:      b.User,
+		LocalAPI:  bnode.LocalClient,
+		CacheFor:  time.Second,
+		Logger:    log,
+	}
+	tsrv := &advertise.TailnetServer{LocalAPI: bnode.LocalClient, Listen: bnode.Server.Listen, Logger: log}
+	tsrv.Handle("POST "+advertise.EnrollPath, enr.Handler())
+	agent := &advertise.Agent{
+		Facts: advertise.FactsOptions{
+			HostKeyPath: b.HostKeyPath + ".pub",
+			Overrides: advertise.Overrides{Hostname: "builder", SSHUser: b.User, SSHPort: 22, MaxJobs: 1,
+				AgentVersion: "test", Enroll: true},
+		},
+		Tailnet: tsrv,
+		Logger:  log,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := agent.Run(ctx); err != nil {
+			t.Errorf("agent: %v", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := enr.ServeSocket(ctx, sock); err != nil {
+			t.Errorf("enroll socket: %v", err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); wg.Wait() })
+
+	laptop := tn.AddNode(t, "laptop", tailnettest.TagClient)
+	rogue := tn.AddNode(t, "rogue")
+	for _, n := range []*tailnettest.Node{laptop, rogue} {
+		tn.WaitPeer(t, n, bnode)
+		tn.WaitPeer(t, bnode, n)
+	}
+	laptopID, err := discover.LoadOrCreateIdentity(filepath.Join(dir, "laptop_ed25519"), "laptop")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rogueID, err := discover.LoadOrCreateIdentity(filepath.Join(dir, "rogue_ed25519"), "rogue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostKey, _, _, _, err := ssh.ParseAuthorizedKey([]byte(b.HostKey()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	check := func(from *tailnettest.Node, id *discover.Identity, proto string) discover.Result {
+		c := &discover.Checker{Signer: id.Signer, Dial: from.Server.Dial, RefreshChecks: -1, Timeout: 20 * time.Second}
+		defer c.Close()
+		cctx, ccancel := context.WithTimeout(context.Background(), time.Minute)
+		defer ccancel()
+		return c.Check(cctx, discover.Target{Key: from.Name, Addr: net.JoinHostPort(bnode.IPv4.String(), "22"),
+			User: b.User, Protocol: proto, HostKey: hostKey})
+	}
+
+	if r := check(laptop, laptopID, discover.ProtocolSSHNG); r.OK || r.Reason != discover.ReasonAuthRefused {
+		t.Fatalf("before enrolment the laptop's check = %+v, want auth refused", r)
+	}
+
+	t.Run("untagged-peer-refused", func(t *testing.T) {
+		code, body := enrollOver(t, rogue, bnode, rogueID.AuthorizedKey)
+		if code != http.StatusForbidden || body != `{"error":"enrolment refused: caller lacks tag:nix-client"}` {
+			t.Fatalf("rogue enrolment: %d %s", code, body)
+		}
+		if r := check(rogue, rogueID, discover.ProtocolSSHNG); r.Reason != discover.ReasonAuthRefused {
+			t.Fatalf("rogue check = %+v, want auth refused", r)
+		}
+	})
+
+	t.Run("tagged-client-enrols-and-builds", func(t *testing.T) {
+		code, body := enrollOver(t, laptop, bnode, laptopID.AuthorizedKey)
+		if code != http.StatusOK || body != fmt.Sprintf(`{"user":%q}`, b.User) {
+			t.Fatalf("laptop enrolment: %d %s", code, body)
+		}
+		for _, proto := range []string{discover.ProtocolSSHNG, discover.ProtocolSSH} {
+			if r := check(laptop, laptopID, proto); !r.OK {
+				t.Fatalf("%s check through ssh-gate after enrolment = %+v\nbuilder logs:\n%s", proto, r, b.Logs())
+			}
+		}
+	})
+
+	t.Run("ssh-gate-refuses-a-shell", func(t *testing.T) {
+		for _, cmd := range []string{"sh", "sh -c id", "nix-daemon --stdio; sh"} {
+			out, err := runSSH(t, laptop, bnode, b.User, laptopID.Signer, hostKey, cmd)
+			var ee *ssh.ExitError
+			if !errors.As(err, &ee) || ee.ExitStatus() != 1 || !strings.Contains(out, "refused") {
+				t.Errorf("ssh %q: err %v, output %q; want exit 1 and a refusal", cmd, err, out)
+			}
+		}
+	})
+
+	t.Run("untagged-client-locked-out", func(t *testing.T) {
+		tn.SetTags(t, laptop)
+		deadline := time.Now().Add(tailnettest.Timeout)
+		for {
+			r := check(laptop, laptopID, discover.ProtocolSSHNG)
+			if r.Reason == discover.ReasonAuthRefused {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the untagged laptop can still log in: %+v", r)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		if !strings.Contains(logBuf.String(), "enrolled key expired") {
+			t.Errorf("no audit line for the expired key:\n%s", logBuf.String())
+		}
+	})
+}
+
+// runSSH runs cmd on the builder as user over the tailnet and returns its
+// combined output.
+func runSSH(t *testing.T, from, to *tailnettest.Node, user string, signer ssh.Signer, hostKey ssh.PublicKey, cmd string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	addr := net.JoinHostPort(to.IPv4.String(), "22")
+	conn, err := from.Server.Dial(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	cc, chans, reqs, err := ssh.NewClientConn(conn, addr, &ssh.ClientConfig{
+		User: user, Auth: []ssh.AuthMethod{ssh.PublicKeys(signer)}, HostKeyCallback: ssh.FixedHostKey(hostKey),
+	})
+	if err != nil {
+		t.Fatalf("ssh to the builder: %v", err)
+	}
+	client := ssh.NewClient(cc, chans, reqs)
+	defer client.Close()
+	s, err := client.NewSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	out, err := s.CombinedOutput(cmd)
+	return string(out), err
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/nixrb-discover/nixrb-discover/advertise"
+)
+
+// fakeEnrollSocket answers the authorized-keys question with ans.
+func fakeEnrollSocket(t *testing.T, ans advertise.AuthorizedKeys) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "ak")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "enroll.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != advertise.AuthorizedKeysPath {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewEncoder(w).Encode(ans)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+func runAK(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var out strings.Builder
+	err := newAuthorizedKeysCmd(&env{stdout: &out, stderr: &out}).ParseAndRun(context.Background(), args)
+	return out.String(), err
+}
+
+func TestAuthorizedKeys(t *testing.T) {
+	const k = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKuQNWRb4HT2KmI1rmjbWoNeP/sfmom8RX9eHRIRYTVg"
+	sock := fakeEnrollSocket(t, advertise.AuthorizedKeys{User: "nix-ssh", Keys: []string{k}})
+	self, _ := os.Executable()
+
+	out, err := runAK(t, "--socket", sock, "nix-ssh")
+	if want := `restrict,command="` + self + ` ssh-gate" ` + k + "\n"; err != nil || out != want {
+		t.Fatalf("builder user: %q, %v; want %q", out, err, want)
+	}
+	if out, err := runAK(t, "--socket", sock, "alice"); err != nil || out != "" {
+		t.Fatalf("another user: %q, %v; want nothing", out, err)
+	}
+	out, err = runAK(t, "--socket", filepath.Join(t.TempDir(), "none.sock"), "nix-ssh")
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 1 || out != "" {
+		t.Fatalf("no agent: %q, %v; want nothing printed and exit 1", out, err)
+	}
+	if _, err := runAK(t, "--socket", sock); !errors.As(err, &ee) || ee.code != 2 {
+		t.Fatalf("no user: %v, want a usage error", err)
+	}
+}
+
+func TestAuthorizedKeysRefusesBadKeyFromAgent(t *testing.T) {
+	sock := fakeEnrollSocket(t, advertise.AuthorizedKeys{User: "nix-ssh", Keys: []string{`ssh-ed25519 AAAA" ,command="sh`}})
+	if out, err := runAK(t, "--socket", sock, "nix-ssh"); err == nil || out != "" {
+		t.Fatalf("bad key: %q, %v; want nothing printed and an error", out, err)
+	}
+}
