@@ -225,6 +225,38 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 		}
 	})
 
+	// Real nix-build clients reach the builder's sshd directly (as a
+	// machines file from the client would, through the tailnet): what
+	// each Nix sends must pass the gate, with the enrolled key alone.
+	for _, tc := range []struct {
+		client nixtest.Version
+		proto  string
+	}{
+		{nixtest.V28, "ssh-ng"}, {nixtest.V28, "ssh"}, {nixtest.V226, "ssh-ng"}, {nixtest.V226, "ssh"},
+	} {
+		t.Run(fmt.Sprintf("real-nix-build/%s-client-%s", tc.client, tc.proto), func(t *testing.T) {
+			if tc.client == nixtest.V226 {
+				nixtest.EnsureTrixie(t)
+			}
+			machines := filepath.Join(dir, "machines-"+tc.proto)
+			if err := os.WriteFile(machines, []byte(b.MachineLine(tc.proto, laptopID.Path)+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			bctx, bcancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer bcancel()
+			out, stderr, err := nixtest.NixBuild(t, bctx, nixtest.ClientOptions{
+				Version: tc.client, MachinesFile: machines, BindPaths: []string{dir},
+				Expr: nixtest.TrivialDerivation(fmt.Sprintf("enrolled-%s-%s", tc.client, tc.proto)),
+			})
+			if err != nil {
+				t.Fatalf("nix-build with the enrolled key: %v\n%s\nbuilder logs:\n%s", err, stderr, b.Logs())
+			}
+			if strings.TrimSpace(out) != b.Hostname {
+				t.Errorf("the build ran on %q, want %s", out, b.Hostname)
+			}
+		})
+	}
+
 	t.Run("ssh-gate-refuses-a-shell", func(t *testing.T) {
 		for _, cmd := range []string{"sh", "sh -c id", "nix-daemon --stdio; sh"} {
 			out, err := runSSH(t, laptop, bnode, b.User, laptopID.Signer, hostKey, cmd)
