@@ -79,10 +79,12 @@ type Enroller struct {
 
 	mu      sync.Mutex
 	store   *keyStore
+	gen     uint64 // bumped by every stored change
 	buckets map[tailcfg.StableNodeID]*bucket
 
-	vmu       sync.Mutex // serialises ValidKeys: one LocalAPI call at a time
+	vmu       sync.Mutex // serialises ValidKeys (one LocalAPI call at a time); taken before mu
 	validAt   time.Time
+	validGen  uint64
 	validKeys []EnrolledKey
 	wasValid  map[tailcfg.StableNodeID]bool
 }
@@ -196,16 +198,16 @@ func (e *Enroller) serveEnroll(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusForbidden, "enrolment refused: caller not identified")
 		return
 	}
-	if !e.admits(c.Tags, c.Caps) {
-		reason := "caller lacks " + e.wanted()
-		log.Warn("enrolment refused", "node", c.Name, "node_id", c.NodeID, "tags", c.Tags, "reason", reason)
-		writeJSONError(w, http.StatusForbidden, "enrolment refused: "+reason)
-		return
-	}
 	if wait, ok := e.allow(c.NodeID); !ok {
 		log.Warn("enrolment refused", "node", c.Name, "node_id", c.NodeID, "reason", "rate limited")
 		w.Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
 		writeJSONError(w, http.StatusTooManyRequests, "enrolment refused: too many requests from this node")
+		return
+	}
+	if !e.admits(c.Tags, c.Caps) {
+		reason := "caller lacks " + e.wanted()
+		log.Warn("enrolment refused", "node", c.Name, "node_id", c.NodeID, "tags", c.Tags, "reason", reason)
+		writeJSONError(w, http.StatusForbidden, "enrolment refused: "+reason)
 		return
 	}
 	k, err := DecodeEnrollRequest(r.Body)

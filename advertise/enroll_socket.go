@@ -35,9 +35,6 @@ const AuthorizedKeysPath = "/v1/authorized-keys"
 // maxAuthorizedKeysAnswer bounds the socket's answer as a client reads it.
 const maxAuthorizedKeysAnswer = 4 << 20
 
-// validNever marks the valid-key cache stale.
-var validNever time.Time
-
 // AuthorizedKeys is the socket's answer: the builder user and the keys
 // that may log in as it now.
 type AuthorizedKeys struct {
@@ -58,13 +55,13 @@ func (e *Enroller) ValidKeys(ctx context.Context) ([]EnrolledKey, error) {
 		cache = DefaultEnrollCache
 	}
 	now := e.clock()
-	if !e.validAt.IsZero() && now.Sub(e.validAt) < cache && !now.Before(e.validAt) {
+	if !e.validAt.IsZero() && now.Sub(e.validAt) < cache && !now.Before(e.validAt) && e.generation() == e.validGen {
 		return e.validKeys, nil
 	}
 	if e.LocalAPI == nil {
 		return nil, errors.New("enroll: no LocalAPI to check nodes with")
 	}
-	keys, err := e.Keys()
+	keys, gen, err := e.keysGen()
 	if err != nil {
 		return nil, err
 	}
@@ -99,7 +96,7 @@ func (e *Enroller) ValidKeys(ctx context.Context) ([]EnrolledKey, error) {
 			log.Info("enrolled key valid again", "node", k.NodeName, "node_id", k.NodeID)
 		}
 	}
-	e.validAt, e.validKeys = now, valid
+	e.validAt, e.validGen, e.validKeys = now, gen, valid
 	return valid, nil
 }
 

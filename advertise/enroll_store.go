@@ -121,9 +121,7 @@ func (e *Enroller) put(k EnrolledKey) (replaced string, err error) {
 		}
 		return "", err
 	}
-	e.vmu.Lock()
-	e.validAt = validNever // the next ValidKeys sees the new key
-	e.vmu.Unlock()
+	e.gen++ // the next ValidKeys sees the new key at once
 	if had {
 		if pk, err := ParseEnrollKey(old.PublicKey); err == nil {
 			replaced = ssh.FingerprintSHA256(pk)
@@ -143,12 +141,26 @@ func (e *Enroller) snapshot() []EnrolledKey {
 
 // Keys returns every stored key, valid or not, sorted by node ID.
 func (e *Enroller) Keys() ([]EnrolledKey, error) {
+	keys, _, err := e.keysGen()
+	return keys, err
+}
+
+// keysGen returns the stored keys and the store's generation, which
+// every change bumps.
+func (e *Enroller) keysGen() ([]EnrolledKey, uint64, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if err := e.load(); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	keys := e.snapshot()
 	slices.SortFunc(keys, func(a, b EnrolledKey) int { return strings.Compare(string(a.NodeID), string(b.NodeID)) })
-	return keys, nil
+	return keys, e.gen, nil
+}
+
+// generation returns the store's generation.
+func (e *Enroller) generation() uint64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.gen
 }

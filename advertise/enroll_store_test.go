@@ -111,6 +111,15 @@ func TestValidKeys(t *testing.T) {
 		t.Fatalf("%d expiry lines, want 2 (nC once, nA):\n%s", n, log)
 	}
 
+	// A new enrolment is seen at once, not after the cache period.
+	api.set(peer("nA", "100.64.0.1"), peer("nB", "100.64.0.2"), peer("nD", "100.64.0.4", "tag:nix-client"))
+	if w := post(e, &Caller{Name: "nD.ts.net", NodeID: "nD", Tags: []string{"tag:nix-client"}}, enrollBody(testKey(t, "ed25519"))); w.Code != 200 {
+		t.Fatalf("enrol nD: %d %s", w.Code, w.Body)
+	}
+	if ids := strings.Join(got(), ","); ids != "nB,nD" {
+		t.Fatalf("right after enrolling nD valid = %s, want nB,nD", ids)
+	}
+
 	// The LocalAPI failing denies everything.
 	*now = now.Add(DefaultEnrollCache)
 	api.mu.Lock()
@@ -230,5 +239,40 @@ func TestEnrollStoreWriterChild(t *testing.T) {
 		if err := saveEnrolledKeys(path, storeVersion(i)); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestEnrollConcurrent enrols and lists at once (run with -race).
+func TestEnrollConcurrent(t *testing.T) {
+	e, _, _ := newTestEnroller(t)
+	e.now = nil
+	api := &fakeEnrollAPI{}
+	e.LocalAPI = api
+	var peers []*ipnstate.PeerStatus
+	for i := range 8 {
+		peers = append(peers, peer(fmt.Sprintf("n%d", i), fmt.Sprintf("100.64.0.%d", i+1), "tag:nix-client"))
+	}
+	api.set(peers...)
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			c := &Caller{Name: fmt.Sprintf("n%d", i), NodeID: tailcfg.StableNodeID(fmt.Sprintf("n%d", i)), Tags: []string{"tag:nix-client"}}
+			if w := post(e, c, enrollBody(testKey(t, "ed25519"))); w.Code != 200 {
+				t.Errorf("enrol n%d: %d %s", i, w.Code, w.Body)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			if _, err := e.ValidKeys(context.Background()); err != nil {
+				t.Errorf("ValidKeys: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	keys, err := e.ValidKeys(context.Background())
+	if err != nil || len(keys) != 8 {
+		t.Fatalf("after 8 enrolments %d valid keys (%v)", len(keys), err)
 	}
 }
