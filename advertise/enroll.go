@@ -29,8 +29,9 @@ const (
 	DefaultEnrollMaxKeys = 1000
 	// DefaultEnrollStore is the key store of a system agent.
 	DefaultEnrollStore = "/var/lib/nixrb-discover/enrolled.json"
-	// DefaultEnrollSocket is where the agent answers authorized-keys.
-	DefaultEnrollSocket = "/run/nixrb-discover/enroll.sock"
+	// DefaultEnrollSocket is where the agent answers authorized-keys: in
+	// the advertise unit's RuntimeDirectory (the client's is another).
+	DefaultEnrollSocket = "/run/nixrb-discover-advertise/enroll.sock"
 	// DefaultEnrollCache is how long the valid-key list is reused.
 	DefaultEnrollCache = 5 * time.Second
 	// DefaultEnrollRateEvery and DefaultEnrollRateBurst make the per-node

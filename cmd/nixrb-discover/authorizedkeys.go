@@ -33,12 +33,20 @@ Nix commands by a forced 'nixrb-discover ssh-gate'. For any other user,
 or when the agent cannot be asked within 2 s, it prints nothing: sshd
 then falls back to the user's authorized_keys files alone.
 
-In sshd_config (the command's path and every directory above it must be
-root-owned and not group- or world-writable):
+In sshd_config, three lines:
 
-  AuthorizedKeysCommand /run/current-system/sw/bin/nixrb-discover authorized-keys %u
+  AuthorizedKeysCommand /etc/ssh/nixrb-discover-authorized-keys %u
   AuthorizedKeysCommandUser root
   AuthorizedKeysFile .ssh/authorized_keys
+
+sshd runs the command only if its path and every directory above it are
+root-owned and not group- or world-writable. /nix/store is
+group-writable: on NixOS point AuthorizedKeysCommand at a root-owned
+copy or a wrapper script outside the store (e.g. /etc/ssh, mode 0755)
+that runs 'nixrb-discover authorized-keys "$@"'. The forced command
+names this binary's own path. AuthorizedKeysCommandUser must be able to
+open the agent's socket (mode 0600): root, or the agent's user. The
+third line keeps the user's own authorized_keys working alongside.
 
 The agent answers on --socket for at most 5 s from one tailnet lookup.`),
 		FlagSet: fs,

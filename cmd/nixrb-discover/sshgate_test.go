@@ -1,8 +1,13 @@
 package main
 
 import (
+	"flag"
+	"io"
 	"strings"
 	"testing"
+	"unicode"
+
+	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
 func TestGateCommand(t *testing.T) {
@@ -40,5 +45,29 @@ func TestSSHGateRefusesAShell(t *testing.T) {
 	err := newSSHGateCmd(&env{stdout: &out, stderr: &errOut}).ParseAndRun(t.Context(), nil)
 	if err == nil || !strings.Contains(err.Error(), `refused "sh"`) || out.Len() != 0 {
 		t.Fatalf("err = %v, stdout %q", err, out.String())
+	}
+}
+
+// TestEnrollCommandDocs holds authorized-keys and ssh-gate to TestDocs'
+// rules before the root command lists them.
+func TestEnrollCommandDocs(t *testing.T) {
+	e := &env{stdout: io.Discard, stderr: io.Discard}
+	for _, c := range []*ffcli.Command{newAuthorizedKeysCmd(e), newSSHGateCmd(e)} {
+		name := "nixrb-discover " + c.Name
+		if !strings.HasPrefix(c.ShortUsage, name) {
+			t.Errorf("ShortUsage %q does not start with %q", c.ShortUsage, name)
+		}
+		first := strings.Fields(c.ShortHelp)[0]
+		if !unicode.IsUpper(rune(c.ShortHelp[0])) || strings.HasSuffix(c.ShortHelp, ".") || strings.HasSuffix(first, "s") {
+			t.Errorf("ShortHelp %q: want a capitalised imperative without a final period", c.ShortHelp)
+		}
+		c.FlagSet.VisitAll(func(f *flag.Flag) {
+			if f.Usage == "" || unicode.IsUpper(rune(f.Usage[0])) || strings.HasSuffix(f.Usage, ".") {
+				t.Errorf("%s --%s: usage %q", c.Name, f.Name, f.Usage)
+			}
+		})
+	}
+	if lh := newAuthorizedKeysCmd(e).LongHelp; !strings.Contains(lh, "AuthorizedKeysCommand ") || !strings.Contains(lh, "AuthorizedKeysCommandUser root") {
+		t.Errorf("authorized-keys help lacks the sshd_config lines:\n%s", lh)
 	}
 }
