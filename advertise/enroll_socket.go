@@ -35,6 +35,10 @@ const AuthorizedKeysPath = "/v1/authorized-keys"
 // maxAuthorizedKeysAnswer bounds the socket's answer as a client reads it.
 const maxAuthorizedKeysAnswer = 4 << 20
 
+// expiryAuditInterval is how often ServeSocket re-checks the enrolled
+// nodes on its own.
+const expiryAuditInterval = time.Minute
+
 // AuthorizedKeys is the socket's answer: the builder user and the keys
 // that may log in as it now.
 type AuthorizedKeys struct {
@@ -125,7 +129,8 @@ func (e *Enroller) invalid(ctx context.Context, ps *ipnstate.PeerStatus) string 
 
 // ServeSocket answers GET /v1/authorized-keys on a unix socket at path
 // (mode 0600, its directory created 0755) until ctx is done: the list
-// `nixrb-discover authorized-keys` prints for sshd.
+// `nixrb-discover authorized-keys` prints for sshd. It also re-checks the
+// enrolled nodes every minute, so that expiry is logged without logins.
 func (e *Enroller) ServeSocket(ctx context.Context, path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("enroll socket: %w", err)
@@ -163,8 +168,21 @@ func (e *Enroller) ServeSocket(ctx context.Context, path string) error {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		<-ctx.Done()
-		srv.Close()
+		// Re-check now and then, so that key expiry is audited even
+		// when nobody logs in.
+		t := time.NewTicker(expiryAuditInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				srv.Close()
+				return
+			case <-t.C:
+				rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				e.ValidKeys(rctx)
+				cancel()
+			}
+		}
 	}()
 	err = srv.Serve(ln)
 	<-done

@@ -64,8 +64,8 @@ func runAuthorizedKeys(ctx context.Context, e *env, socket, user string) error {
 	if err != nil {
 		return fmt.Errorf("cannot find this binary for the forced command: %w", err)
 	}
-	if strings.ContainsAny(self, "\"\\\n") {
-		return fmt.Errorf("this binary's path %q cannot be quoted in a forced command", self)
+	if !safeCommandPath(self) {
+		return fmt.Errorf("this binary's path %q is unsafe in a forced command (want letters, digits and /._+-)", self)
 	}
 	ctx, cancel := context.WithTimeout(ctx, authorizedKeysTimeout)
 	defer cancel()
@@ -86,4 +86,19 @@ func runAuthorizedKeys(ctx context.Context, e *env, socket, user string) error {
 	}
 	_, err = fmt.Fprint(e.stdout, out.String())
 	return err
+}
+
+// safeCommandPath reports whether p can go into command="p ssh-gate"
+// unquoted: sshd hands that string to the user's shell.
+func safeCommandPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	for _, r := range p {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("/._+-", r)
+		if !ok {
+			return false
+		}
+	}
+	return true
 }

@@ -74,3 +74,18 @@ func TestAuthorizedKeysRefusesBadKeyFromAgent(t *testing.T) {
 		t.Fatalf("bad key: %q, %v; want nothing printed and an error", out, err)
 	}
 }
+
+func TestSafeCommandPath(t *testing.T) {
+	for p, want := range map[string]bool{
+		"/nix/store/abc-nixrb-discover-1.0/bin/nixrb-discover": true,
+		"/usr/local/bin/nixrb-discover":                        true,
+		"relative/nixrb-discover":                              false,
+		"/opt/my tools/nixrb-discover":                         false,
+		`/opt/x"/nixrb-discover`:                               false,
+		"/opt/$(id)/nixrb-discover":                            false,
+	} {
+		if got := safeCommandPath(p); got != want {
+			t.Errorf("safeCommandPath(%q) = %v, want %v", p, got, want)
+		}
+	}
+}
