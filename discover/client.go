@@ -125,6 +125,18 @@ const (
 	checkPing                   // keepalive on the cached connection
 )
 
+// String names the kind for logs.
+func (k checkKind) String() string {
+	switch k {
+	case checkFull:
+		return "full"
+	case checkProbe:
+		return "probe"
+	default:
+		return "ping"
+	}
+}
+
 type checkDone struct {
 	key      string
 	r        Result

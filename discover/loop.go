@@ -268,6 +268,7 @@ func (l *loop) kindFor(m *Member) checkKind {
 }
 
 func (l *loop) onSnapshot(now time.Time, s Snapshot) {
+	l.log.Debug("snapshot", "source", s.Source, "candidates", len(s.Candidates), "err", s.Err)
 	l.heard[s.Source] = true
 	l.lastSnap = now
 	if s.Err != nil {
@@ -321,7 +322,8 @@ func (l *loop) onResult(now time.Time, d checkDone) {
 		if d.r.Reason == ReasonHostKeyMismatch {
 			lvl = slog.LevelWarn
 		}
-		l.log.Log(context.Background(), lvl, "checked", "builder", m.Name, "ok", d.r.OK, "reason", string(d.r.Reason), "detail", d.r.Detail, "rtt", d.r.RTT)
+		l.log.Log(context.Background(), lvl, "checked", "builder", m.Name, "kind", d.kind.String(), "ok", d.r.OK,
+			"reason", string(d.r.Reason), "detail", d.r.Detail, "rtt", d.r.RTT, "took", d.r.Took)
 	} else {
 		l.c.Checker.Forget(d.key)
 	}
