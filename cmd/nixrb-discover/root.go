@@ -64,11 +64,13 @@ and keeps the Nix machines file holding exactly the builders that work.`),
 		Subcommands: []*ffcli.Command{
 			newVersionCmd(e),
 			newAdvertiseCmd(e),
+			newAuthorizedKeysCmd(e),
 			newCheckMachinesCmd(e),
 			newClientCmd(e),
 			newDoctorCmd(e),
 			newKeygenCmd(e),
 			newListCmd(e),
+			newSSHGateCmd(e),
 			newSystemdUnitsCmd(e),
 		},
 	}
