@@ -25,6 +25,7 @@ import (
 	"github.com/nixrb-discover/nixrb-discover/discover"
 	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
 	"github.com/nixrb-discover/nixrb-discover/internal/tailnettest"
+	"github.com/nixrb-discover/nixrb-discover/render"
 )
 
 // gateBinName is the name this test binary runs under when sshd starts
@@ -264,6 +265,81 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 			if !errors.As(err, &ee) || ee.ExitStatus() != 1 || !strings.Contains(out, "refused") {
 				t.Errorf("ssh %q: err %v, output %q; want exit 1 and a refusal", cmd, err, out)
 			}
+		}
+	})
+
+	// The client daemon does all of it by itself: a new tagged laptop with
+	// a fresh key enrols before its first check, lands in its machines
+	// file and real Nix builds through that file; an untagged laptop's
+	// client says why the builder is not in its file.
+	t.Run("client-daemon-enrols-by-itself", func(t *testing.T) {
+		runClient := func(node *tailnettest.Node, name string) (*discover.Client, string) {
+			id, err := discover.LoadOrCreateIdentity(filepath.Join(dir, name+"_ed25519"), name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			machines := filepath.Join(dir, name+"-machines")
+			c := &discover.Client{
+				Sources:      []discover.Source{&discover.TailnetSource{LocalAPI: node.LocalClient, Dial: node.Server.Dial}},
+				Checker:      &discover.Checker{Signer: id.Signer, Dial: node.Server.Dial, Timeout: 20 * time.Second},
+				Enroll:       (&discover.TailnetEnroller{Dial: node.Server.Dial, PublicKey: id.AuthorizedKey}).Enroll,
+				MachinesPath: machines,
+				SSHKeyPath:   id.Path,
+				NixVersion:   render.NixVersion{Major: 2, Minor: 8},
+			}
+			cctx, ccancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- c.Run(cctx) }()
+			t.Cleanup(func() { ccancel(); <-done })
+			return c, machines
+		}
+		laptop2 := tn.AddNode(t, "laptop2", tailnettest.TagClient)
+		plain := tn.AddNode(t, "plain")
+		_, machines := runClient(laptop2, "laptop2")
+		plainClient, _ := runClient(plain, "plain")
+
+		deadline := time.Now().Add(tailnettest.Timeout)
+		for {
+			if f, _ := os.ReadFile(machines); strings.Contains(string(f), bnode.FQDN) {
+				break
+			}
+			if time.Now().After(deadline) {
+				f, _ := os.ReadFile(machines)
+				t.Fatalf("the enrolled builder never reached laptop2's machines file:\n%s", f)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		cfg := filepath.Join(dir, "laptop2-ssh_config")
+		os.WriteFile(cfg, []byte(fmt.Sprintf("Host %s\n  HostName %s\n  HostKeyAlias %s\n", bnode.FQDN, b.Addr, bnode.FQDN)), 0o644)
+		bctx, bcancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer bcancel()
+		out, stderr, err := nixtest.NixBuild(t, bctx, nixtest.ClientOptions{Version: nixtest.V28, MachinesFile: machines, SSHOpts: "-F " + cfg,
+			Expr: nixtest.TrivialDerivation("client-enrolled")})
+		if err != nil || strings.TrimSpace(out) != b.Hostname {
+			t.Fatalf("nix-build through the client's own file: %v %q\n%s", err, out, stderr)
+		}
+
+		for {
+			st, err := plainClient.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			var reason string
+			for _, bs := range st.Builders {
+				if bs.Name == bnode.FQDN {
+					reason = bs.Reason
+					if bs.InFile {
+						t.Fatalf("the untagged laptop's client put the builder in its file: %+v", bs)
+					}
+				}
+			}
+			if strings.Contains(reason, "enrolment refused") && strings.Contains(reason, "caller lacks tag:nix-client") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the untagged laptop's client does not say why: reason %q", reason)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	})
 
