@@ -487,9 +487,6 @@ func TestSettingsAreFlags(t *testing.T) {
 	t.Run("enrolment", func(t *testing.T) {
 		cfg := strings.Replace(advertiseCfg, `enrollment = { allowTags = [ ]; allowCaps = [ ]`, `enrollment = { allowTags = [ "tag:nix-client" ]; allowCaps = [ "example.com/cap/nix" ]`, 1)
 		out := run(t, "advertise", `(import ./settings.nix).advertise `+cfg)
-		if strings.Contains(out, "enroll-allow") && strings.Contains(out, "not defined") {
-			t.Skipf("the agent has no enrolment flags yet (issue 7): %s", strings.TrimSpace(out))
-		}
 		if !strings.Contains(out, `--interval "0s": want a positive duration`) {
 			t.Errorf("the enrolment settings were not accepted up to --interval:\n%s", out)
 		}
