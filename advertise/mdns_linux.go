@@ -1,9 +1,10 @@
 package advertise
 
 import (
+	"github.com/nixrb-discover/nixrb-discover/internal/mdnsnet"
+
 	"fmt"
 	"net"
-	"os"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -19,7 +20,7 @@ import (
 // its hop limit 255 (RFC 6762 section 11). v6 is nil when the interface has
 // no usable IPv6.
 func openAnnouncers(ifi *net.Interface) (v4, v6 net.PacketConn, err error) {
-	c4, err := bindGroup(unix.AF_INET, &unix.SockaddrInet4{Port: 5353, Addr: [4]byte{224, 0, 0, 251}})
+	c4, err := mdnsnet.BindGroup(unix.AF_INET, &unix.SockaddrInet4{Port: 5353, Addr: [4]byte{224, 0, 0, 251}})
 	if err != nil {
 		return nil, nil, fmt.Errorf("ipv4 socket: %w", err)
 	}
@@ -30,7 +31,7 @@ func openAnnouncers(ifi *net.Interface) (v4, v6 net.PacketConn, err error) {
 	}
 	_ = p4.SetMulticastTTL(255)
 	group6 := [16]byte{0xff, 0x02, 15: 0xfb}
-	c6, err := bindGroup(unix.AF_INET6, &unix.SockaddrInet6{Port: 5353, Addr: group6, ZoneId: uint32(ifi.Index)})
+	c6, err := mdnsnet.BindGroup(unix.AF_INET6, &unix.SockaddrInet6{Port: 5353, Addr: group6, ZoneId: uint32(ifi.Index)})
 	if err != nil {
 		return c4, nil, nil // no IPv6 here: announce on IPv4 only
 	}
@@ -41,39 +42,4 @@ func openAnnouncers(ifi *net.Interface) (v4, v6 net.PacketConn, err error) {
 	}
 	_ = p6.SetMulticastHopLimit(255)
 	return c4, c6, nil
-}
-
-// bindGroup makes a UDP socket bound to an mDNS group address and port
-// 5353 that receives no multicast it has not joined itself.
-func bindGroup(family int, sa unix.Sockaddr) (*net.UDPConn, error) {
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_UDP)
-	if err != nil {
-		return nil, fmt.Errorf("socket: %w", err)
-	}
-	opt := func(level, name, v int) {
-		if err == nil {
-			err = unix.SetsockoptInt(fd, level, name, v)
-		}
-	}
-	opt(unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-	if family == unix.AF_INET6 {
-		opt(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
-		opt(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_ALL, 0)
-	} else {
-		opt(unix.IPPROTO_IP, unix.IP_MULTICAST_ALL, 0)
-	}
-	if err == nil {
-		err = unix.Bind(fd, sa)
-	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("bind mdns group: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "mdns")
-	defer f.Close()
-	c, err := net.FilePacketConn(f)
-	if err != nil {
-		return nil, fmt.Errorf("mdns socket: %w", err)
-	}
-	return c.(*net.UDPConn), nil
 }

@@ -1,11 +1,12 @@
 package discover
 
 import (
+	"github.com/nixrb-discover/nixrb-discover/internal/mdnsnet"
+
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"sync"
 
 	"golang.org/x/net/ipv4"
@@ -122,34 +123,7 @@ func (l *mdnsListener) close() {
 	}
 }
 
-// bindMDNSGroup makes a UDP socket bound to an mDNS group address and port
-// 5353, sharing the port (SO_REUSEADDR) and receiving only groups it joins
-// itself.
+// bindMDNSGroup is mdnsnet.BindGroup: see there.
 func bindMDNSGroup(family int, sa unix.Sockaddr) (net.PacketConn, error) {
-	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_UDP)
-	if err != nil {
-		return nil, fmt.Errorf("socket: %w", err)
-	}
-	opt := func(level, name, v int) {
-		if err == nil {
-			err = unix.SetsockoptInt(fd, level, name, v)
-		}
-	}
-	opt(unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-	if family == unix.AF_INET6 {
-		opt(unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1)
-		opt(unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_ALL, 0)
-	} else {
-		opt(unix.IPPROTO_IP, unix.IP_MULTICAST_ALL, 0)
-	}
-	if err == nil {
-		err = unix.Bind(fd, sa)
-	}
-	if err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("bind: %w", err)
-	}
-	f := os.NewFile(uintptr(fd), "mdns")
-	defer f.Close()
-	return net.FilePacketConn(f)
+	return mdnsnet.BindGroup(family, sa)
 }
