@@ -4,10 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
-	"fmt"
-	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
@@ -73,53 +70,8 @@ Example:
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			printStatus(e.stdout, st, *all)
+			st.WriteTable(e.stdout, *all)
 			return nil
 		},
 	}
-}
-
-// printStatus writes the aligned table list shows.
-func printStatus(w io.Writer, st *discover.Status, all bool) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "BUILDER\tSTATE\tSOURCE\tSYSTEMS\tJOBS\tSPEED\tRTT\tIN FILE\tWHY")
-	hidden := 0
-	for _, b := range st.Builders {
-		if !all && !b.InFile {
-			hidden++
-			continue
-		}
-		rtt := "-"
-		if b.RTTMillis > 0 {
-			rtt = fmt.Sprintf("%.1fms", b.RTTMillis)
-		}
-		why := b.Reason
-		if !b.Trusted {
-			why = b.Trust
-			if b.TrustHint != "" {
-				why += " (trust it with " + b.TrustHint + ")"
-			}
-		}
-		if why == "" {
-			why = b.Trust
-		}
-		in := "no"
-		if b.InFile {
-			in = "yes"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%g\t%s\t%s\t%s\n", b.Name, b.State, b.Source, strings.Join(b.Systems, ","), b.MaxJobs, b.SpeedFactor, rtt, in, why)
-	}
-	tw.Flush()
-	if hidden > 0 {
-		fmt.Fprintf(w, "(%d more not in the file: list --all shows them and why)\n", hidden)
-	}
-	for _, s := range st.Sources {
-		if !s.OK {
-			fmt.Fprintf(w, "source %s is down: %s (its last builders are kept)\n", s.Name, s.Error)
-		}
-	}
-	if st.WriteError != "" {
-		fmt.Fprintf(w, "cannot write %s: %s\n", st.MachinesFile, st.WriteError)
-	}
-	fmt.Fprintf(w, "machines file: %s (Nix %s); client key %s %s\n", st.MachinesFile, st.NixVersion, st.ClientKey, st.ClientKeyFingerprint)
 }

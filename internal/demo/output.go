@@ -7,8 +7,6 @@ import (
 	"slices"
 	"strings"
 	"text/tabwriter"
-
-	"github.com/nixrb-discover/nixrb-discover/discover"
 )
 
 // banner says what the demo is and, plainly, what in it is real and what
@@ -42,7 +40,7 @@ func (d *demo) show(ctx context.Context, handshakes bool) error {
 		return fmt.Errorf("client status: %w", err)
 	}
 	fmt.Fprintln(d.out, "$ nixrb-discover list --all")
-	printStatus(d.out, st)
+	st.WriteTable(d.out, true)
 	if handshakes {
 		for _, b := range st.Builders {
 			if b.InFile {
@@ -53,45 +51,6 @@ func (d *demo) show(ctx context.Context, handshakes bool) error {
 	}
 	fmt.Fprintln(d.out)
 	return nil
-}
-
-// printStatus is the table of cmd/nixrb-discover list.go (printStatus
-// with --all), which a package cannot import from a main package.
-func printStatus(w interface{ Write([]byte) (int, error) }, st *discover.Status) {
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "BUILDER\tSTATE\tSOURCE\tSYSTEMS\tJOBS\tSPEED\tRTT\tIN FILE\tWHY")
-	for _, b := range st.Builders {
-		rtt := "-"
-		if b.RTTMillis > 0 {
-			rtt = fmt.Sprintf("%.1fms", b.RTTMillis)
-		}
-		why := b.Reason
-		if !b.Trusted {
-			why = b.Trust
-			if b.TrustHint != "" {
-				why += " (trust it with " + b.TrustHint + ")"
-			}
-		}
-		if why == "" {
-			why = b.Trust
-		}
-		in := "no"
-		if b.InFile {
-			in = "yes"
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%g\t%s\t%s\t%s\n", b.Name, b.State, b.Source,
-			strings.Join(b.Systems, ","), b.MaxJobs, b.SpeedFactor, rtt, in, why)
-	}
-	tw.Flush()
-	for _, s := range st.Sources {
-		if !s.OK {
-			fmt.Fprintf(w, "source %s is down: %s (its last builders are kept)\n", s.Name, s.Error)
-		}
-	}
-	if st.WriteError != "" {
-		fmt.Fprintf(w, "cannot write %s: %s\n", st.MachinesFile, st.WriteError)
-	}
-	fmt.Fprintf(w, "machines file: %s (Nix %s); client key %s %s\n", st.MachinesFile, st.NixVersion, st.ClientKey, st.ClientKeyFingerprint)
 }
 
 // showPeers prints every peer the client's node sees, from its LocalAPI,

@@ -1,0 +1,57 @@
+package discover
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// WriteTable writes the status as `nixrb-discover list` shows it: an
+// aligned table of builders (only those in the machines file unless all
+// is set) with why each is or is not used, then sources that are down,
+// a failed write, and the file and client key.
+func (s *Status) WriteTable(w io.Writer, all bool) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "BUILDER\tSTATE\tSOURCE\tSYSTEMS\tJOBS\tSPEED\tRTT\tIN FILE\tWHY")
+	hidden := 0
+	for _, b := range s.Builders {
+		if !all && !b.InFile {
+			hidden++
+			continue
+		}
+		rtt := "-"
+		if b.RTTMillis > 0 {
+			rtt = fmt.Sprintf("%.1fms", b.RTTMillis)
+		}
+		why := b.Reason
+		if !b.Trusted {
+			why = b.Trust
+			if b.TrustHint != "" {
+				why += " (trust it with " + b.TrustHint + ")"
+			}
+		}
+		if why == "" {
+			why = b.Trust
+		}
+		in := "no"
+		if b.InFile {
+			in = "yes"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%g\t%s\t%s\t%s\n", b.Name, b.State, b.Source,
+			strings.Join(b.Systems, ","), b.MaxJobs, b.SpeedFactor, rtt, in, why)
+	}
+	tw.Flush()
+	if hidden > 0 {
+		fmt.Fprintf(w, "(%d more not in the file: list --all shows them and why)\n", hidden)
+	}
+	for _, src := range s.Sources {
+		if !src.OK {
+			fmt.Fprintf(w, "source %s is down: %s (its last builders are kept)\n", src.Name, src.Error)
+		}
+	}
+	if s.WriteError != "" {
+		fmt.Fprintf(w, "cannot write %s: %s\n", s.MachinesFile, s.WriteError)
+	}
+	fmt.Fprintf(w, "machines file: %s (Nix %s); client key %s %s\n", s.MachinesFile, s.NixVersion, s.ClientKey, s.ClientKeyFingerprint)
+}
