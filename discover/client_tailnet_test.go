@@ -4,13 +4,11 @@ import (
 	"context"
 
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -31,45 +29,12 @@ type tailnetBuilder struct {
 	done  chan struct{}
 }
 
-// forwardSSH stands in for the kernel routing the builder's tailnet
-// address to its sshd: every connection to the node's tailnet port 22 is
-// piped to the real sshd (which sees a plain TCP client). Faults of the
-// real sshd (killed, stopped, re-keyed) pass through unchanged.
-func forwardSSH(t testing.TB, node *tailnettest.Node, backend string) {
-	ln, err := node.Server.Listen("tcp", ":22")
-	if err != nil {
-		t.Fatalf("listen on %s:22: %v", node.Name, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, err := net.DialTimeout("tcp", backend, 2*time.Second)
-				if err != nil {
-					return
-				}
-				defer b.Close()
-				var wg sync.WaitGroup
-				wg.Add(2)
-				go func() { defer wg.Done(); io.Copy(b, c); b.(*net.TCPConn).CloseWrite() }()
-				go func() { defer wg.Done(); io.Copy(c, b); c.Close() }()
-				wg.Wait()
-			}()
-		}
-	}()
-}
-
 func startTailnetBuilder(t testing.TB, tn *tailnettest.Net, name string, tags []string, opts nixtest.BuilderOptions) *tailnetBuilder {
 	t.Helper()
 	opts.Hostname = name
 	b := nixtest.StartBuilder(t, opts)
 	node := tn.AddNode(t, name, tags...)
-	forwardSSH(t, node, net.JoinHostPort(b.Addr.String(), "22"))
+	node.ForwardTCP(t, 22, net.JoinHostPort(b.Addr.String(), "22"))
 	ctx, cancel := context.WithCancel(context.Background())
 	agent := &advertise.Agent{
 		Facts: advertise.FactsOptions{

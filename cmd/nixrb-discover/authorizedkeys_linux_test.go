@@ -46,37 +46,6 @@ func init() {
 	os.Exit(exitCode(err, os.Stderr))
 }
 
-// forwardTailnetSSH pipes connections to node's tailnet port 22 to the
-// real sshd at backend, as the kernel would route them.
-func forwardTailnetSSH(t *testing.T, node *tailnettest.Node, backend string) {
-	ln, err := node.Server.Listen("tcp", ":22")
-	if err != nil {
-		t.Fatalf("listen on %s:22: %v", node.Name, err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				b, err := net.DialTimeout("tcp", backend, 5*time.Second)
-				if err != nil {
-					return
-				}
-				defer b.Close()
-				var wg sync.WaitGroup
-				wg.Add(2)
-				go func() { defer wg.Done(); io.Copy(b, c); b.(*net.TCPConn).CloseWrite() }()
-				go func() { defer wg.Done(); io.Copy(c, b); c.Close() }()
-				wg.Wait()
-			}()
-		}
-	}()
-}
-
 // installGateBinary copies this test binary into a root-owned 0755
 // directory outside /tmp (sshd refuses an AuthorizedKeysCommand under a
 // writable directory) under gateBinName.
@@ -133,7 +102,7 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 			bin, sock),
 	})
 	bnode := tn.AddNode(t, "builder", tailnettest.TagBuilder)
-	forwardTailnetSSH(t, bnode, net.JoinHostPort(b.Addr.String(), "22"))
+	bnode.ForwardTCP(t, 22, net.JoinHostPort(b.Addr.String(), "22"))
 
 	var logBuf syncBuffer
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logBuf, t.Output()), nil))

@@ -18,11 +18,14 @@ package tailnettest
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -261,4 +264,48 @@ func (n *Net) AddFakePeers(tb testing.TB, count int, tags ...string) []*tailcfg.
 		tb.Fatalf("tailnettest: added %d fake peers, want %d", len(out), count)
 	}
 	return out
+}
+
+// ForwardTCP pipes every connection to the node's tailnet port to backend
+// (a real server outside the tailnet, e.g. a builder's sshd in its own
+// namespace), as the kernel would route a tailnet address to a local
+// service. Faults of the backend (killed, stopped, re-keyed) pass through.
+// The listener is closed in tb.Cleanup.
+func (n *Node) ForwardTCP(tb testing.TB, port int, backend string) {
+	tb.Helper()
+	ln, err := n.Server.Listen("tcp", fmt.Sprintf(":%d", port))
+	if err != nil {
+		tb.Fatalf("tailnettest: listen on %s:%d: %v", n.Name, port, err)
+	}
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go pipe(c, backend)
+		}
+	}()
+}
+
+// pipe copies c to a new connection to backend and back until both close.
+func pipe(c net.Conn, backend string) {
+	defer c.Close()
+	b, err := net.DialTimeout("tcp", backend, 5*time.Second)
+	if err != nil {
+		return
+	}
+	defer b.Close()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		io.Copy(b, c)
+		if tc, ok := b.(*net.TCPConn); ok {
+			tc.CloseWrite()
+		}
+	}()
+	go func() { defer wg.Done(); io.Copy(c, b); c.Close() }()
+	wg.Wait()
 }
