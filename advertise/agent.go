@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -175,6 +176,26 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.Tick()
 	}
 	lastSigned := time.Now()
+	// A re-keyed sshd (new host key file) is advertised at the next
+	// sshd-watch tick, or capacity tick without a watch.
+	hostKey := newHostKeyWatch(a.Facts)
+	rekeyed := func() {
+		k, changed, err := hostKey.changed(facts.HostKey)
+		if err != nil {
+			log.Warn("cannot re-read the SSH host key; advertising the old one", "err", err)
+			return
+		}
+		if !changed {
+			return
+		}
+		facts.HostKey = k
+		if _, err := a.publish(facts, advertised(), time.Now()); err != nil {
+			log.Error("cannot publish the new advert", "err", err)
+			return
+		}
+		lastSigned = time.Now()
+		log.Info("SSH host key changed: advertising the new one", "host_key", k)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -197,11 +218,15 @@ func (a *Agent) Run(ctx context.Context) error {
 				lastSigned = time.Now()
 			}
 		case <-sshTick:
+			rekeyed()
 			sshd.check(log)
 			if republishDraining() {
 				lastSigned = time.Now()
 			}
 		case now := <-tick.C:
+			if sshTick == nil {
+				rekeyed()
+			}
 			c, err := MeasureCapacity(a.Facts, facts.BuildUsers)
 			if err != nil && facts.CapacityErr == nil {
 				log.Warn("capacity measurement failed", "err", err)
@@ -256,4 +281,41 @@ func (a *Agent) publish(f Facts, o Overrides, now time.Time) (*Advert, error) {
 		a.OnChange(ad)
 	}
 	return ad, nil
+}
+
+// hostKeyWatch notices a new SSH host key file by its metadata (one stat
+// per check) and reads it only when that changed.
+type hostKeyWatch struct {
+	path string // "" when the host key is an override: nothing to watch
+	last os.FileInfo
+}
+
+func newHostKeyWatch(o FactsOptions) *hostKeyWatch {
+	w := &hostKeyWatch{}
+	if o.Overrides.HostKey == "" {
+		w.path = o.withDefaults().HostKeyPath
+		w.last, _ = os.Stat(w.path)
+	}
+	return w
+}
+
+// changed returns the host key in the file and whether it differs from
+// current. A missing or unreadable file is an error (the old key stays).
+func (w *hostKeyWatch) changed(current string) (string, bool, error) {
+	if w.path == "" {
+		return current, false, nil
+	}
+	fi, err := os.Stat(w.path)
+	if err != nil {
+		return current, false, fmt.Errorf("host key: %w", err)
+	}
+	if w.last != nil && fi.ModTime().Equal(w.last.ModTime()) && fi.Size() == w.last.Size() && os.SameFile(fi, w.last) {
+		return current, false, nil
+	}
+	w.last = fi // a broken file is reported once, not at every check
+	k, err := readHostKey(w.path)
+	if err != nil {
+		return current, false, err
+	}
+	return k, k != current, nil
 }

@@ -87,7 +87,7 @@ func (b *Builder) waitStarted() error {
 		_, err3 := os.Stat(filepath.Join(b.Dir, "nix/var/nix/daemon-socket/socket"))
 		if err1 == nil && err2 == nil && err3 == nil {
 			b.mu.Lock()
-			b.holderPID = holder
+			b.holderPID, b.mntIno = holder, pidNS(holder, "mnt")
 			b.mu.Unlock()
 			break
 		}
@@ -245,7 +245,7 @@ func (b *Builder) RestartSSHD() error {
 	}
 	// The holder is a sleep that start.sh left in the builder's network,
 	// mount and UTS namespaces; check it is still ours before entering.
-	if !alive(holder) || pidNetns(holder) != b.slot.ino {
+	if !alive(holder) || pidNetns(holder) != b.netIno {
 		return fmt.Errorf("builder %s: namespace holder %d is gone", b.Hostname, holder)
 	}
 	cmd := exec.Command("nsenter", "--target", strconv.Itoa(holder), "--net", "--mount", "--uts",
@@ -263,7 +263,7 @@ func (b *Builder) RestartSSHD() error {
 // serves non-root users), or 0 if it has exited.
 func (b *Builder) NixDaemonPID() int {
 	pid, err := readPID(filepath.Join(b.Dir, "nix-daemon.pid"))
-	if err != nil || !alive(pid) || pidNetns(pid) != b.slot.ino {
+	if err != nil || !alive(pid) || pidNetns(pid) != b.netIno {
 		return 0
 	}
 	return pid
@@ -276,7 +276,7 @@ func (b *Builder) Exec(ctx context.Context, args ...string) (string, error) {
 	b.mu.Lock()
 	holder := b.holderPID
 	b.mu.Unlock()
-	if !alive(holder) || pidNetns(holder) != b.slot.ino {
+	if !alive(holder) || pidNetns(holder) != b.netIno {
 		return "", fmt.Errorf("builder %s: namespace holder %d is gone", b.Hostname, holder)
 	}
 	full := []string{"--target", strconv.Itoa(holder), "--net", "--mount", "--uts", "--"}
@@ -288,6 +288,28 @@ func (b *Builder) Exec(ctx context.Context, args ...string) (string, error) {
 		return out, fmt.Errorf("builder %s: %w", b.Hostname, err)
 	}
 	return out, nil
+}
+
+// Command returns a command that runs inside the builder (its network,
+// mount and UTS namespaces and, for V226, its chroot) as root, for a
+// long-running process such as an agent that must see the builder's own
+// /nix and /etc/nix. The caller starts and stops it; whatever is still
+// running in the builder at cleanup is stopped then. It fails if the
+// builder's namespaces are gone.
+func (b *Builder) Command(name string, args ...string) (*exec.Cmd, error) {
+	b.mu.Lock()
+	holder := b.holderPID
+	b.mu.Unlock()
+	if !alive(holder) || pidNetns(holder) != b.netIno {
+		return nil, fmt.Errorf("builder %s: namespace holder %d is gone", b.Hostname, holder)
+	}
+	full := []string{"--target", strconv.Itoa(holder), "--net", "--mount", "--uts", "--"}
+	if b.Version == V226 {
+		full = append(full, "chroot", b.Root)
+	}
+	cmd := exec.Command("nsenter", append(append(full, name), args...)...)
+	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
+	return cmd, nil
 }
 
 // SetHostKey replaces the host key with priv (nil: a new ed25519 key) and
@@ -312,6 +334,9 @@ func (b *Builder) LinkUp() error {
 }
 
 func (b *Builder) setLink(state string) error {
+	if b.slot == nil {
+		return fmt.Errorf("builder %s: link %s: the builder runs in the caller's namespace %s; set the caller's link %s", b.Hostname, state, b.Netns, state)
+	}
 	if _, err := runCmd(context.Background(), 10*time.Second, "ip", "-n", b.Netns, "link", "set", peerIfName, state); err != nil {
 		return fmt.Errorf("builder %s: link %s: %w", b.Hostname, state, err)
 	}

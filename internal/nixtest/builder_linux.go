@@ -47,6 +47,15 @@ type BuilderOptions struct {
 	ExtraSSHDConfig string
 	// ExtraNixConf is appended to the builder's nix.conf.
 	ExtraNixConf string
+	// Netns, if set, is an existing network namespace (as in `ip netns
+	// list`) to run the builder in, such as a host of an
+	// internal/netnstest topology, instead of a namespace of its own on a
+	// veth to the root namespace. The caller owns the namespace and its
+	// links (LinkDown and LinkUp then fail: cut the caller's link); the
+	// builder's processes are still stopped at cleanup.
+	Netns string
+	// Addr is the address sshd listens on in Netns. Required with Netns.
+	Addr netip.Addr
 }
 
 // Builder is a running remote builder: sshd and nix-daemon in a network,
@@ -63,7 +72,8 @@ type Builder struct {
 	User string
 	// Addr is the builder's address, reachable from the root namespace.
 	Addr netip.Addr
-	// HostAddr is the root namespace's address on the builder's link.
+	// HostAddr is the root namespace's address on the builder's link
+	// (invalid when the builder runs in a caller's Netns).
 	HostAddr netip.Addr
 	// Port is sshd's port on Addr (22: the namespace is the builder's own).
 	Port int
@@ -77,9 +87,11 @@ type Builder struct {
 	// Root is the trixie chroot the builder runs in (V226), else "".
 	Root string
 
-	opts  BuilderOptions
-	slot  *netSlot
-	inner string // Dir as seen by sshd: Dir (V28) or /nixtest (V226)
+	opts   BuilderOptions
+	slot   *netSlot // nil in a caller's Netns
+	netIno uint64   // the network namespace's inode, to find its processes
+	mntIno uint64   // the builder's mount namespace's inode (its processes)
+	inner  string   // Dir as seen by sshd: Dir (V28) or /nixtest (V226)
 
 	mu        sync.Mutex
 	hostKey   string
@@ -104,11 +116,24 @@ func StartBuilder(t testing.TB, opts BuilderOptions) *Builder {
 		b.inner = "/nixtest"
 	}
 	ctx := context.Background()
-	slot, err := newNetSlot(ctx)
-	if err != nil {
-		t.Fatalf("nixtest: StartBuilder: %v", err)
+	tag := ""
+	if opts.Netns != "" {
+		if !opts.Addr.IsValid() {
+			t.Fatalf("nixtest: StartBuilder: Netns %s without Addr", opts.Netns)
+		}
+		ino, err := netnsInode("/run/netns/" + opts.Netns)
+		if err != nil {
+			t.Fatalf("nixtest: StartBuilder: netns %s: %v", opts.Netns, err)
+		}
+		b.Netns, b.Addr, b.netIno, tag = opts.Netns, opts.Addr, ino, opts.Netns
+	} else {
+		slot, err := newNetSlot(ctx)
+		if err != nil {
+			t.Fatalf("nixtest: StartBuilder: %v", err)
+		}
+		b.slot, b.Netns, b.Addr, b.HostAddr, b.netIno = slot, slot.ns, slot.peerIP, slot.hostIP, slot.ino
+		tag = strconv.Itoa(slot.idx)
 	}
-	b.slot, b.Netns, b.Addr, b.HostAddr = slot, slot.ns, slot.peerIP, slot.hostIP
 	t.Cleanup(func() { b.cleanup(t) })
 
 	if b.User == "" {
@@ -116,7 +141,7 @@ func StartBuilder(t testing.TB, opts BuilderOptions) *Builder {
 	}
 	b.Hostname = opts.Hostname
 	if b.Hostname == "" {
-		b.Hostname = "nixtest-" + strings.ReplaceAll(strings.TrimPrefix(opts.Version.String(), "nix-"), ".", "") + "-" + strconv.Itoa(slot.idx)
+		b.Hostname = "nixtest-" + strings.ReplaceAll(strings.TrimPrefix(opts.Version.String(), "nix-"), ".", "") + "-" + tag
 	}
 	if err := ensureUser(ctx, opts.Version, b.Root, b.User); err != nil {
 		t.Fatalf("nixtest: StartBuilder: %v", err)
@@ -329,10 +354,22 @@ func (b *Builder) cleanup(t testing.TB) {
 		t.Logf("nixtest: builder %s (%s, %s) logs:\n%s", b.Hostname, b.Version, b.Addr, tail(b.Logs(), 60))
 	}
 	b.mu.Lock()
-	p := b.sshd
+	p, mnt := b.sshd, b.mntIno
 	b.mu.Unlock()
-	if err := b.slot.destroy(); err != nil {
-		t.Errorf("nixtest: builder %s: %v", b.Hostname, err)
+	if b.slot != nil {
+		if err := b.slot.destroy(); err != nil {
+			t.Errorf("nixtest: builder %s: %v", b.Hostname, err)
+		}
+	} else {
+		// In a caller's namespace: stop what runs in the builder's mount
+		// namespace (sshd, nix-daemon, the holder and whatever Command
+		// started), and sshd by PID in case it never got that far.
+		if p != nil && !p.exited() {
+			_ = p.cmd.Process.Kill()
+		}
+		if left := killNS("mnt", mnt, 3*time.Second); len(left) > 0 {
+			t.Errorf("nixtest: builder %s: processes %v survived SIGKILL", b.Hostname, left)
+		}
 	}
 	if p != nil {
 		select {

@@ -48,6 +48,10 @@ type ClientOptions struct {
 	// BindPaths are more host directories to make visible at the same
 	// paths inside the chroot (V226).
 	BindPaths []string
+	// Netns, if set, is the network namespace (as in `ip netns list`)
+	// nix-build runs in, such as a laptop host of an internal/netnstest
+	// topology. Default: the root namespace.
+	Netns string
 }
 
 // NixBuild runs a real `nix-build --no-out-link --builders @FILE
@@ -112,6 +116,10 @@ func NixBuild(t testing.TB, ctx context.Context, opts ClientOptions) (out, stder
 	args = append(args, "sh", scriptPath, "--no-out-link", "--builders", builders, "--max-jobs", "0", "-E", expr)
 	args = append(args, opts.Args...)
 	cmd := exec.CommandContext(ctx, "unshare", args...)
+	if opts.Netns != "" {
+		// ip netns exec execs unshare in the namespace: same PID.
+		cmd = exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", opts.Netns, "unshare"}, args...)...)
+	}
 	// Setsid: no controlling terminal, so ssh can never prompt.
 	// Pdeathsig: if the test process dies, so does the build. It is tied
 	// to the starting thread, which stays locked until Wait returns.

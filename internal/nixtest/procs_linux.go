@@ -36,19 +36,27 @@ func netnsInode(path string) (uint64, error) {
 }
 
 // pidNetns returns the inode of pid's network namespace, or 0.
-func pidNetns(pid int) uint64 {
-	link, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/net")
+func pidNetns(pid int) uint64 { return pidNS(pid, "net") }
+
+// pidNS returns the inode of pid's namespace of the kind ("net", "mnt"),
+// or 0.
+func pidNS(pid int, kind string) uint64 {
+	link, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/ns/" + kind)
 	if err != nil {
 		return 0
 	}
 	// "net:[4026532281]"
-	link = strings.TrimSuffix(strings.TrimPrefix(link, "net:["), "]")
+	link = strings.TrimSuffix(strings.TrimPrefix(link, kind+":["), "]")
 	n, _ := strconv.ParseUint(link, 10, 64)
 	return n
 }
 
 // netnsPIDs lists the live processes in the network namespace ino.
-func netnsPIDs(ino uint64) []int {
+func netnsPIDs(ino uint64) []int { return nsPIDs("net", ino) }
+
+// nsPIDs lists the live processes in the namespace of the kind ("net",
+// "mnt") whose inode is ino.
+func nsPIDs(kind string, ino uint64) []int {
 	if ino == 0 {
 		return nil
 	}
@@ -63,7 +71,7 @@ func netnsPIDs(ino uint64) []int {
 		if err != nil || pid == self {
 			continue
 		}
-		if pidNetns(pid) == ino && alive(pid) {
+		if pidNS(pid, kind) == ino && alive(pid) {
 			pids = append(pids, pid)
 		}
 	}
@@ -74,9 +82,12 @@ func netnsPIDs(ino uint64) []int {
 // (a stopped sshd ignores SIGTERM) and SIGTERM, then SIGKILL for those left
 // after grace. Each PID is re-checked to be in the namespace right before
 // it is signalled. It returns the PIDs that survived.
-func killNetns(ino uint64, grace time.Duration) []int {
+func killNetns(ino uint64, grace time.Duration) []int { return killNS("net", ino, grace) }
+
+// killNS is killNetns for a namespace of the kind ("net", "mnt").
+func killNS(kind string, ino uint64, grace time.Duration) []int {
 	signal := func(sig syscall.Signal) {
-		for _, pid := range netnsPIDs(ino) {
+		for _, pid := range nsPIDs(kind, ino) {
 			_ = syscall.Kill(pid, syscall.SIGCONT)
 			_ = syscall.Kill(pid, sig)
 		}
@@ -84,7 +95,7 @@ func killNetns(ino uint64, grace time.Duration) []int {
 	waitGone := func(d time.Duration) []int {
 		deadline := time.Now().Add(d)
 		for {
-			left := netnsPIDs(ino)
+			left := nsPIDs(kind, ino)
 			if len(left) == 0 || time.Now().After(deadline) {
 				return left
 			}
