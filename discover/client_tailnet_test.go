@@ -40,6 +40,10 @@ func startTailnetBuilder(t testing.TB, tn *tailnettest.Net, name string, tags []
 		Facts: advertise.FactsOptions{
 			HostKeyPath: b.HostKeyPath + ".pub",
 			Overrides: advertise.Overrides{
+				// The key is fixed: host-key-swap-excluded puts another key
+				// on sshd (an impostor at b2's address) that the agent, which
+				// follows its key file, must not learn.
+				HostKey:  strings.Join(strings.Fields(b.HostKey())[:2], " "),
 				Hostname: name, SSHUser: b.User, SSHPort: 22, MaxJobs: 2,
 				SupportedFeatures: opts.SystemFeatures, AgentVersion: "test",
 			},

@@ -269,7 +269,9 @@ func (l *loop) kindFor(m *Member) checkKind {
 
 func (l *loop) onSnapshot(now time.Time, s Snapshot) {
 	l.log.Debug("snapshot", "source", s.Source, "candidates", len(s.Candidates), "err", s.Err)
-	l.heard[s.Source] = true
+	if !s.Partial {
+		l.heard[s.Source] = true
+	}
 	l.lastSnap = now
 	if s.Err != nil {
 		l.log.Warn("source down, keeping its last builders", "source", s.Source, "err", s.Err)

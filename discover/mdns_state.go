@@ -1,6 +1,7 @@
 package discover
 
 import (
+	"fmt"
 	"net/netip"
 	"reflect"
 	"slices"
@@ -26,6 +27,12 @@ type mdnsEntry struct {
 	expires  time.Time
 }
 
+// signedKey is the host key a hostname's newest signed advert names.
+type signedKey struct {
+	fp     string
+	issued time.Time
+}
+
 // mdnsState is the mDNS source's cache: pure (no I/O, no clock, no
 // goroutines), driven by Run's loop and by tests and fuzzing.
 //
@@ -46,9 +53,15 @@ type mdnsState struct {
 	maxPerIface int
 
 	entries map[string]*mdnsEntry
+	// newest is, per signed hostname (lower case), the host key of the
+	// newest signed advert seen: an older advert naming another key is a
+	// replay from before a re-key and is refused.
+	newest  map[string]signedKey
 	recheck map[string]bool
 	last    []Candidate
-	emitted bool
+	// settled: the first query round is over; settledSent: a snapshot
+	// saying so (not Partial) has gone out.
+	settled, settledSent bool
 }
 
 func newMDNSState(keys []advertise.TrustKey, pins *Pins, maxAge, defaultTTL time.Duration, maxEntries, maxPerIface int) *mdnsState {
@@ -56,6 +69,7 @@ func newMDNSState(keys []advertise.TrustKey, pins *Pins, maxAge, defaultTTL time
 		keys: keys, pins: pins, maxAge: maxAge, defaultTTL: defaultTTL,
 		maxEntries: maxEntries, maxPerIface: maxPerIface,
 		entries: map[string]*mdnsEntry{},
+		newest:  map[string]signedKey{},
 		recheck: map[string]bool{},
 	}
 }
@@ -110,7 +124,10 @@ func (s *mdnsState) observe(now time.Time, o mdnsObs) {
 		t := decideTrust(adv, o.instance, s.keys, s.pins, now, s.maxAge)
 		e.cand.Advert = adv
 		e.cand.Trusted, e.cand.TrustReason, e.cand.TrustHint, e.cand.Problem = t.trusted, t.reason, t.hint, t.problem
-		if t.trusted {
+		if t.trusted && t.signed {
+			s.rekey(now, e, adv, t.fp)
+		}
+		if e.cand.Trusted {
 			e.cand.Key = "mdns:" + t.fp
 			e.signed, e.issued = t.signed, adv.IssuedAt
 			if t.signed {
@@ -144,6 +161,37 @@ func (s *mdnsState) observe(now time.Time, o mdnsObs) {
 		return
 	}
 	s.entries[e.cand.Key] = e
+}
+
+// rekey applies a signed advert's claim to its hostname's host key. An
+// advert older than the hostname's newest signed one and naming another
+// key is refused: after a re-key, whoever holds the old key (an old disk,
+// a backup) could otherwise replay the last advert from before it, within
+// its max age, from an address of their choosing (address records are
+// not signed), and be admitted. A newer advert with a new key retires the
+// old key's entries at once.
+func (s *mdnsState) rekey(now time.Time, e *mdnsEntry, adv *advertise.Advert, fp string) {
+	host := strings.ToLower(adv.Hostname)
+	n, seen := s.newest[host]
+	switch {
+	case seen && n.fp != fp && adv.IssuedAt.Before(n.issued):
+		e.cand.Trusted = false
+		e.cand.Name = adv.Hostname
+		e.cand.TrustReason = "superseded host key"
+		e.cand.Problem = fmt.Sprintf("refused: %s's signed advert from %s names host key %s, but a newer one (%s) names %s: a replay from before a re-key",
+			adv.Hostname, adv.IssuedAt.Format(time.RFC3339), fp, n.issued.Format(time.RFC3339), n.fp)
+		e.cand.TrustHint = "if " + adv.Hostname + " really went back to that key, restart its agent: a fresh signed advert wins"
+		return
+	case seen && n.fp != fp:
+		for k, x := range s.entries {
+			if x.signed && x.cand.Trusted && strings.EqualFold(x.cand.Name, adv.Hostname) && k != "mdns:"+fp {
+				delete(s.entries, k)
+			}
+		}
+	}
+	if !seen || !adv.IssuedAt.Before(n.issued) {
+		s.newest[host] = signedKey{fp: fp, issued: adv.IssuedAt}
+	}
 }
 
 // expiry is when an entry stops counting: its TTL, and for a signed advert
@@ -206,6 +254,13 @@ func (s *mdnsState) expire(now time.Time) {
 			delete(s.entries, k)
 		}
 	}
+	// Once the newest advert is past its max age, every older one is
+	// stale too: nothing left to refuse.
+	for h, n := range s.newest {
+		if !n.issued.Add(s.maxAge).After(now) {
+			delete(s.newest, h)
+		}
+	}
 }
 
 // nextExpiry is when the next entry expires (zero when none).
@@ -220,9 +275,13 @@ func (s *mdnsState) nextExpiry() time.Time {
 }
 
 // snapshot returns the current set and whether it must be emitted: it
-// changed, a re-check is pending, or nothing was emitted yet and force is
-// set.
+// changed, a re-check is pending, or the first query round just ended
+// (force: the source's first query round is over, from then on). Until
+// that round ends, snapshots are Partial.
 func (s *mdnsState) snapshot(force bool) (Snapshot, bool) {
+	if force {
+		s.settled = true
+	}
 	cands := make([]Candidate, 0, len(s.entries))
 	for _, e := range s.entries {
 		cands = append(cands, e.cand)
@@ -237,12 +296,13 @@ func (s *mdnsState) snapshot(force bool) (Snapshot, bool) {
 	clear(s.recheck)
 	slices.Sort(recheck)
 	same := len(cands) == 0 && len(s.last) == 0 || reflect.DeepEqual(cands, s.last)
-	changed := !same || len(recheck) > 0 || (force && !s.emitted)
+	changed := !same || len(recheck) > 0 || (s.settled && !s.settledSent)
 	if !changed {
 		return Snapshot{}, false
 	}
-	s.last, s.emitted = cands, true
-	return Snapshot{Source: "mdns", Candidates: slices.Clone(cands), Recheck: recheck}, true
+	s.last = cands
+	s.settledSent = s.settled
+	return Snapshot{Source: "mdns", Candidates: slices.Clone(cands), Recheck: recheck, Partial: !s.settled}, true
 }
 
 // pickAddress chooses the address a builder is dialled at: IPv4 before

@@ -175,3 +175,87 @@ func mdnsFingerprint(t testing.TB, hostKey string) string {
 	}
 	return tr.fp
 }
+
+// TestMDNSStateRekey: a builder re-keyed (a newer signed advert naming a
+// new host key) retires its old key at once, and the last advert from
+// before the re-key, replayed from anywhere by whoever holds the old key,
+// is refused with a reason, while a fresh signed advert may still name
+// the old key again (a deliberate roll-back).
+func TestMDNSStateRekey(t *testing.T) {
+	fleet := mdnsFleetKey(t)
+	oldKey, newKey := mdnsHostKey(t), mdnsHostKey(t)
+	oldFP, newFP := "mdns:"+mdnsFingerprint(t, oldKey), "mdns:"+mdnsFingerprint(t, newKey)
+	s := newMDNSState([]advertise.TrustKey{fleet.TrustKey()}, nil, advertise.DefaultMaxAge, 120*time.Second, 8, 8)
+	before := mdnsTXT(t, mdnsAdvert(t, "b3", oldKey, fleet, mdnsT0))
+	s.observe(mdnsT0, mdnsObsOf("b3", "10.0.0.3", before, 120))
+	if c := s.entries[oldFP]; c == nil || !c.cand.Trusted {
+		t.Fatalf("b3 with its first key not trusted: %+v", c)
+	}
+
+	t1 := mdnsT0.Add(10 * time.Second)
+	s.observe(t1, mdnsObsOf("b3", "10.0.0.3", mdnsTXT(t, mdnsAdvert(t, "b3", newKey, fleet, t1)), 120))
+	snap, _ := s.snapshot(true)
+	if keys := mdnsKeys(snap); len(keys) != 1 || keys[0] != newFP {
+		t.Fatalf("after the re-key the candidates are %v, want only the new key %s", keys, newFP)
+	}
+
+	// The replay: the old advert, still within its max age, from the
+	// attacker's address.
+	t2 := t1.Add(5 * time.Second)
+	s.observe(t2, mdnsObsOf("b3", "10.0.0.66", before, 120))
+	snap, _ = s.snapshot(true)
+	var refused *Candidate
+	for i, c := range snap.Candidates {
+		if c.Key == oldFP {
+			t.Fatalf("the replayed advert with the old key is trusted again: %+v", c)
+		}
+		if c.Address == "10.0.0.66" {
+			refused = &snap.Candidates[i]
+		}
+	}
+	if refused == nil || refused.Trusted || refused.TrustReason != "superseded host key" || !strings.Contains(refused.Problem, "re-key") || refused.Name != "b3" {
+		t.Fatalf("replayed advert listed as %+v; want b3, untrusted, superseded, with the reason", refused)
+	}
+	mdnsCandidate(t, snap, newFP) // the real b3 stays
+
+	// A fresh signed advert naming the old key again wins: the fleet key
+	// holder rolled back.
+	t3 := t2.Add(5 * time.Second)
+	s.observe(t3, mdnsObsOf("b3", "10.0.0.3", mdnsTXT(t, mdnsAdvert(t, "b3", oldKey, fleet, t3)), 120))
+	snap, _ = s.snapshot(true)
+	if c := mdnsCandidate(t, snap, oldFP); !c.Trusted {
+		t.Fatalf("a fresh signed advert naming the old key is not trusted: %+v", c)
+	}
+	for _, c := range snap.Candidates {
+		if c.Key == newFP {
+			t.Fatalf("the key rolled back from is still a candidate: %+v", c)
+		}
+	}
+
+	// Past the newest advert's max age, the record goes (any older
+	// advert is stale by then anyway).
+	s.expire(t3.Add(advertise.DefaultMaxAge))
+	if len(s.newest) != 0 {
+		t.Fatalf("newest keeps %d hostnames past their max age", len(s.newest))
+	}
+}
+
+// TestMDNSStatePartial: snapshots are Partial until the first query round
+// ends; then one snapshot that is not Partial goes out even if the set is
+// unchanged, so the client knows the source has settled.
+func TestMDNSStatePartial(t *testing.T) {
+	fleet := mdnsFleetKey(t)
+	s := newMDNSState([]advertise.TrustKey{fleet.TrustKey()}, nil, advertise.DefaultMaxAge, 120*time.Second, 8, 8)
+	s.observe(mdnsT0, mdnsObsOf("b1", "10.0.0.2", mdnsTXT(t, mdnsAdvert(t, "b1", mdnsHostKey(t), fleet, mdnsT0)), 120))
+	snap, ok := s.snapshot(false)
+	if !ok || !snap.Partial || len(snap.Candidates) != 1 {
+		t.Fatalf("first snapshot before the round ended: ok=%v %+v, want emitted and Partial", ok, snap)
+	}
+	snap, ok = s.snapshot(true)
+	if !ok || snap.Partial || len(snap.Candidates) != 1 {
+		t.Fatalf("at the round's end: ok=%v %+v, want an unchanged set emitted, not Partial", ok, snap)
+	}
+	if _, ok := s.snapshot(true); ok {
+		t.Fatal("settled snapshot repeated")
+	}
+}

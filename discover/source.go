@@ -32,6 +32,12 @@ type Snapshot struct {
 	// Recheck lists candidate Keys to health-check at once (an mDNS
 	// goodbye is a hint, never proof, that a builder left).
 	Recheck []string
+	// Partial means the source's first discovery round is not over (the
+	// mDNS answers to its first queries are still arriving): the
+	// candidates are checked, but the client writes no machines file
+	// until every source has sent a snapshot that is not partial, so a
+	// restart never shrinks the file to the builders heard first.
+	Partial bool
 }
 
 // Candidate is one builder as a source sees it.

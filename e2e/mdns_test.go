@@ -40,8 +40,16 @@ func newHostTB(t testing.TB, topo *netnstest.Topology, name string) *host {
 // start runs a command on the host, stopped (SIGTERM, then SIGKILL) at cleanup.
 func (h *host) start(t testing.TB, logName string, name string, args ...string) *exec.Cmd {
 	t.Helper()
-	cmd := h.Command(name, args...)
-	logf, err := os.Create(filepath.Join(h.dir, logName+".log"))
+	return h.run(t, logName, h.Command(name, args...))
+}
+
+// run starts cmd (made to run on the host), logging to logName.log
+// (appended: a restarted process keeps its earlier log), stopped
+// (SIGTERM, then SIGKILL) at cleanup.
+func (h *host) run(t testing.TB, logName string, cmd *exec.Cmd) *exec.Cmd {
+	t.Helper()
+	name := cmd.Path
+	logf, err := os.OpenFile(filepath.Join(h.dir, logName+".log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,15 +123,24 @@ func fileHas(path, s string) func() bool {
 // listJSON runs `nixrb-discover list --json` against the client's socket.
 func listJSON(t *testing.T, bin, socket string) *discover.Status {
 	t.Helper()
+	st, err := tryListJSON(bin, socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// tryListJSON is listJSON returning its error.
+func tryListJSON(bin, socket string) (*discover.Status, error) {
 	out, err := exec.Command(bin, "list", "--json", "--socket", socket).Output()
 	if err != nil {
-		t.Fatalf("list --json: %v", err)
+		return nil, fmt.Errorf("list --json: %w", err)
 	}
 	var st discover.Status
 	if err := json.Unmarshal(out, &st); err != nil {
-		t.Fatalf("list --json: %v\n%s", err, out)
+		return nil, fmt.Errorf("list --json: %w\n%s", err, out)
 	}
-	return &st
+	return &st, nil
 }
 
 // TestMDNSFleet: a builder with a signed advert, a rogue with an unsigned

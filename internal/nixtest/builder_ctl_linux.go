@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Bounds on waiting for a builder.
@@ -143,7 +145,7 @@ func (b *Builder) waitBanner(d time.Duration) error {
 		if err := b.sshdGone(); err != nil {
 			return err
 		}
-		if last = readBanner(addr); last == nil {
+		if last = b.readBanner(addr); last == nil {
 			return nil
 		}
 		if time.Now().After(deadline) {
@@ -151,6 +153,38 @@ func (b *Builder) waitBanner(d time.Duration) error {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// readBanner reads sshd's banner from the root namespace, or from inside
+// the caller's namespace the builder runs in (not reachable from the root
+// namespace).
+func (b *Builder) readBanner(addr string) error {
+	if b.slot != nil {
+		return readBanner(addr)
+	}
+	return inNetns(b.Netns, func() error { return readBanner(addr) })
+}
+
+// inNetns runs fn on a thread that has entered the network namespace ns
+// (as in `ip netns list`). The thread is never unlocked, so it ends with
+// its goroutine instead of going back to the scheduler in ns.
+func inNetns(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		f, err := os.Open("/run/netns/" + ns)
+		if err != nil {
+			errc <- fmt.Errorf("netns %s: %w", ns, err)
+			return
+		}
+		defer f.Close()
+		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("enter netns %s: %w", ns, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
 }
 
 func readBanner(addr string) error {
