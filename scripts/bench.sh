@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
 	--only) only="$2"; [ "$write" = 1 ] && write=0; shift ;;
 	--write) write=2 ;;
 	--stdout) write=0 ;;
-	-h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+	-h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
 	esac
 	shift
