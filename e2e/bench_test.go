@@ -76,3 +76,59 @@ func quantiles(ds []time.Duration) (p50, p95 time.Duration) {
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2], s[min(len(s)-1, len(s)*95/100)]
 }
+
+// BenchmarkFleetFaults runs TestBuildFleet's topology (three builder hosts
+// with their own /nix, real nix-daemon, sshd and agent; a laptop running
+// the client; mDNS) and, per iteration and fault, measures: fault → the
+// builder's line gone from the machines file, a real nix-build
+// (--max-jobs 0, two derivations) started right then → done on the
+// others, and repair → line back. Each fault comes at a random moment.
+//
+//	go test -run '^$' -bench BenchmarkFleetFaults -benchtime 20x ./e2e
+func BenchmarkFleetFaults(b *testing.B) {
+	f := newFleet(b)
+	f.startClient(b)
+	for _, fb := range f.builders {
+		f.startAgent(b, fb)
+	}
+	b1, b2, b3 := f.builders[0], f.builders[1], f.builders[2]
+	faults := []struct {
+		name           string
+		fb             *fleetBuilder
+		inject, repair func() error
+	}{
+		{"sshd-killed", b1, b1.nix.KillSSHD, b1.nix.RestartSSHD},
+		{"sshd-hung", b2, b2.nix.StopSSHD, b2.nix.ContSSHD},
+		{"link-down", b3, b3.host.LinkDown, b3.host.LinkUp},
+	}
+	lat := map[string][]time.Duration{}
+	for b.Loop() {
+		for _, fault := range faults {
+			for _, fb := range f.builders {
+				waitFor(b, joinWithin, fb.name+" in the machines file", f.inFile(fb))
+			}
+			time.Sleep(time.Duration(rand.Int64N(int64(time.Second))))
+			if err := fault.inject(); err != nil {
+				b.Fatal(err)
+			}
+			lat[fault.name+"-out"] = append(lat[fault.name+"-out"], waitFor(b, leaveWithin, fault.name, f.outOfFile(fault.fb)))
+			out, took := f.build(b, spreadExpr(2, 0))
+			if strings.Contains(out, fault.fb.name) {
+				b.Fatalf("%s: a build went to %s: %q", fault.name, fault.fb.name, out)
+			}
+			lat[fault.name+"-build"] = append(lat[fault.name+"-build"], took)
+			if err := fault.repair(); err != nil {
+				b.Fatal(err)
+			}
+			lat[fault.name+"-back"] = append(lat[fault.name+"-back"], waitFor(b, joinWithin, fault.name+" repaired", f.inFile(fault.fb)))
+		}
+	}
+	for _, fault := range faults {
+		for _, s := range []string{fault.name + "-out", fault.name + "-build", fault.name + "-back"} {
+			p50, p95 := quantiles(lat[s])
+			b.ReportMetric(float64(p50.Microseconds())/1000, s+"-p50-ms")
+			b.ReportMetric(float64(p95.Microseconds())/1000, s+"-p95-ms")
+			b.Logf("%-18s n=%d p50=%v p95=%v", s, len(lat[s]), p50.Round(time.Millisecond), p95.Round(time.Millisecond))
+		}
+	}
+}

@@ -56,12 +56,12 @@ type fleet struct {
 	rogue     *fleetBuilder
 }
 
-func newFleet(t *testing.T) *fleet {
+func newFleet(t testing.TB) *fleet {
 	t.Helper()
 	nixtest.RequireTools(t)
 	netnstest.RequireRoot(t)
-	f := &fleet{bin: buildBinary(t), topo: netnstest.New(t)}
-	f.laptop = newHost(t, f.topo, "laptop")
+	f := &fleet{bin: buildBinaryTB(t), topo: netnstest.New(t)}
+	f.laptop = newHostTB(t, f.topo, "laptop")
 	fleetKey := filepath.Join(f.laptop.dir, "fleet")
 	if out, err := exec.Command(f.bin, "keygen", "--out", fleetKey).CombinedOutput(); err != nil {
 		t.Fatalf("keygen: %v %s", err, out)
@@ -84,7 +84,7 @@ func newFleet(t *testing.T) *fleet {
 	// machine with /dev/kvm does not give all of them kvm by default.
 	features := map[string][]string{"b1": {"big-parallel"}, "b2": {"big-parallel", "kvm"}, "b3": {"big-parallel"}, "rogue": {"big-parallel", "kvm"}}
 	for _, name := range []string{"b1", "b2", "b3", "rogue"} {
-		fb := &fleetBuilder{name: name, host: newHost(t, f.topo, name)}
+		fb := &fleetBuilder{name: name, host: newHostTB(t, f.topo, name)}
 		fb.nix = nixtest.StartBuilder(t, nixtest.BuilderOptions{
 			Version: nixtest.V28, Hostname: name, Netns: fb.host.NS, Addr: fb.host.IP,
 			AuthorizedKeys: []string{f.clientPub}, SystemFeatures: features[name],
@@ -108,7 +108,7 @@ func newFleet(t *testing.T) *fleet {
 
 // startAgent runs `nixrb-discover advertise --mdns` inside the builder, so
 // that it reports the builder's own Nix facts and watches its own sshd.
-func (f *fleet) startAgent(t *testing.T, fb *fleetBuilder) {
+func (f *fleet) startAgent(t testing.TB, fb *fleetBuilder) {
 	t.Helper()
 	cmd, err := fb.nix.Command(f.bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
 		"--sign-key", fb.signKey, "--ssh-user", "root", "--ssh-host-key", fb.nix.HostKeyPath+".pub",
@@ -119,7 +119,7 @@ func (f *fleet) startAgent(t *testing.T, fb *fleetBuilder) {
 	fb.agent = fb.host.run(t, "advertise", cmd)
 }
 
-func (f *fleet) startClient(t *testing.T) {
+func (f *fleet) startClient(t testing.TB) {
 	t.Helper()
 	f.client = f.laptop.start(t, "client", f.bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
 		"--trust-key", f.fleetPub, "--ssh-key", f.key, "--machines", f.machines, "--socket", f.socket, "--log-level", "debug")
@@ -138,7 +138,7 @@ func (f *fleet) outOfFile(fb *fleetBuilder) func() bool {
 // build runs a real nix-build --max-jobs 0 on the laptop through the
 // machines file the client keeps, and returns the output (the hostnames
 // that built it) and how long it took.
-func (f *fleet) build(t *testing.T, expr string) (string, time.Duration) {
+func (f *fleet) build(t testing.TB, expr string) (string, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), buildWithin)
 	defer cancel()

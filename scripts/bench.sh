@@ -42,6 +42,7 @@ benches=(
 	"./discover|BenchmarkDeadBuilderStall|runs"
 	"./discover|BenchmarkClientTailnetLatency|runs"
 	"./e2e|BenchmarkMDNSJoinLeave|runs"
+	"./e2e|BenchmarkFleetFaults|runs"
 	"./discover|BenchmarkTailnetCleanStop|runs"
 	"./discover|BenchmarkTailnetDrain|runs"
 	"./discover|BenchmarkTailnetJoinScale|runs"
