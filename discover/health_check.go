@@ -102,9 +102,7 @@ func (c *Checker) check(ctx context.Context, t Target) Result {
 		return r
 	}
 	e.keep(cl, t, c.Signer, fp)
-	if watched {
-		c.watch(t.Key, e, cl)
-	}
+	c.watch(t.Key, e, cl, watched)
 	return r
 }
 

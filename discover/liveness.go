@@ -94,11 +94,14 @@ func (c *Checker) Watched(key string) bool {
 }
 
 // watch waits for cl to end; if it ended on its own (not dropped or
-// replaced by us), it reports the loss.
-func (c *Checker) watch(key string, e *cachedConn, cl *ssh.Client) {
+// replaced by us), it reports the loss. keepalive says kernel TCP
+// keepalive watches cl's socket (Watched); without it (a userspace
+// connection) a closed session is still reported at once, and a silent
+// one only at the next check.
+func (c *Checker) watch(key string, e *cachedConn, cl *ssh.Client, keepalive bool) {
 	e.mu.Lock()
 	if e.client == cl {
-		e.watched = true
+		e.watched = keepalive
 	}
 	e.mu.Unlock()
 	go func() {

@@ -138,6 +138,9 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 				}
 				l.log.Log(ctx, lvl, "connection to builder lost", "builder", m.Name, "detail", d.r.Detail)
 			}
+			// The recheck logs in afresh: only a new login proves the
+			// builder still lets us in (it may have been reinstalled).
+			delete(l.lastFull, d.key)
 			l.changes(time.Now(), l.mem.Lost(time.Now(), d.key, d.r))
 		case <-fileEvents:
 			if b := readFileIfExists(l.c.MachinesPath); string(b) != string(l.written) {

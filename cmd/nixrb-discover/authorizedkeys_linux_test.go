@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -106,16 +107,25 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 
 	var logBuf syncBuffer
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logBuf, t.Output()), nil))
-	enr := &advertise.Enroller{
-		AllowTags: []string{tailnettest.TagClient},
-		StorePath: filepath.Join(dir, "state", "enrolled.json"),
-		User:      b.User,
-		LocalAPI:  bnode.LocalClient,
-		CacheFor:  time.Second,
-		Logger:    log,
+	newEnroller := func(state string) *advertise.Enroller {
+		return &advertise.Enroller{
+			AllowTags: []string{tailnettest.TagClient},
+			StorePath: filepath.Join(dir, state, "enrolled.json"),
+			User:      b.User,
+			LocalAPI:  bnode.LocalClient,
+			CacheFor:  time.Second,
+			Logger:    log,
+		}
 	}
+	enr := newEnroller("state")
+	// current is the enroller serving now; a later subtest replaces it
+	// with one that knows no keys (the builder reinstalled).
+	var current atomic.Pointer[advertise.Enroller]
+	current.Store(enr)
 	tsrv := &advertise.TailnetServer{LocalAPI: bnode.LocalClient, Listen: bnode.Server.Listen, Logger: log}
-	tsrv.Handle("POST "+advertise.EnrollPath, enr.Handler())
+	tsrv.Handle("POST "+advertise.EnrollPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		current.Load().Handler().ServeHTTP(w, r)
+	}))
 	agent := &advertise.Agent{
 		Facts: advertise.FactsOptions{
 			HostKeyPath: b.HostKeyPath + ".pub",
@@ -127,20 +137,27 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		if err := agent.Run(ctx); err != nil {
 			t.Errorf("agent: %v", err)
 		}
 	}()
-	go func() {
-		defer wg.Done()
-		if err := enr.ServeSocket(ctx, sock); err != nil {
-			t.Errorf("enroll socket: %v", err)
-		}
-	}()
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	// serveSocket serves e's key socket for sshd until the returned stop.
+	serveSocket := func(e *advertise.Enroller) (stop func()) {
+		sctx, scancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := e.ServeSocket(sctx, sock); err != nil {
+				t.Errorf("enroll socket: %v", err)
+			}
+		}()
+		return func() { scancel(); <-done }
+	}
+	stopSocket := serveSocket(enr)
+	t.Cleanup(func() { stopSocket(); cancel(); wg.Wait() })
 
 	laptop := tn.AddNode(t, "laptop", tailnettest.TagClient)
 	rogue := tn.AddNode(t, "rogue")
@@ -237,35 +254,40 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 		}
 	})
 
+	// runClient runs a client daemon on node with its own identity and
+	// machines file, stopped at the end of t.
+	runClient := func(t *testing.T, node *tailnettest.Node, name string) (*discover.Client, string) {
+		id, err := discover.LoadOrCreateIdentity(filepath.Join(dir, name+"_ed25519"), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		machines := filepath.Join(dir, name+"-machines")
+		c := &discover.Client{
+			Sources:      []discover.Source{&discover.TailnetSource{LocalAPI: node.LocalClient, Dial: node.Server.Dial}},
+			Checker:      &discover.Checker{Signer: id.Signer, Dial: node.Server.Dial, Timeout: 20 * time.Second},
+			Enroll:       (&discover.TailnetEnroller{Dial: node.Server.Dial, PublicKey: id.AuthorizedKey}).Enroll,
+			MachinesPath: machines,
+			SSHKeyPath:   id.Path,
+			NixVersion:   render.NixVersion{Major: 2, Minor: 8},
+			Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
+		}
+		c.Init() // Status may be called before Run starts
+		cctx, ccancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- c.Run(cctx) }()
+		t.Cleanup(func() { ccancel(); <-done })
+		return c, machines
+	}
+
 	// The client daemon does all of it by itself: a new tagged laptop with
 	// a fresh key enrols before its first check, lands in its machines
 	// file and real Nix builds through that file; an untagged laptop's
 	// client says why the builder is not in its file.
 	t.Run("client-daemon-enrols-by-itself", func(t *testing.T) {
-		runClient := func(node *tailnettest.Node, name string) (*discover.Client, string) {
-			id, err := discover.LoadOrCreateIdentity(filepath.Join(dir, name+"_ed25519"), name)
-			if err != nil {
-				t.Fatal(err)
-			}
-			machines := filepath.Join(dir, name+"-machines")
-			c := &discover.Client{
-				Sources:      []discover.Source{&discover.TailnetSource{LocalAPI: node.LocalClient, Dial: node.Server.Dial}},
-				Checker:      &discover.Checker{Signer: id.Signer, Dial: node.Server.Dial, Timeout: 20 * time.Second},
-				Enroll:       (&discover.TailnetEnroller{Dial: node.Server.Dial, PublicKey: id.AuthorizedKey}).Enroll,
-				MachinesPath: machines,
-				SSHKeyPath:   id.Path,
-				NixVersion:   render.NixVersion{Major: 2, Minor: 8},
-			}
-			cctx, ccancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- c.Run(cctx) }()
-			t.Cleanup(func() { ccancel(); <-done })
-			return c, machines
-		}
 		laptop2 := tn.AddNode(t, "laptop2", tailnettest.TagClient)
 		plain := tn.AddNode(t, "plain")
-		_, machines := runClient(laptop2, "laptop2")
-		plainClient, _ := runClient(plain, "plain")
+		_, machines := runClient(t, laptop2, "laptop2")
+		plainClient, _ := runClient(t, plain, "plain")
 
 		deadline := time.Now().Add(tailnettest.Timeout)
 		for {
@@ -329,6 +351,78 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 			t.Errorf("no audit line for the expired key:\n%s", logBuf.String())
 		}
 	})
+
+	t.Run("client-re-enrols-after-builder-reinstall", func(t *testing.T) {
+		laptop3 := tn.AddNode(t, "laptop3", tailnettest.TagClient)
+		laptop3Client, machines := runClient(t, laptop3, "laptop3")
+		laptop3Key := strings.Fields(mustIdentity(t, filepath.Join(dir, "laptop3_ed25519")).AuthorizedKey)[1]
+		healthy := func(what string) {
+			t.Helper()
+			deadline := time.Now().Add(tailnettest.Timeout)
+			for {
+				st, err := laptop3Client.Status(context.Background())
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, bs := range st.Builders {
+					if bs.Name == bnode.FQDN && bs.InFile && bs.State == discover.StateHealthy {
+						return
+					}
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s: the builder is not healthy in laptop3's file: %+v", what, st.Builders)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		healthy("first enrolment")
+
+		// The builder is reinstalled: a fresh key store that knows no
+		// keys, and every open SSH connection gone. laptop3's client meets
+		// "auth refused" at its next login and enrols again by itself.
+		fresh := newEnroller("state-after-reinstall")
+		stopSocket()
+		current.Store(fresh)
+		stopSocket = serveSocket(fresh)
+		if err := b.DropSessions(); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(tailnettest.Timeout)
+		for {
+			keys, err := fresh.Keys()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(keys) == 1 && strings.Contains(keys[0].PublicKey, laptop3Key) {
+				break
+			}
+			if time.Now().After(deadline) {
+				st, _ := laptop3Client.Status(context.Background())
+				t.Fatalf("laptop3's client did not enrol again after the builder forgot its key: keys %+v, status %+v", keys, st)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		healthy("after the re-enrolment")
+		cfg := filepath.Join(dir, "laptop3-ssh_config")
+		os.WriteFile(cfg, []byte(fmt.Sprintf("Host %s\n  HostName %s\n  HostKeyAlias %s\n", bnode.FQDN, b.Addr, bnode.FQDN)), 0o644)
+		bctx, bcancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer bcancel()
+		out, stderr, err := nixtest.NixBuild(t, bctx, nixtest.ClientOptions{Version: nixtest.V28, MachinesFile: machines, SSHOpts: "-F " + cfg,
+			Expr: nixtest.TrivialDerivation("client-re-enrolled")})
+		if err != nil || strings.TrimSpace(out) != b.Hostname {
+			t.Fatalf("nix-build after the re-enrolment: %v %q\n%s", err, out, stderr)
+		}
+	})
+}
+
+// mustIdentity loads the client identity at path (made by runClient).
+func mustIdentity(t *testing.T, path string) *discover.Identity {
+	t.Helper()
+	id, err := discover.LoadOrCreateIdentity(path, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
 
 // runSSH runs cmd on the builder as user over the tailnet and returns its

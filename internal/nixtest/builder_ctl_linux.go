@@ -247,6 +247,46 @@ func (b *Builder) waitExit(p *proc) error {
 	}
 }
 
+// DropSessions kills (SIGKILL, by PID) every sshd process of the builder
+// but the listening one: every open SSH connection ends at once, as when
+// the builder reboots, while new connections are still accepted.
+func (b *Builder) DropSessions() error {
+	listener := b.SSHDPID()
+	for _, pid := range netnsPIDs(b.netIno) {
+		if pid == listener || !isSSHD(pid) {
+			continue
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(stopTimeout)
+	for {
+		left := 0
+		for _, pid := range netnsPIDs(b.netIno) {
+			if pid != listener && isSSHD(pid) {
+				left++
+			}
+		}
+		if left == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("builder %s: %d sshd session processes survived SIGKILL", b.Hostname, left)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// isSSHD reports whether pid runs sshd (its executable, or what sshd-session
+// and privilege-separated children call themselves).
+func isSSHD(pid int) bool {
+	comm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/comm")
+	if err != nil {
+		return false
+	}
+	c := strings.TrimSpace(string(comm))
+	return c == "sshd" || strings.HasPrefix(c, "sshd-")
+}
+
 // StopSSHD freezes the listening sshd with SIGSTOP: the kernel still
 // accepts TCP connections, but no banner comes (a hung builder).
 func (b *Builder) StopSSHD() error {
