@@ -190,8 +190,22 @@ func (s *mdnsState) rekey(now time.Time, e *mdnsEntry, adv *advertise.Advert, fp
 		}
 	}
 	if !seen || !adv.IssuedAt.Before(n.issued) {
+		if !seen && len(s.newest) >= 4*s.maxEntries {
+			s.forgetOldestKey() // bounded even against a leaked fleet key
+		}
 		s.newest[host] = signedKey{fp: fp, issued: adv.IssuedAt}
 	}
+}
+
+// forgetOldestKey drops the hostname whose newest advert is the oldest.
+func (s *mdnsState) forgetOldestKey() {
+	var oldest string
+	for h, n := range s.newest {
+		if oldest == "" || n.issued.Before(s.newest[oldest].issued) {
+			oldest = h
+		}
+	}
+	delete(s.newest, oldest)
 }
 
 // expiry is when an entry stops counting: its TTL, and for a signed advert

@@ -259,3 +259,22 @@ func TestMDNSStatePartial(t *testing.T) {
 		t.Fatal("settled snapshot repeated")
 	}
 }
+
+// TestMDNSStateRekeyBounded: the per-hostname key record stays bounded
+// however many signed hostnames arrive.
+func TestMDNSStateRekeyBounded(t *testing.T) {
+	fleet := mdnsFleetKey(t)
+	s := newMDNSState([]advertise.TrustKey{fleet.TrustKey()}, nil, advertise.DefaultMaxAge, 120*time.Second, 2, 2)
+	key := mdnsHostKey(t)
+	for i := range 20 {
+		name := fmt.Sprintf("b%d", i)
+		at := mdnsT0.Add(time.Duration(i) * time.Second)
+		s.observe(at, mdnsObsOf(name, fmt.Sprintf("10.0.0.%d", i+2), mdnsTXT(t, mdnsAdvert(t, name, key, fleet, at)), 120))
+	}
+	if len(s.newest) > 8 {
+		t.Fatalf("newest holds %d hostnames, want at most 4 × maxEntries = 8", len(s.newest))
+	}
+	if _, ok := s.newest["b19"]; !ok {
+		t.Fatalf("the newest hostname was evicted: %v", s.newest)
+	}
+}
