@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -95,6 +97,9 @@ Example:
 		Exec: func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return usageError("client takes no arguments (got %q)", args[0])
+			}
+			if !f.once {
+				tuneIdleRuntime()
 			}
 			c, cleanup, err := f.build(ctx, e)
 			if err != nil {
@@ -261,6 +266,22 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, 
 			return &exitError{code: 1, err: err, hint: hint}
 		}
 		return err
+	}
+}
+
+// tuneIdleRuntime fits the Go runtime to a daemon that waits on the
+// network nearly all the time (docs/BENCHMARKS.md, "Idle cost"), unless
+// the user set GOMAXPROCS or GOGC. One P: a wake-up (a packet, a timer)
+// no longer starts a second thread spinning for more work, and setting it
+// stops the runtime re-reading the cgroup CPU limit every second. GOGC
+// 50: the heap stays small (a few MiB live), so the halved slack costs
+// little GC time and keeps RSS lower.
+func tuneIdleRuntime() {
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1)
+	}
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(50)
 	}
 }
 
