@@ -84,9 +84,11 @@ type tnLoop struct {
 	retrying int // in-flight fetches for peers with failures > 0
 	polling  int // outstanding long polls (outside the fetch pool)
 	results  chan fetchResult
-	started  bool      // the bus has said something (up or down)
-	down     error     // non-nil while the IPN bus is down
-	last     *Snapshot // last emitted
+	started  bool          // the bus has said something (up or down)
+	settle   time.Duration // how long snapshots may be Partial after the start
+	settleBy time.Time     // then: first fetches still running no longer count
+	down     error         // non-nil while the IPN bus is down
+	last     *Snapshot     // last emitted
 }
 
 func (s *TailnetSource) newLoop(emit func(Snapshot)) *tnLoop {
@@ -107,6 +109,7 @@ func (s *TailnetSource) newLoop(emit func(Snapshot)) *tnLoop {
 		tags:    s.Tags,
 		port:    strconv.Itoa(advertise.DefaultAdvertPort),
 		refresh: s.Refresh,
+		settle:  timeout,
 		peers:   tnPeers{},
 		entries: map[tailcfg.NodeID]*tnEntry{},
 		results: make(chan fetchResult, tnMaxFetches+tnMaxPolls),
@@ -131,7 +134,11 @@ func (l *tnLoop) run(ctx context.Context, wg *sync.WaitGroup, bus <-chan busEven
 		now := time.Now()
 		l.dispatch(ctx, wg, now)
 		l.maybeEmit()
-		if next, ok := l.nextDue(); ok {
+		next, ok := l.nextDue()
+		if l.last != nil && l.last.Partial && (!ok || l.settleBy.Before(next)) {
+			next, ok = l.settleBy, true // emit the settled snapshot then
+		}
+		if ok {
 			timer.Reset(max(next.Sub(now), 0))
 		} else {
 			timer.Stop()
@@ -153,6 +160,9 @@ func (l *tnLoop) run(ctx context.Context, wg *sync.WaitGroup, bus <-chan busEven
 }
 
 func (l *tnLoop) onBus(ev busEvent) {
+	if !l.started {
+		l.settleBy = time.Now().Add(l.settle)
+	}
 	l.started = true
 	if ev.err != nil {
 		if l.down == nil || l.down.Error() != ev.err.Error() {

@@ -73,16 +73,16 @@ func TestTailnetSnapshot(t *testing.T) {
 			l := s.newLoop(func(snap Snapshot) { got = append(got, snap) })
 			l.onBus(busEvent{n: &steps[0].Notify})
 			l.maybeEmit()
-			if len(got) != 1 || len(got[0].Candidates) != 0 || got[0].Err != nil {
-				t.Fatalf("before any fetch: %+v, want one empty snapshot", got)
+			if len(got) != 1 || len(got[0].Candidates) != 0 || got[0].Err != nil || !got[0].Partial {
+				t.Fatalf("before any fetch: %+v, want one empty, partial snapshot", got)
 			}
 			now := time.Now()
 			l.onResult(fetchResult{id: 1, seq: l.entries[1].seq, advert: adv}, now)
 			l.onResult(fetchResult{id: 4, seq: l.entries[4].seq, err: errors.New("advert fetch failed: boom")}, now)
 			l.maybeEmit()
 			l.maybeEmit() // unchanged: not emitted again
-			if len(got) != 2 {
-				t.Fatalf("emitted %d snapshots, want 2", len(got))
+			if len(got) != 2 || got[1].Partial {
+				t.Fatalf("emitted %+v, want 2 snapshots, the second not partial (every first fetch done)", got)
 			}
 			c := got[1].Candidates
 			wantAddr := "b1.tail-scale.ts.net"
@@ -151,5 +151,32 @@ func TestTailnetBackoff(t *testing.T) {
 		if got := tnNameMatches(c.want, c.fqdn); got != c.ok {
 			t.Errorf("tnNameMatches(%q, %q) = %v", c.want, c.fqdn, got)
 		}
+	}
+}
+
+// TestTailnetSnapshotSettles: a first fetch that hangs (a dead builder)
+// makes snapshots partial only within one fetch timeout of the start.
+func TestTailnetSnapshotSettles(t *testing.T) {
+	raw, err := os.ReadFile("testdata/ipnbus/patches.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []struct{ Notify ipn.Notify }
+	if err := json.Unmarshal(raw, &steps); err != nil {
+		t.Fatal(err)
+	}
+	var got []Snapshot
+	s := &TailnetSource{Builders: []string{"named1.tail-scale.ts.net."}}
+	l := s.newLoop(func(snap Snapshot) { got = append(got, snap) })
+	l.onBus(busEvent{n: &steps[0].Notify})
+	l.onResult(fetchResult{id: 1, seq: l.entries[1].seq, advert: &advertise.Advert{Version: 1, Hostname: "b1"}}, time.Now())
+	l.maybeEmit()
+	if len(got) != 1 || !got[0].Partial {
+		t.Fatalf("one fetch of two done: %+v, want a partial snapshot", got)
+	}
+	l.settleBy = time.Now().Add(-time.Millisecond) // the fetch timeout passed
+	l.maybeEmit()
+	if len(got) != 2 || got[1].Partial || len(got[1].Candidates) != 1 {
+		t.Fatalf("after the settle time: %+v, want the same set again, not partial", got)
 	}
 }

@@ -7,7 +7,12 @@ import (
 	"time"
 )
 
-// snapshot is the current set: every candidate whose first fetch finished.
+// snapshot is the current set: every candidate whose first fetch
+// finished. While some first fetch is still running, within one fetch
+// timeout of the start, the snapshot is Partial, so that a restarted
+// client does not write a file with only the builders that answered
+// first (a live builder answers well within that; a dead one no longer
+// holds the first write back after it).
 func (l *tnLoop) snapshot() Snapshot {
 	snap := Snapshot{Source: l.s.Name()}
 	if l.down != nil {
@@ -16,6 +21,7 @@ func (l *tnLoop) snapshot() Snapshot {
 	}
 	for _, e := range l.entries {
 		if !e.fetched {
+			snap.Partial = time.Now().Before(l.settleBy)
 			continue
 		}
 		snap.Candidates = append(snap.Candidates, l.candidate(e))
@@ -67,7 +73,7 @@ func (l *tnLoop) maybeEmit() {
 // text counts) and adverts' IssuedAt (a builder that stamps every response
 // would otherwise make every refresh a change).
 func tnSameSnapshot(a, b Snapshot) bool {
-	if (a.Err == nil) != (b.Err == nil) || (a.Err != nil && a.Err.Error() != b.Err.Error()) {
+	if (a.Err == nil) != (b.Err == nil) || (a.Err != nil && a.Err.Error() != b.Err.Error()) || a.Partial != b.Partial {
 		return false
 	}
 	if len(a.Candidates) != len(b.Candidates) {
