@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -109,25 +110,34 @@ func TestClientOnTailnet(t *testing.T) {
 	cn := tn.AddNode(t, "laptop", tailnettest.TagClient)
 
 	machines := filepath.Join(dir, "machines")
-	c := &discover.Client{
-		Sources:      []discover.Source{&discover.TailnetSource{LocalAPI: cn.LocalClient, Dial: cn.Server.Dial, Refresh: time.Second}},
-		Checker:      &discover.Checker{Signer: id.Signer, Dial: cn.Server.Dial, BannerTimeout: 500 * time.Millisecond, RefreshChecks: 3},
-		Membership:   discover.MembershipConfig{Interval: 500 * time.Millisecond},
-		FullEvery:    2 * time.Second,
-		MachinesPath: machines,
-		SSHKeyPath:   id.Path,
-		NixVersion:   render.NixVersion{Major: 2, Minor: 8},
-		Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runDone := make(chan error, 1)
-	go func() { runDone <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-runDone; err != nil {
-			t.Errorf("client: %v", err)
+	// start runs a client (a restart is a second call after stop).
+	start := func() (c *discover.Client, stop func()) {
+		c = &discover.Client{
+			Sources:      []discover.Source{&discover.TailnetSource{LocalAPI: cn.LocalClient, Dial: cn.Server.Dial, Refresh: time.Second}},
+			Checker:      &discover.Checker{Signer: id.Signer, Dial: cn.Server.Dial, BannerTimeout: 500 * time.Millisecond, RefreshChecks: 3},
+			Membership:   discover.MembershipConfig{Interval: 500 * time.Millisecond},
+			FullEvery:    2 * time.Second,
+			MachinesPath: machines,
+			SSHKeyPath:   id.Path,
+			NixVersion:   render.NixVersion{Major: 2, Minor: 8},
+			Logger:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug})),
 		}
-	})
+		c.Init()
+		ctx, cancel := context.WithCancel(context.Background())
+		runDone := make(chan error, 1)
+		go func() { runDone <- c.Run(ctx) }()
+		var once sync.Once
+		return c, func() {
+			once.Do(func() {
+				cancel()
+				if err := <-runDone; err != nil {
+					t.Errorf("client: %v", err)
+				}
+			})
+		}
+	}
+	c, stop := start()
+	t.Cleanup(func() { stop() })
 
 	file, took := waitFile(t, machines, "listed the three tagged builders", func(f string) bool {
 		return strings.Contains(f, b1.node.FQDN) && strings.Contains(f, b2.node.FQDN) && strings.Contains(f, b3.node.FQDN)
@@ -244,6 +254,41 @@ func TestClientOnTailnet(t *testing.T) {
 		t.Logf("offline: out of the file after %v", took)
 		tn.SetOnline(t, b2.node, true)
 		waitFile(t, machines, "took b2 back when it came online", contains(b2.node.FQDN))
+	})
+
+	// A restarted client (the file in place, nothing changed) must not
+	// rewrite the file, not even with the same bytes: its first write
+	// waits until every advert has been fetched and every builder checked.
+	t.Run("restart-rewrites-nothing", func(t *testing.T) {
+		waitFile(t, machines, "all three builders back", func(f string) bool {
+			return strings.Contains(f, b1.node.FQDN) && strings.Contains(f, b2.node.FQDN) && strings.Contains(f, b3.node.FQDN)
+		})
+		time.Sleep(time.Second) // let a late write (a rejoin) land first
+		before, err := os.Stat(machines)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop()
+		c, stop = start()
+		deadline := time.Now().Add(tailnettest.Timeout)
+		for {
+			st, err := c.Status(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Ready {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the restarted client never completed its first round")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(500 * time.Millisecond)
+		after, _ := os.Stat(machines)
+		if !after.ModTime().Equal(before.ModTime()) {
+			t.Errorf("the restarted client rewrote an unchanged file (mtime %v → %v)", before.ModTime(), after.ModTime())
+		}
 	})
 
 	t.Run("host-key-swap-excluded", func(t *testing.T) {
