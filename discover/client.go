@@ -76,7 +76,10 @@ type Client struct {
 	SSHConfigPath string
 	// WaitMin and WaitMax coalesce changes before a render: render
 	// WaitMin after the last change, but never later than WaitMax after
-	// the first. Zero means DefaultWaitMin/DefaultWaitMax.
+	// the first. A change that comes WaitMax or more after the last
+	// render is written at once (it has nothing to be coalesced with);
+	// those that follow it are coalesced. Zero means
+	// DefaultWaitMin/DefaultWaitMax.
 	WaitMin, WaitMax time.Duration
 	// FullEvery is how often a builder in the file gets the full check
 	// (SSH login + Nix handshake). Zero means DefaultFullEvery.

@@ -84,18 +84,24 @@ func (c *Checker) check(ctx context.Context, t Target) Result {
 		return r
 	}
 	fp, watched := r.PresentedKeyFingerprint, r.watched
-	// sshd answers the first request after authentication only once its
-	// session setup is done (~45 ms here): that is not the network RTT.
-	if _, err := keepalive(ctx, cl, c.timeout()); err != nil {
-		_ = cl.Close()
-		r := fail(ReasonUnreachable, "SSH connection to %s: %v", t.Addr, err)
-		if isTimeout(err) || ctx.Err() != nil {
-			r.Reason = ReasonTimeout
+	// On a new connection the Nix handshake goes first, right after the
+	// login: sshd answers the first request after authentication only
+	// once its session setup is done (~45 ms here), so a keepalive first
+	// would only add a round trip to the time a joining builder waits.
+	// The keepalive after the handshake, on a connection now warm, is the
+	// RTT. Both are bounded by Timeout.
+	r = c.nixHandshake(ctx, cl, t)
+	if r.Reason == ReasonOK {
+		rtt, err := keepalive(ctx, cl, c.timeout())
+		switch {
+		case err == nil:
+			r.RTT = rtt
+		case isTimeout(err) || ctx.Err() != nil:
+			r = fail(ReasonTimeout, "SSH connection to %s: %v", t.Addr, err)
+		default:
+			r = fail(ReasonUnreachable, "SSH connection to %s: %v", t.Addr, err)
 		}
-		r.PresentedKeyFingerprint = fp
-		return r
 	}
-	r = c.session(ctx, cl, t)
 	r.PresentedKeyFingerprint = fp
 	if r.Reason != ReasonOK {
 		_ = cl.Close()

@@ -98,6 +98,19 @@ func (c *Checker) nixHandshake(ctx context.Context, cl *ssh.Client, t Target) Re
 		rest <- buf[:n]
 		_, _ = io.Copy(io.Discard, io.LimitReader(stdout, maxHelloBytes))
 	}()
+	if herr == nil {
+		// The handshake proved what Nix needs; the exit status only
+		// explains a failure, so a passed check does not wait for it:
+		// the remote program ends on the EOF just sent, and the deferred
+		// Close ends the session.
+		if r.Trusted == TrustedNo {
+			r.Reason = ReasonNotTrusted
+			r.Detail = fmt.Sprintf("the nix-daemon on %s does not trust user %q: Nix cannot build "+
+				"input-addressed derivations there; add %q to trusted-users in the builder's nix.conf",
+				t.Addr, t.User, t.User)
+		}
+		return r
+	}
 	var me *mismatchError
 	if errors.As(herr, &me) && len(me.Got) > 0 && len(me.Got) < mismatchPrefix {
 		select {
@@ -107,16 +120,6 @@ func (c *Checker) nixHandshake(ctx context.Context, cl *ssh.Client, t Target) Re
 		}
 	}
 	exit := waitExit(sess, grace)
-
-	if herr == nil {
-		if r.Trusted == TrustedNo {
-			r.Reason = ReasonNotTrusted
-			r.Detail = fmt.Sprintf("the nix-daemon on %s does not trust user %q: Nix cannot build "+
-				"input-addressed derivations there; add %q to trusted-users in the builder's nix.conf",
-				t.Addr, t.User, t.User)
-		}
-		return r
-	}
 	text := stderr.String()
 	switch {
 	case exit == 127 || commandNotFound(text, prog):

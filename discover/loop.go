@@ -31,6 +31,7 @@ type loop struct {
 	written     []byte // what we last wrote (or found) in the file
 	writeErr    error
 	lastWrite   time.Time
+	lastRender  time.Time // last render, written or not
 	retryAt     time.Time // when to retry a failed write
 	renderProbs map[string]string
 	lastFull    map[string]time.Time // last passed full check per builder
@@ -379,12 +380,21 @@ func (l *loop) dueRender(now time.Time) bool {
 		return false
 	}
 	lo, hi := l.c.waits()
+	// Leading edge: the first change after WaitMax without a render has
+	// nothing to be coalesced with yet, and a builder that joins or leaves
+	// should not wait WaitMin for company. Changes that follow within
+	// WaitMax of that render are coalesced as before, so the file is
+	// still written at most about twice per WaitMax.
+	if l.firstChange.Equal(l.lastChange) && l.firstChange.Sub(l.lastRender) >= hi {
+		return true
+	}
 	return !now.Before(l.lastChange.Add(lo)) || !now.Before(l.firstChange.Add(hi))
 }
 
 // render writes the file from the current membership.
 func (l *loop) render(now time.Time) {
 	l.dirty = false
+	l.lastRender = now
 	content, probs, aliases := l.content()
 	for key, p := range probs {
 		if l.renderProbs[key] != p {

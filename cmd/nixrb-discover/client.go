@@ -65,7 +65,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.fullEvery, "full-check-every", discover.DefaultFullEvery.String(), "how often each builder gets the full check (SSH login and Nix handshake)")
 	fs.StringVar(&f.checkTimeout, "check-timeout", discover.DefaultCheckTimeout.String(), "bound on each step of a check")
 	fs.StringVar(&f.banner, "banner-timeout", "500ms", "bound on the wait for the SSH banner (a hung sshd accepts TCP but never answers)")
-	fs.Var(&f.wait, "wait", "MIN:MAX coalescing of changes before the file is written")
+	fs.Var(&f.wait, "wait", "MIN:MAX coalescing of changes before the file is written (a change after MAX without a write is written at once)")
 	fs.StringVar(&f.nixVersion, "nix-version", "", "format for this Nix version (default: what the local nix reports)")
 	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
