@@ -98,7 +98,10 @@ func buildBinaryTB(t testing.TB) string {
 	t.Helper()
 	dir := nixtest.WorkDir(t, "e2e-bin")
 	bin := filepath.Join(dir, "nixrb-discover")
-	if out, err := exec.Command("go", "build", "-o", bin, "github.com/nixrb-discover/nixrb-discover/cmd/nixrb-discover").CombinedOutput(); err != nil {
+	// Built as nix/package.nix builds it: static, no libc mapped.
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/nixrb-discover/nixrb-discover/cmd/nixrb-discover")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
