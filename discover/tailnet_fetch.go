@@ -91,6 +91,12 @@ type tnLoop struct {
 	last     *Snapshot     // last emitted
 }
 
+// tnSettle bounds how long, after the source starts, its snapshots stay
+// Partial while first advert fetches run: a live builder answers in a few
+// milliseconds, so this only waits for stragglers, and a tailnet full of
+// dead builders delays the client's first write by no more than this.
+const tnSettle = time.Second
+
 func (s *TailnetSource) newLoop(emit func(Snapshot)) *tnLoop {
 	log := s.Logger
 	if log == nil {
@@ -109,7 +115,7 @@ func (s *TailnetSource) newLoop(emit func(Snapshot)) *tnLoop {
 		tags:    s.Tags,
 		port:    strconv.Itoa(advertise.DefaultAdvertPort),
 		refresh: s.Refresh,
-		settle:  timeout,
+		settle:  min(timeout, tnSettle),
 		peers:   tnPeers{},
 		entries: map[tailcfg.NodeID]*tnEntry{},
 		results: make(chan fetchResult, tnMaxFetches+tnMaxPolls),

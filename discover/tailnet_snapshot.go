@@ -8,8 +8,8 @@ import (
 )
 
 // snapshot is the current set: every candidate whose first fetch
-// finished. While some first fetch is still running, within one fetch
-// timeout of the start, the snapshot is Partial, so that a restarted
+// finished. While some first fetch is still running, within tnSettle (or
+// the fetch timeout, if shorter) of the start, the snapshot is Partial, so that a restarted
 // client does not write a file with only the builders that answered
 // first (a live builder answers well within that; a dead one no longer
 // holds the first write back after it).
