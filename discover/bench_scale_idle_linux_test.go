@@ -113,6 +113,9 @@ func BenchmarkTailnetIdleScale(b *testing.B) {
 	cmd := h.Command(bin, "client", "--tailscale-socket", tsSock, "--ssh-key", id.Path,
 		"--machines", machines, "--socket", statusSock, "--log-level", "info")
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// NIXRB_SCALE_CLIENT_ENV adds environment to the client alone (e.g.
+	// "GODEBUG=gctrace=1 GOMEMLIMIT=16MiB"), not to this test process.
+	cmd.Env = append(os.Environ(), strings.Fields(os.Getenv("NIXRB_SCALE_CLIENT_ENV"))...)
 	fail := func(format string, args ...any) {
 		b.Helper()
 		log, _ := os.ReadFile(logPath)

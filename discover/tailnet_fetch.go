@@ -85,6 +85,7 @@ type tnLoop struct {
 	polling  int // outstanding long polls (outside the fetch pool)
 	results  chan fetchResult
 	started  bool          // the bus has said something (up or down)
+	dirty    bool          // something a snapshot shows may have changed
 	settle   time.Duration // how long snapshots may be Partial after the start
 	settleBy time.Time     // then: first fetches still running no longer count
 	down     error         // non-nil while the IPN bus is down
@@ -166,6 +167,7 @@ func (l *tnLoop) run(ctx context.Context, wg *sync.WaitGroup, bus <-chan busEven
 }
 
 func (l *tnLoop) onBus(ev busEvent) {
+	l.dirty = true
 	if !l.started {
 		l.settleBy = time.Now().Add(l.settle)
 	}
@@ -294,8 +296,10 @@ func (l *tnLoop) onResult(r fetchResult, now time.Time) {
 		return // the peer left or came back as a new entry meanwhile
 	}
 	e.inflight = false
+	wasFetched, prevErr := e.fetched, e.lastErr
 	e.fetched = true
 	if r.err == nil {
+		l.dirty = true
 		e.advert, e.failures, e.lastErr, e.etag = r.advert, 0, "", r.etag
 		e.due = now.Add(l.refresh) // no ETag: the server cannot long-poll
 		if e.etag != "" && l.polling < tnMaxPolls {
@@ -305,6 +309,12 @@ func (l *tnLoop) onResult(r fetchResult, now time.Time) {
 	}
 	e.failures++
 	e.lastErr = r.err.Error()
+	// A dead builder failing again the same way changes nothing a
+	// snapshot shows: no snapshot is built (on a tailnet of dead builders
+	// that was most of the idle client's allocation).
+	if !wasFetched || e.lastErr != prevErr || e.failures == tnStaleAfter {
+		l.dirty = true
+	}
 	e.due = now.Add(tnRetryBackoff(e.failures))
 	l.log.Debug("advert fetch failed", "builder", e.peer.name, "attempt", e.failures, "err", r.err)
 }

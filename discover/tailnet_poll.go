@@ -96,6 +96,7 @@ func (e *tnEntry) stopPoll() {
 // hold polls.
 func (l *tnLoop) onPollResult(r fetchResult, now time.Time) {
 	l.polling--
+	l.dirty = true
 	e := l.entries[r.id]
 	if e == nil || e.seq != r.seq || !e.polling {
 		return // the peer left, was re-addressed or came back meanwhile

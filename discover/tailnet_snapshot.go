@@ -56,11 +56,16 @@ func (l *tnLoop) candidate(e *tnEntry) Candidate {
 	return c
 }
 
-// maybeEmit emits the current snapshot unless it equals the last one.
+// maybeEmit emits the current snapshot unless nothing it shows changed
+// or it equals the last one.
 func (l *tnLoop) maybeEmit() {
-	if !l.started {
+	if l.last != nil && l.last.Partial && !time.Now().Before(l.settleBy) {
+		l.dirty = true // settled: the same set, no longer partial
+	}
+	if !l.started || !l.dirty {
 		return
 	}
+	l.dirty = false
 	snap := l.snapshot()
 	if l.last != nil && tnSameSnapshot(*l.last, snap) {
 		return
