@@ -274,14 +274,14 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, 
 // the user set GOMAXPROCS or GOGC. One P: a wake-up (a packet, a timer)
 // no longer starts a second thread spinning for more work, and setting it
 // stops the runtime re-reading the cgroup CPU limit every second. GOGC
-// 50: the heap stays small (a few MiB live), so the halved slack costs
+// 25: the heap stays small (a few MiB live), so the quartered slack costs
 // little GC time and keeps RSS lower.
 func tuneIdleRuntime() {
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(50)
+		debug.SetGCPercent(25)
 	}
 }
 
