@@ -92,7 +92,9 @@ func keyBlob(line string) string {
 }
 
 // last returns the last recorded packet whose TXT records hold a string
-// containing blob (a signed advert naming that host key).
+// containing blob (a signed advert naming that host key) and that is a
+// whole announcement (SRV and A records too), so that it can stand alone
+// when replayed from elsewhere.
 func (r *recorder) last(t *testing.T, blob string) []byte {
 	t.Helper()
 	r.mu.Lock()
@@ -102,13 +104,22 @@ func (r *recorder) last(t *testing.T, blob string) []byte {
 		if m.Unpack(r.packets[i]) != nil {
 			continue
 		}
+		var txt, srv, a bool
 		for _, rr := range append(append(m.Answer, m.Extra...), m.Ns...) {
-			if txt, ok := rr.(*dns.TXT); ok && strings.Contains(strings.Join(txt.Txt, " "), blob) {
-				return r.packets[i]
+			switch v := rr.(type) {
+			case *dns.TXT:
+				txt = txt || strings.Contains(strings.Join(v.Txt, " "), blob)
+			case *dns.SRV:
+				srv = true
+			case *dns.A:
+				a = true
 			}
 		}
+		if txt && srv && a {
+			return r.packets[i]
+		}
 	}
-	t.Fatalf("recorder: no packet with a TXT naming %.20s… among %d recorded", blob, len(r.packets))
+	t.Fatalf("recorder: no whole announcement (TXT naming %.20s…, SRV, A) among %d packets recorded", blob, len(r.packets))
 	return nil
 }
 
