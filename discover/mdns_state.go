@@ -27,12 +27,6 @@ type mdnsEntry struct {
 	expires  time.Time
 }
 
-// signedKey is the host key a hostname's newest signed advert names.
-type signedKey struct {
-	fp     string
-	issued time.Time
-}
-
 // mdnsState is the mDNS source's cache: pure (no I/O, no clock, no
 // goroutines), driven by Run's loop and by tests and fuzzing.
 //
@@ -53,10 +47,11 @@ type mdnsState struct {
 	maxPerIface int
 
 	entries map[string]*mdnsEntry
-	// newest is, per signed hostname (lower case), the host key of the
-	// newest signed advert seen: an older advert naming another key is a
+	// retired maps "hostname fingerprint" (hostname in lower case) to
+	// when that host key was replaced (the issue time of the advert that
+	// named the new one): an advert issued before then naming it is a
 	// replay from before a re-key and is refused.
-	newest  map[string]signedKey
+	retired map[string]time.Time
 	recheck map[string]bool
 	last    []Candidate
 	// settled: the first query round is over; settledSent: a snapshot
@@ -69,7 +64,7 @@ func newMDNSState(keys []advertise.TrustKey, pins *Pins, maxAge, defaultTTL time
 		keys: keys, pins: pins, maxAge: maxAge, defaultTTL: defaultTTL,
 		maxEntries: maxEntries, maxPerIface: maxPerIface,
 		entries: map[string]*mdnsEntry{},
-		newest:  map[string]signedKey{},
+		retired: map[string]time.Time{},
 		recheck: map[string]bool{},
 	}
 }
@@ -125,7 +120,7 @@ func (s *mdnsState) observe(now time.Time, o mdnsObs) {
 		e.cand.Advert = adv
 		e.cand.Trusted, e.cand.TrustReason, e.cand.TrustHint, e.cand.Problem = t.trusted, t.reason, t.hint, t.problem
 		if t.trusted && t.signed {
-			s.rekey(now, e, adv, t.fp)
+			s.rekey(e, adv, t.fp)
 		}
 		if e.cand.Trusted {
 			e.cand.Key = "mdns:" + t.fp
@@ -163,49 +158,70 @@ func (s *mdnsState) observe(now time.Time, o mdnsObs) {
 	s.entries[e.cand.Key] = e
 }
 
-// rekey applies a signed advert's claim to its hostname's host key. An
-// advert older than the hostname's newest signed one and naming another
-// key is refused: after a re-key, whoever holds the old key (an old disk,
-// a backup) could otherwise replay the last advert from before it, within
-// its max age, from an address of their choosing (address records are
-// not signed), and be admitted. A newer advert with a new key retires the
-// old key's entries at once.
-func (s *mdnsState) rekey(now time.Time, e *mdnsEntry, adv *advertise.Advert, fp string) {
+// rekey applies a signed advert's claim to its hostname's host key. When
+// a builder's newer signed advert, from the address its previous one came
+// from, names a new host key, the old key is retired for that hostname:
+// its entry goes at once, and any advert issued before the re-key that
+// names it is refused. Whoever holds the old key (an old disk, a backup)
+// could otherwise replay the last advert from before the re-key, within
+// its max age, from an address of their choosing (address records are not
+// signed), and be admitted. Two builders that merely share a hostname (at
+// different addresses) never retire each other's keys. A fresh advert
+// issued after the re-key may name the old key again (a roll-back).
+func (s *mdnsState) rekey(e *mdnsEntry, adv *advertise.Advert, fp string) {
 	host := strings.ToLower(adv.Hostname)
-	n, seen := s.newest[host]
-	switch {
-	case seen && n.fp != fp && adv.IssuedAt.Before(n.issued):
-		e.cand.Trusted = false
-		e.cand.Name = adv.Hostname
-		e.cand.TrustReason = "superseded host key"
-		e.cand.Problem = fmt.Sprintf("refused: %s's signed advert from %s names host key %s, but a newer one (%s) names %s: a replay from before a re-key",
-			adv.Hostname, adv.IssuedAt.Format(time.RFC3339), fp, n.issued.Format(time.RFC3339), n.fp)
-		e.cand.TrustHint = "if " + adv.Hostname + " really went back to that key, restart its agent: a fresh signed advert wins"
-		return
-	case seen && n.fp != fp:
-		for k, x := range s.entries {
-			if x.signed && x.cand.Trusted && strings.EqualFold(x.cand.Name, adv.Hostname) && k != "mdns:"+fp {
-				delete(s.entries, k)
-			}
+	if at, ok := s.retired[host+" "+fp]; ok {
+		if adv.IssuedAt.Before(at) {
+			e.cand.Trusted = false
+			e.cand.Name = adv.Hostname
+			e.cand.TrustReason = "superseded host key"
+			e.cand.Problem = fmt.Sprintf("refused: %s's signed advert issued %s names host key %s, which %s replaced at %s: a replay from before the re-key",
+				adv.Hostname, adv.IssuedAt.Format(time.RFC3339), fp, adv.Hostname, at.Format(time.RFC3339))
+			e.cand.TrustHint = "if " + adv.Hostname + " really went back to that key, restart its agent: a fresh signed advert wins"
+			return
 		}
+		delete(s.retired, host+" "+fp) // rolled back by a fresh advert
 	}
-	if !seen || !adv.IssuedAt.Before(n.issued) {
-		if !seen && len(s.newest) >= 4*s.maxEntries {
-			s.forgetOldestKey() // bounded even against a leaked fleet key
+	for k, x := range s.entries {
+		if x.signed && x.cand.Trusted && sameHost(x, e) && strings.EqualFold(x.cand.Name, adv.Hostname) &&
+			k != "mdns:"+fp && x.issued.Before(adv.IssuedAt) {
+			old := strings.TrimPrefix(k, "mdns:")
+			if len(s.retired) >= 4*s.maxEntries {
+				s.forgetOldestRetired() // bounded even against a leaked fleet key
+			}
+			s.retired[host+" "+old] = adv.IssuedAt
+			delete(s.entries, k)
 		}
-		s.newest[host] = signedKey{fp: fp, issued: adv.IssuedAt}
 	}
 }
 
-// forgetOldestKey drops the hostname whose newest advert is the oldest.
-func (s *mdnsState) forgetOldestKey() {
-	var oldest string
-	for h, n := range s.newest {
-		if oldest == "" || n.issued.Before(s.newest[oldest].issued) {
-			oldest = h
+// sameHost reports whether two entries came from one machine: an address
+// (packet source or address record) in common. IPv4 and IPv6
+// announcements of one builder share their address records.
+func sameHost(a, b *mdnsEntry) bool {
+	in := func(x netip.Addr, e *mdnsEntry) bool {
+		return x == e.src || slices.Contains(e.addrs, x)
+	}
+	if in(b.src, a) {
+		return true
+	}
+	for _, x := range b.addrs {
+		if in(x, a) {
+			return true
 		}
 	}
-	delete(s.newest, oldest)
+	return false
+}
+
+// forgetOldestRetired drops the oldest retirement.
+func (s *mdnsState) forgetOldestRetired() {
+	var oldest string
+	for k, at := range s.retired {
+		if oldest == "" || at.Before(s.retired[oldest]) {
+			oldest = k
+		}
+	}
+	delete(s.retired, oldest)
 }
 
 // expiry is when an entry stops counting: its TTL, and for a signed advert
@@ -268,11 +284,11 @@ func (s *mdnsState) expire(now time.Time) {
 			delete(s.entries, k)
 		}
 	}
-	// Once the newest advert is past its max age, every older one is
-	// stale too: nothing left to refuse.
-	for h, n := range s.newest {
-		if !n.issued.Add(s.maxAge).After(now) {
-			delete(s.newest, h)
+	// Past the max age after a re-key, every advert from before it is
+	// stale anyway: nothing left to refuse.
+	for k, at := range s.retired {
+		if !at.Add(s.maxAge).After(now) {
+			delete(s.retired, k)
 		}
 	}
 }

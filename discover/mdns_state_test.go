@@ -232,11 +232,11 @@ func TestMDNSStateRekey(t *testing.T) {
 		}
 	}
 
-	// Past the newest advert's max age, the record goes (any older
-	// advert is stale by then anyway).
+	// Past the max age after the re-keys, the record goes (any advert
+	// from before them is stale by then anyway).
 	s.expire(t3.Add(advertise.DefaultMaxAge))
-	if len(s.newest) != 0 {
-		t.Fatalf("newest keeps %d hostnames past their max age", len(s.newest))
+	if len(s.retired) != 0 {
+		t.Fatalf("retired keeps %d keys past their max age", len(s.retired))
 	}
 }
 
@@ -260,21 +260,38 @@ func TestMDNSStatePartial(t *testing.T) {
 	}
 }
 
-// TestMDNSStateRekeyBounded: the per-hostname key record stays bounded
-// however many signed hostnames arrive.
+// TestMDNSStateRekeyBounded: the record of retired keys stays bounded
+// however many re-keys arrive.
 func TestMDNSStateRekeyBounded(t *testing.T) {
 	fleet := mdnsFleetKey(t)
 	s := newMDNSState([]advertise.TrustKey{fleet.TrustKey()}, nil, advertise.DefaultMaxAge, 120*time.Second, 2, 2)
-	key := mdnsHostKey(t)
 	for i := range 20 {
-		name := fmt.Sprintf("b%d", i)
 		at := mdnsT0.Add(time.Duration(i) * time.Second)
-		s.observe(at, mdnsObsOf(name, fmt.Sprintf("10.0.0.%d", i+2), mdnsTXT(t, mdnsAdvert(t, name, key, fleet, at)), 120))
+		s.observe(at, mdnsObsOf("b1", "10.0.0.2", mdnsTXT(t, mdnsAdvert(t, "b1", mdnsHostKey(t), fleet, at)), 120))
 	}
-	if len(s.newest) > 8 {
-		t.Fatalf("newest holds %d hostnames, want at most 4 × maxEntries = 8", len(s.newest))
+	if len(s.retired) > 8 || len(s.retired) == 0 {
+		t.Fatalf("retired holds %d keys after 19 re-keys, want 1 to 8 (4 × maxEntries)", len(s.retired))
 	}
-	if _, ok := s.newest["b19"]; !ok {
-		t.Fatalf("the newest hostname was evicted: %v", s.newest)
+}
+
+// TestMDNSStateSameHostnameTwoBuilders: two builders that share a
+// hostname (NixOS machines left at "nixos") but not an address keep
+// both their keys however their re-signs interleave.
+func TestMDNSStateSameHostnameTwoBuilders(t *testing.T) {
+	fleet := mdnsFleetKey(t)
+	s := newMDNSState([]advertise.TrustKey{fleet.TrustKey()}, nil, advertise.DefaultMaxAge, 120*time.Second, 8, 8)
+	ka, kb := mdnsHostKey(t), mdnsHostKey(t)
+	fa, fb := "mdns:"+mdnsFingerprint(t, ka), "mdns:"+mdnsFingerprint(t, kb)
+	for i := range 6 {
+		at := mdnsT0.Add(time.Duration(i) * 30 * time.Second)
+		key, addr := ka, "10.0.0.2"
+		if i%2 == 1 {
+			key, addr = kb, "10.0.0.3"
+		}
+		s.observe(at, mdnsObsOf("nixos", addr, mdnsTXT(t, mdnsAdvert(t, "nixos", key, fleet, at)), 120))
+	}
+	snap, _ := s.snapshot(true)
+	if a, b := mdnsCandidate(t, snap, fa), mdnsCandidate(t, snap, fb); !a.Trusted || !b.Trusted {
+		t.Fatalf("two builders named nixos: %+v, %+v; want both trusted", a, b)
 	}
 }
