@@ -58,12 +58,41 @@ func (h *host) run(t testing.TB, logName string, cmd *exec.Cmd) *exec.Cmd {
 		t.Fatalf("%s on %s: %v", name, h.Name, err)
 	}
 	t.Cleanup(func() {
+		// Stop it before the work directory goes: a client would restore
+		// its machines file while the directory is being removed. It is
+		// reaped later (netnstest); a test may be waiting for it too, so
+		// only /proc says when it has exited.
+		pid := cmd.Process.Pid
+		if running(pid) {
+			cmd.Process.Signal(syscall.SIGTERM)
+			for deadline := time.Now().Add(5 * time.Second); running(pid) && time.Now().Before(deadline); {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if running(pid) {
+				cmd.Process.Kill()
+				for deadline := time.Now().Add(5 * time.Second); running(pid) && time.Now().Before(deadline); {
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+		}
 		if t.Failed() {
 			b, _ := os.ReadFile(logf.Name())
 			t.Logf("--- %s on %s:\n%s", logName, h.Name, b)
 		}
 	})
 	return cmd
+}
+
+// running reports whether pid exists and has not exited (a zombie, not
+// yet reaped, has).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }
 
 // startSSHD runs a real OpenSSH sshd on the host's address that lets the
