@@ -192,6 +192,7 @@ func (f *fleet) status(t *testing.T, fb *fleetBuilder) *discover.BuilderStatus {
 // and by real nix-builds (--max-jobs 0) through that file.
 func TestBuildFleet(t *testing.T) {
 	f := newFleet(t)
+	top := t // processes that outlive a subtest are started with top
 	b1, b2, b3 := f.builders[0], f.builders[1], f.builders[2]
 	rec := startRecorder(t, f.rogue.host) // hears what a rogue on the link hears
 	f.startClient(t)
@@ -329,7 +330,7 @@ func TestBuildFleet(t *testing.T) {
 		}
 		f.client.Process.Signal(syscall.SIGTERM)
 		waitExit(t, f.client, 5*time.Second)
-		f.startClient(t)
+		f.startClient(top) // it runs on for the subtests after this one
 		// The restarted client has checked everyone once it lists all
 		// three healthy; give it a moment more to (wrongly) write.
 		waitFor(t, joinWithin, "the restarted client lists all builders healthy", func() bool {
