@@ -69,8 +69,10 @@ func idleFleet(b *testing.B, n int) {
 		agent = h.start(b, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
 			"--sign-key", signKey, "--ssh-user", "root", "--ssh-host-key", hostKey, "--hostname", fmt.Sprintf("b%d", i), "--log-level", "warn")
 	}
+	// Info: each join and leave is logged (a handful of lines at steady
+	// state), so that a rewrite can be explained.
 	client := laptop.start(b, "client", bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
-		"--trust-key", fleet+".pub", "--ssh-key", clientKey, "--machines", machines, "--socket", filepath.Join(laptop.dir, "sock"), "--log-level", "warn")
+		"--trust-key", fleet+".pub", "--ssh-key", clientKey, "--machines", machines, "--socket", filepath.Join(laptop.dir, "sock"), "--log-level", "info")
 	waitFor(b, 60*time.Second, "all builders in the file", func() bool {
 		data, _ := os.ReadFile(machines)
 		return strings.Count(string(data), "ssh-ng://") == n
@@ -125,6 +127,14 @@ func idleFleet(b *testing.B, n int) {
 	b.ReportMetric(acpu, "agent-cpu%")
 	b.ReportMetric(float64(arss)/1024, "agent-rss-MiB")
 	b.ReportMetric(rewrites, "rewrites")
+	if rewrites > 0 {
+		log, _ := os.ReadFile(filepath.Join(laptop.dir, "client.log"))
+		for _, l := range strings.Split(string(log), "\n") {
+			if strings.Contains(l, "leaves") || strings.Contains(l, "joins") || strings.Contains(l, "lost") || strings.Contains(l, "WARN") {
+				b.Logf("client: %s", l)
+			}
+		}
+	}
 	b.Logf("%d builders, %v quiet: client CPU %.3f%% RSS %.1f MiB; one agent CPU %.3f%% RSS %.1f MiB; machines file rewrites: %.0f",
 		n, window, ccpu, float64(crss)/1024, acpu, float64(arss)/1024, rewrites)
 }
