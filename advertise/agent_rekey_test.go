@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,28 @@ func newHostKeyLine(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
+}
+
+// runAgent runs a.Run until the returned stop (or the end of the test),
+// which cancels it and waits, bounded, for Run to return.
+func runAgent(t *testing.T, a *Agent) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Error("Run did not return within 5s of the cancel")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
 }
 
 // TestAgentRekey: a builder whose sshd gets a new host key (the key file
@@ -49,17 +72,7 @@ func TestAgentRekey(t *testing.T) {
 		Tailnet:  &TailnetServer{LocalAPI: noLocalAPI{}, Listen: net.Listen, ListenAddr: "127.0.0.1:0"},
 		OnChange: func(ad *Advert) { adverts <- ad.HostKey },
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("Run did not return within 5s of the cancel")
-		}
-	}()
+	runAgent(t, a)
 	// next returns the next advertised key different from skip.
 	next := func(what, skip string) string {
 		t.Helper()

@@ -47,17 +47,7 @@ func TestAgentSSHWatch(t *testing.T) {
 		SSHWatch: &SSHWatch{Port: 22, ProcRoot: proc, Interval: 5 * time.Millisecond},
 		OnChange: func(ad *Advert) { adverts <- ad.Draining },
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	defer func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			t.Error("Run did not return within 5s of the cancel")
-		}
-	}()
+	stop := runAgent(t, a)
 
 	next := func(what string, want bool) {
 		t.Helper()
@@ -91,6 +81,6 @@ func TestAgentSSHWatch(t *testing.T) {
 	next("user undrains", false)
 	os.RemoveAll(filepath.Join(proc, "net"))
 	none("tables unreadable: unknown counts as healthy")
-	cancel()
+	stop()
 	next("clean stop", true)
 }

@@ -91,16 +91,7 @@ func BenchmarkFleetFaults(b *testing.B) {
 	for _, fb := range f.builders {
 		f.startAgent(b, fb)
 	}
-	b1, b2, b3 := f.builders[0], f.builders[1], f.builders[2]
-	faults := []struct {
-		name           string
-		fb             *fleetBuilder
-		inject, repair func() error
-	}{
-		{"sshd-killed", b1, b1.nix.KillSSHD, b1.nix.RestartSSHD},
-		{"sshd-hung", b2, b2.nix.StopSSHD, b2.nix.ContSSHD},
-		{"link-down", b3, b3.host.LinkDown, b3.host.LinkUp},
-	}
+	faults := f.faults()
 	lat := map[string][]time.Duration{}
 	for b.Loop() {
 		for _, fault := range faults {

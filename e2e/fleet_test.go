@@ -125,6 +125,25 @@ func (f *fleet) startClient(t testing.TB) {
 		"--trust-key", f.fleetPub, "--ssh-key", f.key, "--machines", f.machines, "--socket", f.socket, "--log-level", "debug")
 }
 
+// fault is one way to break a builder, and its repair.
+type fault struct {
+	name           string // short, for metric names
+	what           string // for people
+	fb             *fleetBuilder
+	inject, repair func() error
+}
+
+// faults are the three the fleet is judged by: b1's sshd killed, b2's
+// sshd hung, b3's link down.
+func (f *fleet) faults() []fault {
+	b1, b2, b3 := f.builders[0], f.builders[1], f.builders[2]
+	return []fault{
+		{"sshd-killed", "sshd killed (kill -9)", b1, b1.nix.KillSSHD, b1.nix.RestartSSHD},
+		{"sshd-hung", "sshd hung (SIGSTOP)", b2, b2.nix.StopSSHD, b2.nix.ContSSHD},
+		{"link-down", "link down (packets dropped)", b3, b3.host.LinkDown, b3.host.LinkUp},
+	}
+}
+
 // line is the start of fb's line in the machines file.
 func line(fb *fleetBuilder) string { return "ssh-ng://root@" + fb.host.IP.String() + " " }
 
@@ -193,7 +212,7 @@ func (f *fleet) status(t *testing.T, fb *fleetBuilder) *discover.BuilderStatus {
 func TestBuildFleet(t *testing.T) {
 	f := newFleet(t)
 	top := t // processes that outlive a subtest are started with top
-	b1, b2, b3 := f.builders[0], f.builders[1], f.builders[2]
+	b1, b3 := f.builders[0], f.builders[2]
 	rec := startRecorder(t, f.rogue.host) // hears what a rogue on the link hears
 	f.startClient(t)
 	for _, fb := range append(slices.Clone(f.builders), f.rogue) {
@@ -261,17 +280,8 @@ func TestBuildFleet(t *testing.T) {
 	// faults: each fault takes its builder out of the file, a nix-build
 	// started right after succeeds on the others, and the builder rejoins
 	// once restored.
-	faults := []struct {
-		name           string
-		fb             *fleetBuilder
-		inject, repair func() error
-	}{
-		{"sshd killed (kill -9)", b1, b1.nix.KillSSHD, b1.nix.RestartSSHD},
-		{"sshd hung (SIGSTOP)", b2, b2.nix.StopSSHD, b2.nix.ContSSHD},
-		{"link down (packets dropped)", b3, b3.host.LinkDown, b3.host.LinkUp},
-	}
-	for _, fault := range faults {
-		t.Run(fault.name, func(t *testing.T) {
+	for _, fault := range f.faults() {
+		t.Run(fault.what, func(t *testing.T) {
 			for _, fb := range f.builders {
 				waitFor(t, joinWithin, fb.name+" in the machines file before the fault", f.inFile(fb))
 			}

@@ -347,15 +347,9 @@ func (b *Builder) NixDaemonPID() int {
 // its chroot) as root and returns its combined output, bounded by ctx and
 // one minute.
 func (b *Builder) Exec(ctx context.Context, args ...string) (string, error) {
-	b.mu.Lock()
-	holder := b.holderPID
-	b.mu.Unlock()
-	if !alive(holder) || pidNetns(holder) != b.netIno {
-		return "", fmt.Errorf("builder %s: namespace holder %d is gone", b.Hostname, holder)
-	}
-	full := []string{"--target", strconv.Itoa(holder), "--net", "--mount", "--uts", "--"}
-	if b.Version == V226 {
-		full = append(full, "chroot", b.Root)
+	full, err := b.nsenterArgs()
+	if err != nil {
+		return "", err
 	}
 	out, err := runCmd(ctx, time.Minute, "nsenter", append(full, args...)...)
 	if err != nil {
@@ -364,13 +358,10 @@ func (b *Builder) Exec(ctx context.Context, args ...string) (string, error) {
 	return out, nil
 }
 
-// Command returns a command that runs inside the builder (its network,
-// mount and UTS namespaces and, for V226, its chroot) as root, for a
-// long-running process such as an agent that must see the builder's own
-// /nix and /etc/nix. The caller starts and stops it; whatever is still
-// running in the builder at cleanup is stopped then. It fails if the
-// builder's namespaces are gone.
-func (b *Builder) Command(name string, args ...string) (*exec.Cmd, error) {
+// nsenterArgs are nsenter's arguments to run a command inside the builder:
+// its namespaces, entered through the holder process start.sh left in
+// them (checked to be still ours), and for V226 its chroot.
+func (b *Builder) nsenterArgs() ([]string, error) {
 	b.mu.Lock()
 	holder := b.holderPID
 	b.mu.Unlock()
@@ -380,6 +371,20 @@ func (b *Builder) Command(name string, args ...string) (*exec.Cmd, error) {
 	full := []string{"--target", strconv.Itoa(holder), "--net", "--mount", "--uts", "--"}
 	if b.Version == V226 {
 		full = append(full, "chroot", b.Root)
+	}
+	return full, nil
+}
+
+// Command returns a command that runs inside the builder (its network,
+// mount and UTS namespaces and, for V226, its chroot) as root, for a
+// long-running process such as an agent that must see the builder's own
+// /nix and /etc/nix. The caller starts and stops it; whatever is still
+// running in the builder at cleanup is stopped then. It fails if the
+// builder's namespaces are gone.
+func (b *Builder) Command(name string, args ...string) (*exec.Cmd, error) {
+	full, err := b.nsenterArgs()
+	if err != nil {
+		return nil, err
 	}
 	cmd := exec.Command("nsenter", append(append(full, name), args...)...)
 	cmd.Env = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C"}
