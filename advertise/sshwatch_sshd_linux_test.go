@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/internal/hoststate"
 )
 
 // TestSSHWatchRealSSHD watches a real OpenSSH sshd on 127.0.0.1 and a
@@ -29,6 +31,7 @@ func TestSSHWatchRealSSHD(t *testing.T) {
 	if _, err := exec.LookPath("ssh-keygen"); err != nil {
 		t.Skipf("needs ssh-keygen: %v", err)
 	}
+	hoststate.EnsureSSHDPrivsepDir(t)
 	dir := t.TempDir()
 	key := filepath.Join(dir, "ssh_host_ed25519_key")
 	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", key).CombinedOutput(); err != nil {

@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/nixrb-discover/nixrb-discover/internal/hoststate"
 )
 
 const sshdPath = "/usr/sbin/sshd"
@@ -77,10 +79,7 @@ func requireSSHD(t testing.TB) {
 	if _, err := exec.LookPath("nix-daemon"); err != nil {
 		t.Skipf("needs nix-bin on PATH: %v", err)
 	}
-	// sshd's privilege separation directory.
-	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
-		t.Fatalf("create /run/sshd: %v", err)
-	}
+	hoststate.EnsureSSHDPrivsepDir(t)
 }
 
 // ensureTestUser creates testUser if missing: bash as shell, no home,

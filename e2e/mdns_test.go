@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/internal/hoststate"
 	"github.com/nixrb-discover/nixrb-discover/internal/netnstest"
 	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
 )
@@ -99,6 +100,7 @@ func running(pid int) bool {
 // client key in as root; nix-daemon --stdio comes from the host's Nix.
 func (h *host) startSSHD(t testing.TB, clientPub string) string {
 	t.Helper()
+	hoststate.EnsureSSHDPrivsepDir(t)
 	key := filepath.Join(h.dir, "ssh_host_ed25519_key")
 	if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", key).CombinedOutput(); err != nil {
 		t.Fatalf("ssh-keygen: %v %s", err, out)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/internal/hoststate"
 	"github.com/nixrb-discover/nixrb-discover/render"
 	"github.com/nixrb-discover/nixrb-discover/systemd"
 )
@@ -496,20 +497,24 @@ func TestSettingsAreFlags(t *testing.T) {
 // TestAuthorizedKeysCommandPath shows why the module's
 // AuthorizedKeysCommand is a copied script in /etc/ssh and not
 // /run/current-system/sw/bin/nixrb-discover: a real sshd refuses a command
-// whose resolved path crosses a group-writable directory such as
+// whose resolved path crosses a group-writable directory such as a NixOS
 // /nix/store (1775 root:nixbld), even through a root-owned symlink, and
 // accepts a copied file in root-owned 0755 directories.
 //
-// The store path is made with nix-store --add and deleted afterwards.
+// The test builds its own store-like directory (1775, root and a group of
+// its own with two members, as nixbld has nixbld1..N) rather than relying
+// on the machine's /nix/store, which is 0755 root:root on a fresh Debian
+// machine with nix-bin.
 func TestAuthorizedKeysCommandPath(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: sshd checks the command path as root")
 	}
-	for _, tool := range []string{"/usr/sbin/sshd", "ssh", "ssh-keygen", "nix-store"} {
+	for _, tool := range []string{"/usr/sbin/sshd", "ssh", "ssh-keygen", "groupadd"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (openssh-server, openssh-client, nix-bin)", tool)
+			t.Skipf("%s not installed (openssh-server, openssh-client, passwd)", tool)
 		}
 	}
+	hoststate.EnsureSSHDPrivsepDir(t)
 	// Outside /tmp (world-writable): every directory up to / must be
 	// root-owned and not group- or world-writable for the good case.
 	root, err := os.MkdirTemp("/var/lib", "nixrb-akc-test-")
@@ -535,16 +540,14 @@ func TestAuthorizedKeysCommandPath(t *testing.T) {
 	must(err)
 	script := "#!/bin/sh\necho '" + strings.TrimSpace(string(pub)) + "'\n"
 
-	// The real /nix/store (1775 root:nixbld, a group with members, so
+	// A store like NixOS's (1775 root:nixbld, a group with members, so
 	// Debian's patch that tolerates a single-member group does not apply)
-	// behind a root-owned symlink, as /run/current-system/sw/bin is.
-	must(os.WriteFile(filepath.Join(root, "nixrb-akc-test-keys"), []byte(script), 0o555))
-	added, err := nixCmd(t, "nix-store", "--add", filepath.Join(root, "nixrb-akc-test-keys"))
-	if err != nil {
-		t.Fatalf("nix-store --add: %v", err)
-	}
-	storePath := strings.TrimSpace(string(added))
-	t.Cleanup(func() { exec.Command("nix-store", "--delete", storePath).Run() })
+	// holding the command, behind a root-owned symlink, as
+	// /run/current-system/sw/bin is.
+	store := filepath.Join(root, "store")
+	hoststate.GroupWritableDir(t, store)
+	storePath := filepath.Join(store, "0000000000000000000000000000000-nixrb-akc-test-keys")
+	must(os.WriteFile(storePath, []byte(script), 0o555))
 	must(os.Mkdir(filepath.Join(root, "sw"), 0o755))
 	must(os.Symlink(storePath, filepath.Join(root, "sw", "keys")))
 	// Like environment.etc."ssh/nixrb-discover-authorized-keys" with a mode: a copy.
