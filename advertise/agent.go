@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
 // DefaultInterval is how often the agent re-measures capacity.
@@ -23,7 +25,7 @@ type Agent struct {
 	Facts FactsOptions
 	// SigningKey signs every advert when set (required for mDNS clients
 	// that trust a fleet key).
-	SigningKey *SigningKey
+	SigningKey *wire.SigningKey
 	// Interval is how often capacity is measured; zero means DefaultInterval.
 	Interval time.Duration
 	// Tailnet serves the advert over the tailnet when set (its Advert
@@ -40,7 +42,7 @@ type Agent struct {
 	Logger *slog.Logger
 	// OnChange is called (from Run's goroutine) with every new advert,
 	// the first one included.
-	OnChange func(a *Advert)
+	OnChange func(a *wire.Advert)
 	// Tick, when set, is called from Run's loop at least every TickEvery
 	// (the systemd watchdog: a stuck loop stops calling it).
 	Tick      func()
@@ -53,7 +55,7 @@ type Agent struct {
 
 // published is an advert and its encodings, swapped as one.
 type published struct {
-	advert *Advert
+	advert *wire.Advert
 	json   []byte
 	txt    []string
 }
@@ -72,7 +74,7 @@ func (a *Agent) ToggleDrain() {
 }
 
 // Current returns the advert being served now, or nil before Run has made one.
-func (a *Agent) Current() *Advert {
+func (a *Agent) Current() *wire.Advert {
 	if p := a.current.Load(); p != nil {
 		return p.advert
 	}
@@ -231,8 +233,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err != nil && facts.CapacityErr == nil {
 				log.Warn("capacity measurement failed", "err", err)
 			}
-			changed := c.MeaningfullyDifferent(a.current.Load().advert.Capacity)
-			stale := a.SigningKey != nil && now.Sub(lastSigned) >= ResignInterval
+			changed := meaningfullyDifferent(c, a.current.Load().advert.Capacity)
+			stale := a.SigningKey != nil && now.Sub(lastSigned) >= wire.ResignInterval
 			if !changed && !stale {
 				continue
 			}
@@ -250,21 +252,21 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // publish builds, signs and encodes the advert and makes it current.
-func (a *Agent) publish(f Facts, o Overrides, now time.Time) (*Advert, error) {
+func (a *Agent) publish(f Facts, o Overrides, now time.Time) (*wire.Advert, error) {
 	ad, err := BuildAdvert(f, o, now)
 	if err != nil {
 		return nil, err
 	}
 	if a.SigningKey != nil {
-		if err := Sign(ad, a.SigningKey, now); err != nil {
+		if err := wire.Sign(ad, a.SigningKey, now); err != nil {
 			return nil, err
 		}
 	}
-	js, err := EncodeJSON(ad)
+	js, err := wire.EncodeJSON(ad)
 	if err != nil {
 		return nil, fmt.Errorf("advertise: %w", err)
 	}
-	txt, err := EncodeTXT(ad)
+	txt, err := wire.EncodeTXT(ad)
 	if err != nil {
 		return nil, fmt.Errorf("advertise: %w", err)
 	}

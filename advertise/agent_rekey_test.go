@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -70,7 +71,7 @@ func TestAgentRekey(t *testing.T) {
 		},
 		Interval: 5 * time.Millisecond,
 		Tailnet:  &TailnetServer{LocalAPI: noLocalAPI{}, Listen: net.Listen, ListenAddr: "127.0.0.1:0"},
-		OnChange: func(ad *Advert) { adverts <- ad.HostKey },
+		OnChange: func(ad *wire.Advert) { adverts <- ad.HostKey },
 	}
 	runAgent(t, a)
 	// next returns the next advertised key different from skip.

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
 // Quantisation of published capacity (docs/PROTOCOL.md, "Capacity").
@@ -22,17 +24,17 @@ const (
 	MiBStep = 1024
 )
 
-// Quantise rounds c to what an advert carries: Load1 to the nearest
+// quantise rounds c to what an advert carries: Load1 to the nearest
 // LoadStep, MemAvailMiB and StoreFreeMiB down to a multiple of MiBStep.
 // Cores, MemTotalMiB and RunningBuilds are kept as they are.
-func (c Capacity) Quantise() Capacity {
+func quantise(c wire.Capacity) wire.Capacity {
 	c.Load1 = math.Round(c.Load1/LoadStep) * LoadStep
 	c.MemAvailMiB -= c.MemAvailMiB % MiBStep
 	c.StoreFreeMiB -= c.StoreFreeMiB % MiBStep
 	return c
 }
 
-// MeaningfullyDifferent reports whether a fresh measurement c differs
+// meaningfullyDifferent reports whether a fresh measurement c differs
 // enough from the published capacity prev to publish a new advert. Any
 // change in Cores, MemTotalMiB or RunningBuilds counts. The noisy numbers
 // count only past a threshold wider than their quantisation step, so a
@@ -40,7 +42,7 @@ func (c Capacity) Quantise() Capacity {
 // (hysteresis): Load1 must move by at least max(0.75, Cores/10), MemAvailMiB
 // by at least max(1 GiB, MemTotalMiB/10), StoreFreeMiB by at least
 // max(1 GiB, prev.StoreFreeMiB/20).
-func (c Capacity) MeaningfullyDifferent(prev Capacity) bool {
+func meaningfullyDifferent(c, prev wire.Capacity) bool {
 	if c.Cores != prev.Cores || c.MemTotalMiB != prev.MemTotalMiB || c.RunningBuilds != prev.RunningBuilds {
 		return true
 	}
@@ -83,9 +85,9 @@ const autoUIDSlot = 1 << 16
 // StoreDir by statfs, and running builds (see [BuildUsers]). It measures
 // what it can: a field it cannot read stays 0 (unknown) and the returned
 // error says which and why.
-func MeasureCapacity(o FactsOptions, bu BuildUsers) (Capacity, error) {
+func MeasureCapacity(o FactsOptions, bu BuildUsers) (wire.Capacity, error) {
 	o = o.withDefaults()
-	var c Capacity
+	var c wire.Capacity
 	var errs []error
 	var err error
 	if c.Cores, err = countCPUs(o.ProcRoot); err != nil {
@@ -151,7 +153,7 @@ func readLoad1(proc string) (float64, error) {
 		return 0, errors.New("loadavg is empty")
 	}
 	l, err := strconv.ParseFloat(f[0], 64)
-	if err != nil || l < 0 || l > maxLoad {
+	if err != nil || l < 0 || l > wire.MaxLoad {
 		return 0, fmt.Errorf("loadavg: bad 1-minute load %q", f[0])
 	}
 	return l, nil

@@ -3,6 +3,8 @@ package advertise
 import (
 	"strings"
 	"testing"
+
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
 func TestMeasureCapacityFromFakeProc(t *testing.T) {
@@ -76,59 +78,59 @@ func TestMeasureCapacityFromFakeProc(t *testing.T) {
 func TestQuantise(t *testing.T) {
 	tests := []struct {
 		name string
-		in   Capacity
-		want Capacity
+		in   wire.Capacity
+		want wire.Capacity
 	}{
-		{"load-rounds-to-half", Capacity{Load1: 2.73}, Capacity{Load1: 2.5}},
-		{"load-rounds-up", Capacity{Load1: 2.76}, Capacity{Load1: 3}},
-		{"memory-and-store-down-to-gib", Capacity{MemTotalMiB: 15932, MemAvailMiB: 11567, StoreFreeMiB: 2047},
-			Capacity{MemTotalMiB: 15932, MemAvailMiB: 11264, StoreFreeMiB: 1024}},
-		{"counts-kept", Capacity{Cores: 7, RunningBuilds: 3}, Capacity{Cores: 7, RunningBuilds: 3}},
+		{"load-rounds-to-half", wire.Capacity{Load1: 2.73}, wire.Capacity{Load1: 2.5}},
+		{"load-rounds-up", wire.Capacity{Load1: 2.76}, wire.Capacity{Load1: 3}},
+		{"memory-and-store-down-to-gib", wire.Capacity{MemTotalMiB: 15932, MemAvailMiB: 11567, StoreFreeMiB: 2047},
+			wire.Capacity{MemTotalMiB: 15932, MemAvailMiB: 11264, StoreFreeMiB: 1024}},
+		{"counts-kept", wire.Capacity{Cores: 7, RunningBuilds: 3}, wire.Capacity{Cores: 7, RunningBuilds: 3}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := tt.in.Quantise(); got != tt.want {
-				t.Errorf("Quantise(%+v) = %+v, want %+v", tt.in, got, tt.want)
+			if got := quantise(tt.in); got != tt.want {
+				t.Errorf("quantise(%+v) = %+v, want %+v", tt.in, got, tt.want)
 			}
 		})
 	}
 }
 
 func TestMeaningfullyDifferent(t *testing.T) {
-	pub := Capacity{Cores: 4, Load1: 2, MemTotalMiB: 16384, MemAvailMiB: 8192, StoreFreeMiB: 100 * 1024, RunningBuilds: 1}
+	pub := wire.Capacity{Cores: 4, Load1: 2, MemTotalMiB: 16384, MemAvailMiB: 8192, StoreFreeMiB: 100 * 1024, RunningBuilds: 1}
 	tests := []struct {
 		name string
-		edit func(c *Capacity)
+		edit func(c *wire.Capacity)
 		want bool
 	}{
-		{"same", func(c *Capacity) {}, false},
+		{"same", func(c *wire.Capacity) {}, false},
 		// A load wobbling around the 2.25 rounding boundary stays put.
-		{"load-wobbles-across-step-boundary", func(c *Capacity) { c.Load1 = 2.3 }, false},
-		{"load-rises-by-a-core", func(c *Capacity) { c.Load1 = 3 }, true},
-		{"load-drops", func(c *Capacity) { c.Load1 = 1.2 }, true},
-		{"build-starts", func(c *Capacity) { c.RunningBuilds = 2 }, true},
-		{"cpu-hotplugged", func(c *Capacity) { c.Cores = 8 }, true},
-		{"memory-noise", func(c *Capacity) { c.MemAvailMiB += 700 }, false},
-		{"memory-drops-a-tenth", func(c *Capacity) { c.MemAvailMiB -= 1700 }, true},
-		{"store-noise-under-5-percent", func(c *Capacity) { c.StoreFreeMiB -= 4 * 1024 }, false},
-		{"store-fills-5-percent", func(c *Capacity) { c.StoreFreeMiB -= 5 * 1024 }, true},
-		{"nearly-full-store-still-reports-a-gib", func(c *Capacity) { c.StoreFreeMiB = 1024 }, true},
+		{"load-wobbles-across-step-boundary", func(c *wire.Capacity) { c.Load1 = 2.3 }, false},
+		{"load-rises-by-a-core", func(c *wire.Capacity) { c.Load1 = 3 }, true},
+		{"load-drops", func(c *wire.Capacity) { c.Load1 = 1.2 }, true},
+		{"build-starts", func(c *wire.Capacity) { c.RunningBuilds = 2 }, true},
+		{"cpu-hotplugged", func(c *wire.Capacity) { c.Cores = 8 }, true},
+		{"memory-noise", func(c *wire.Capacity) { c.MemAvailMiB += 700 }, false},
+		{"memory-drops-a-tenth", func(c *wire.Capacity) { c.MemAvailMiB -= 1700 }, true},
+		{"store-noise-under-5-percent", func(c *wire.Capacity) { c.StoreFreeMiB -= 4 * 1024 }, false},
+		{"store-fills-5-percent", func(c *wire.Capacity) { c.StoreFreeMiB -= 5 * 1024 }, true},
+		{"nearly-full-store-still-reports-a-gib", func(c *wire.Capacity) { c.StoreFreeMiB = 1024 }, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			c := pub
 			tt.edit(&c)
-			if got := c.MeaningfullyDifferent(pub); got != tt.want {
-				t.Errorf("%+v vs published %+v: MeaningfullyDifferent = %v, want %v", c, pub, got, tt.want)
+			if got := meaningfullyDifferent(c, pub); got != tt.want {
+				t.Errorf("%+v vs published %+v: meaningfullyDifferent = %v, want %v", c, pub, got, tt.want)
 			}
 		})
 	}
 	t.Run("big-machine-load-threshold-scales-with-cores", func(t *testing.T) {
-		big := Capacity{Cores: 64, Load1: 40}
-		if c := (Capacity{Cores: 64, Load1: 45}); c.MeaningfullyDifferent(big) {
+		big := wire.Capacity{Cores: 64, Load1: 40}
+		if c := (wire.Capacity{Cores: 64, Load1: 45}); meaningfullyDifferent(c, big) {
 			t.Error("a 5.0 load change on 64 cores must not churn the advert")
 		}
-		if c := (Capacity{Cores: 64, Load1: 47}); !c.MeaningfullyDifferent(big) {
+		if c := (wire.Capacity{Cores: 64, Load1: 47}); !meaningfullyDifferent(c, big) {
 			t.Error("a 7.0 load change on 64 cores must be published")
 		}
 	})

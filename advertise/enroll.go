@@ -1,12 +1,8 @@
 package advertise
 
 import (
-	"bytes"
-	"crypto/rsa"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -15,16 +11,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"golang.org/x/crypto/ssh"
 	"tailscale.com/tailcfg"
 )
 
 // Enrolment defaults.
 const (
-	// EnrollPath is the URL path a client POSTs its SSH public key to.
-	EnrollPath = "/v1/enroll"
-	// MaxEnrollRequest bounds an enrolment request body.
-	MaxEnrollRequest = 4 << 10
 	// DefaultEnrollMaxKeys bounds the enrolled keys (one per node).
 	DefaultEnrollMaxKeys = 1000
 	// DefaultEnrollStore is the key store of a system agent.
@@ -38,8 +31,6 @@ const (
 	// rate limit: a burst of 3 requests, then one per 10 s.
 	DefaultEnrollRateEvery = 10 * time.Second
 	DefaultEnrollRateBurst = 3
-	// minRSABits is the smallest RSA key accepted.
-	minRSABits = 2048
 )
 
 // Enroller accepts SSH public keys from tailnet peers that carry an
@@ -102,85 +93,6 @@ type EnrolledKey struct {
 	Enrolled time.Time `json:"enrolled"`
 }
 
-// EnrollRequest is the body of POST /v1/enroll.
-type EnrollRequest struct {
-	// PublicKey is one SSH public key: "ssh-ed25519 AAAA… comment".
-	PublicKey string `json:"public_key"`
-}
-
-// EnrollResponse is the body of a successful enrolment.
-type EnrollResponse struct {
-	// User is the SSH user the key logs in as.
-	User string `json:"user"`
-}
-
-// errTooLarge marks a request body over MaxEnrollRequest.
-var errTooLarge = fmt.Errorf("request larger than %d bytes", MaxEnrollRequest)
-
-// DecodeEnrollRequest reads an enrolment request (at most
-// MaxEnrollRequest bytes of JSON with only "public_key") and returns its
-// key, which must be exactly one SSH public key with no options: ed25519,
-// ECDSA, or RSA of at least 2048 bits.
-func DecodeEnrollRequest(r io.Reader) (ssh.PublicKey, error) {
-	body, err := io.ReadAll(io.LimitReader(r, MaxEnrollRequest+1))
-	if err != nil {
-		return nil, fmt.Errorf("read request: %w", err)
-	}
-	if len(body) > MaxEnrollRequest {
-		return nil, errTooLarge
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	var req EnrollRequest
-	if err := dec.Decode(&req); err != nil {
-		return nil, fmt.Errorf("request is not an enrolment JSON object: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("request has data after its JSON object")
-	}
-	return ParseEnrollKey(req.PublicKey)
-}
-
-// ParseEnrollKey checks one authorized_keys-style public key line (no
-// options, one line) against the accepted key types and sizes.
-func ParseEnrollKey(line string) (ssh.PublicKey, error) {
-	line = strings.TrimSpace(line)
-	if line == "" {
-		return nil, errors.New("public_key is empty")
-	}
-	if strings.ContainsAny(line, "\r\n\x00") {
-		return nil, errors.New("public_key must be exactly one key on one line")
-	}
-	k, _, opts, rest, err := ssh.ParseAuthorizedKey([]byte(line))
-	if err != nil {
-		return nil, errors.New("public_key is not an SSH public key")
-	}
-	if len(opts) > 0 {
-		return nil, errors.New("public_key must not carry authorized_keys options")
-	}
-	if len(bytes.TrimSpace(rest)) > 0 {
-		return nil, errors.New("public_key must be exactly one key")
-	}
-	if !strings.HasPrefix(line, k.Type()+" ") && line != k.Type() {
-		return nil, errors.New("public_key must start with its key type")
-	}
-	switch k.Type() {
-	case ssh.KeyAlgoED25519, ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521:
-	case ssh.KeyAlgoRSA:
-		ck, ok := k.(ssh.CryptoPublicKey)
-		if !ok {
-			return nil, errors.New("public_key: unreadable RSA key")
-		}
-		rk, ok := ck.CryptoPublicKey().(*rsa.PublicKey)
-		if !ok || rk.N.BitLen() < minRSABits {
-			return nil, fmt.Errorf("public_key: RSA keys must have at least %d bits", minRSABits)
-		}
-	default:
-		return nil, fmt.Errorf("public_key: key type %s is not accepted (use ed25519, ECDSA or RSA >= %d bits)", k.Type(), minRSABits)
-	}
-	return k, nil
-}
-
 // AuthorizedKey returns k in authorized_keys form without a comment.
 func AuthorizedKey(k ssh.PublicKey) string {
 	return strings.TrimSpace(string(ssh.MarshalAuthorizedKey(k)))
@@ -211,11 +123,11 @@ func (e *Enroller) serveEnroll(w http.ResponseWriter, r *http.Request) {
 		writeJSONError(w, http.StatusForbidden, "enrolment refused: "+reason)
 		return
 	}
-	k, err := DecodeEnrollRequest(r.Body)
+	k, err := wire.DecodeEnrollRequest(r.Body)
 	if err != nil {
 		log.Warn("enrolment refused", "node", c.Name, "node_id", c.NodeID, "reason", err.Error())
 		code := http.StatusBadRequest
-		if errors.Is(err, errTooLarge) {
+		if errors.Is(err, wire.ErrEnrollTooLarge) {
 			code = http.StatusRequestEntityTooLarge
 		}
 		writeJSONError(w, code, "enrolment refused: "+err.Error())
@@ -238,7 +150,7 @@ func (e *Enroller) serveEnroll(w http.ResponseWriter, r *http.Request) {
 	}
 	log.Info("enrolled key", args...)
 	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(EnrollResponse{User: e.User})
+	json.NewEncoder(w).Encode(wire.EnrollResponse{User: e.User})
 }
 
 // wanted names what a caller must carry: "tag:a or tag:b or cap X".

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"golang.org/x/crypto/ssh"
 	"tailscale.com/client/local"
 	"tailscale.com/client/tailscale/apitype"
@@ -92,7 +93,7 @@ func (e *Enroller) ValidKeys(ctx context.Context) ([]EnrolledKey, error) {
 		switch {
 		case !ok && (prev || !seen):
 			fp := ""
-			if pk, err := ParseEnrollKey(k.PublicKey); err == nil {
+			if pk, err := wire.ParseEnrollKey(k.PublicKey); err == nil {
 				fp = ssh.FingerprintSHA256(pk)
 			}
 			log.Warn("enrolled key expired", "node", k.NodeName, "node_id", k.NodeID, "fingerprint", fp, "reason", reason)

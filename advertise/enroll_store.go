@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/google/renameio/v2"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"golang.org/x/crypto/ssh"
 	"tailscale.com/tailcfg"
 )
@@ -51,7 +52,7 @@ func LoadEnrolledKeys(path string) ([]EnrolledKey, error) {
 		if k.NodeID == "" {
 			continue
 		}
-		if _, err := ParseEnrollKey(k.PublicKey); err != nil {
+		if _, err := wire.ParseEnrollKey(k.PublicKey); err != nil {
 			continue
 		}
 		out = append(out, k)
@@ -123,7 +124,7 @@ func (e *Enroller) put(k EnrolledKey) (replaced string, err error) {
 	}
 	e.gen++ // the next ValidKeys sees the new key at once
 	if had {
-		if pk, err := ParseEnrollKey(old.PublicKey); err == nil {
+		if pk, err := wire.ParseEnrollKey(old.PublicKey); err == nil {
 			replaced = ssh.FingerprintSHA256(pk)
 		}
 	}

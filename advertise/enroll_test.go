@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"golang.org/x/crypto/ssh"
 	"tailscale.com/tailcfg"
 )
@@ -52,67 +53,8 @@ func testKey(t testing.TB, kind string) string {
 }
 
 func enrollBody(key string) string {
-	b, _ := json.Marshal(EnrollRequest{PublicKey: key})
+	b, _ := json.Marshal(wire.EnrollRequest{PublicKey: key})
 	return string(b)
-}
-
-func TestDecodeEnrollRequest(t *testing.T) {
-	ed := testKey(t, "ed25519")
-	for _, tc := range []struct {
-		name, body, err string
-	}{
-		{"ed25519-with-comment", enrollBody(ed + " laptop@home"), ""},
-		{"ecdsa", enrollBody(testKey(t, "ecdsa")), ""},
-		{"rsa-2048", enrollBody(testKey(t, "rsa2048")), ""},
-		{"rsa-1024-too-small", enrollBody(testKey(t, "rsa1024")), "at least 2048 bits"},
-		{"options-refused", enrollBody(`command="sh" ` + ed), "options"},
-		{"restrict-refused", enrollBody("restrict " + ed), "options"},
-		{"two-keys", enrollBody(ed + "\n" + ed), "exactly one key"},
-		{"empty-key", `{"public_key": ""}`, "empty"},
-		{"missing-key", `{}`, "empty"},
-		{"not-a-key", enrollBody("ssh-ed25519 notbase64!!"), "not an SSH public key"},
-		{"unknown-field", `{"public_key": "` + ed + `", "user": "root"}`, "unknown field"},
-		{"trailing-data", enrollBody(ed) + `{}`, "after its JSON object"},
-		{"not-json", "ssh-ed25519 AAAA", "not an enrolment JSON object"},
-		{"oversized", `{"public_key": "` + ed + " " + strings.Repeat("x", MaxEnrollRequest) + `"}`, "larger than"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			k, err := DecodeEnrollRequest(strings.NewReader(tc.body))
-			if tc.err == "" {
-				if err != nil {
-					t.Fatalf("refused: %v", err)
-				}
-				if AuthorizedKey(k) == "" {
-					t.Fatal("no key")
-				}
-				return
-			}
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Fatalf("err = %v, want one mentioning %q", err, tc.err)
-			}
-		})
-	}
-}
-
-// FuzzEnrollRequest: the decoder never panics, and what it accepts is one
-// key of an accepted type that round-trips through AuthorizedKey.
-func FuzzEnrollRequest(f *testing.F) {
-	f.Add([]byte(enrollBody(testKey(f, "ed25519") + " c")))
-	f.Add([]byte(`{"public_key": "restrict ssh-ed25519 AAAA"}`))
-	f.Fuzz(func(t *testing.T, body []byte) {
-		k, err := DecodeEnrollRequest(bytes.NewReader(body))
-		if err != nil {
-			return
-		}
-		if len(body) > MaxEnrollRequest {
-			t.Fatalf("accepted %d bytes", len(body))
-		}
-		line := AuthorizedKey(k)
-		k2, err := ParseEnrollKey(line)
-		if err != nil || AuthorizedKey(k2) != line {
-			t.Fatalf("accepted key does not round-trip: %q: %v", line, err)
-		}
-	})
 }
 
 // enrollLog collects audit lines.
@@ -135,7 +77,7 @@ func (l *enrollLog) String() string {
 
 // post sends body to e's handler as caller c.
 func post(e *Enroller, c *Caller, body string) *httptest.ResponseRecorder {
-	r := httptest.NewRequest("POST", EnrollPath, strings.NewReader(body))
+	r := httptest.NewRequest("POST", wire.EnrollPath, strings.NewReader(body))
 	if c != nil {
 		r = r.WithContext(context.WithValue(r.Context(), callerKey{}, c))
 	}
@@ -223,7 +165,7 @@ func TestEnrollHandler(t *testing.T) {
 		if w.Code != http.StatusBadRequest || !strings.Contains(w.Body.String(), "options") {
 			t.Fatalf("got %d %s", w.Code, w.Body)
 		}
-		w = post(e, &Caller{Name: "m", NodeID: "nM", Tags: []string{"tag:nix-client"}}, strings.Repeat(" ", MaxEnrollRequest+1))
+		w = post(e, &Caller{Name: "m", NodeID: "nM", Tags: []string{"tag:nix-client"}}, strings.Repeat(" ", wire.MaxEnrollRequest+1))
 		if w.Code != http.StatusRequestEntityTooLarge {
 			t.Fatalf("got %d %s", w.Code, w.Body)
 		}
@@ -240,7 +182,7 @@ func TestEnrollHandler(t *testing.T) {
 	})
 	t.Run("audit-has-fingerprints-never-keys", func(t *testing.T) {
 		l := log.String()
-		pk, _ := ParseEnrollKey(k1)
+		pk, _ := wire.ParseEnrollKey(k1)
 		if !strings.Contains(l, "enrolled key") || !strings.Contains(l, ssh.FingerprintSHA256(pk)) {
 			t.Fatalf("no enrolment line with the fingerprint:\n%s", l)
 		}

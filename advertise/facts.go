@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -83,7 +84,7 @@ type Facts struct {
 	// BuildUsers is how builds are told apart, for RunningBuilds.
 	BuildUsers BuildUsers
 	// Capacity is the live load, as measured (not quantised).
-	Capacity Capacity
+	Capacity wire.Capacity
 	// CapacityErr says which Capacity fields could not be measured (they
 	// are 0, meaning unknown); nil when all were.
 	CapacityErr error
@@ -161,7 +162,7 @@ func DetectFacts(ctx context.Context, opts FactsOptions) (Facts, error) {
 // readHostKey reads an SSH public key file and returns the key in advert
 // form.
 func readHostKey(path string) (string, error) {
-	b, _, err := readKeyFile(path)
+	b, _, err := wire.ReadKeyFile(path)
 	if err != nil {
 		return "", fmt.Errorf("SSH host key: %w", err)
 	}
@@ -169,33 +170,33 @@ func readHostKey(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("SSH host key %s: %w", path, err)
 	}
-	return CanonicalHostKey(pub), nil
+	return wire.CanonicalHostKey(pub), nil
 }
 
 // BuildAdvert makes the advert of this builder from its facts and the
 // user's overrides, issued at now (to the second), with quantised
 // capacity. It is unsigned (see [Sign]) and valid, or an error says which
 // field is wrong.
-func BuildAdvert(f Facts, o Overrides, now time.Time) (*Advert, error) {
+func BuildAdvert(f Facts, o Overrides, now time.Time) (*wire.Advert, error) {
 	pick := func(set, detected string) string {
 		if set != "" {
 			return set
 		}
 		return detected
 	}
-	a := &Advert{
-		Version:           WireVersion,
+	a := &wire.Advert{
+		Version:           wire.WireVersion,
 		Hostname:          pick(o.Hostname, f.Hostname),
 		SSHUser:           pick(o.SSHUser, DefaultSSHUser),
 		SSHPort:           o.SSHPort,
-		Protocol:          pick(o.Protocol, ProtocolSSHNG),
+		Protocol:          pick(o.Protocol, wire.ProtocolSSHNG),
 		HostKey:           pick(o.HostKey, f.HostKey),
 		Systems:           o.Systems,
 		SupportedFeatures: o.SupportedFeatures,
 		MandatoryFeatures: o.MandatoryFeatures,
 		MaxJobs:           o.MaxJobs,
 		SpeedFactor:       o.SpeedFactor,
-		Capacity:          f.Capacity.Quantise(),
+		Capacity:          quantise(f.Capacity),
 		Draining:          o.Draining,
 		Enroll:            o.Enroll,
 		NixVersion:        f.NixVersion,
@@ -220,7 +221,7 @@ func BuildAdvert(f Facts, o Overrides, now time.Time) (*Advert, error) {
 	if a.MaxJobs == 0 {
 		a.MaxJobs = f.MaxJobs
 		if a.MaxJobs == 0 {
-			return nil, fmt.Errorf("build advert: %w", &FieldError{Field: "max_jobs",
+			return nil, fmt.Errorf("build advert: %w", &wire.FieldError{Field: "max_jobs",
 				Reason: "the Nix config says max-jobs = 0 (this machine builds nothing itself): set --max-jobs"})
 		}
 	}

@@ -2,6 +2,7 @@ package advertise
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"os"
 	"os/exec"
@@ -10,6 +11,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/wire"
+	"golang.org/x/crypto/ssh"
 )
 
 // realNix skips unless Debian's nix-bin (or another nix) is installed.
@@ -132,7 +136,7 @@ func TestBuildAdvert(t *testing.T) {
 		Hostname: "builder-01", HostKey: testHostKey(t),
 		System: "x86_64-linux", ExtraPlatforms: []string{"i686-linux", "x86_64-linux"},
 		SystemFeatures: []string{"kvm", "big-parallel"}, MaxJobs: 8, NixVersion: "2.8.0",
-		Capacity: Capacity{Cores: 8, Load1: 1.3, MemTotalMiB: 16000, MemAvailMiB: 9000, StoreFreeMiB: 50000, RunningBuilds: 1},
+		Capacity: wire.Capacity{Cores: 8, Load1: 1.3, MemTotalMiB: 16000, MemAvailMiB: 9000, StoreFreeMiB: 50000, RunningBuilds: 1},
 	}
 	now := time.Date(2026, 11, 26, 4, 30, 15, 999, time.Local)
 	t.Run("facts-and-defaults", func(t *testing.T) {
@@ -140,11 +144,11 @@ func TestBuildAdvert(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := &Advert{
-			Version: 1, Hostname: "builder-01", SSHUser: DefaultSSHUser, SSHPort: 22, Protocol: ProtocolSSHNG,
+		want := &wire.Advert{
+			Version: 1, Hostname: "builder-01", SSHUser: DefaultSSHUser, SSHPort: 22, Protocol: wire.ProtocolSSHNG,
 			HostKey: testHostKey(t), Systems: []string{"x86_64-linux", "i686-linux"},
 			SupportedFeatures: []string{"kvm", "big-parallel"}, MaxJobs: 8, SpeedFactor: 1,
-			Capacity:   Capacity{Cores: 8, Load1: 1.5, MemTotalMiB: 16000, MemAvailMiB: 8192, StoreFreeMiB: 49152, RunningBuilds: 1},
+			Capacity:   wire.Capacity{Cores: 8, Load1: 1.5, MemTotalMiB: 16000, MemAvailMiB: 8192, StoreFreeMiB: 49152, RunningBuilds: 1},
 			NixVersion: "2.8.0", AgentVersion: "v1", IssuedAt: time.Unix(now.Unix(), 0).UTC(),
 		}
 		if !reflect.DeepEqual(a, want) {
@@ -152,14 +156,14 @@ func TestBuildAdvert(t *testing.T) {
 		}
 	})
 	t.Run("overrides-win", func(t *testing.T) {
-		o := Overrides{Hostname: "b1.tail1234.ts.net", SSHUser: "builder", SSHPort: 2222, Protocol: ProtocolSSH,
+		o := Overrides{Hostname: "b1.tail1234.ts.net", SSHUser: "builder", SSHPort: 2222, Protocol: wire.ProtocolSSH,
 			Systems: []string{"aarch64-linux"}, SupportedFeatures: []string{}, MandatoryFeatures: []string{"big-parallel"},
 			MaxJobs: 2, SpeedFactor: 4, Draining: true, Enroll: true}
 		a, err := BuildAdvert(facts, o, now)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if a.Hostname != o.Hostname || a.SSHUser != "builder" || a.SSHPort != 2222 || a.Protocol != ProtocolSSH ||
+		if a.Hostname != o.Hostname || a.SSHUser != "builder" || a.SSHPort != 2222 || a.Protocol != wire.ProtocolSSH ||
 			!reflect.DeepEqual(a.Systems, o.Systems) || a.SupportedFeatures != nil ||
 			!reflect.DeepEqual(a.MandatoryFeatures, o.MandatoryFeatures) || a.MaxJobs != 2 || a.SpeedFactor != 4 ||
 			!a.Draining || !a.Enroll {
@@ -170,16 +174,28 @@ func TestBuildAdvert(t *testing.T) {
 		f := facts
 		f.MaxJobs = 0
 		_, err := BuildAdvert(f, Overrides{}, now)
-		var fe *FieldError
+		var fe *wire.FieldError
 		if !errors.As(err, &fe) || fe.Field != "max_jobs" || !strings.Contains(err.Error(), "--max-jobs") {
 			t.Errorf("err = %v, want a max_jobs error naming --max-jobs", err)
 		}
 	})
 	t.Run("bad-override-names-the-field", func(t *testing.T) {
 		_, err := BuildAdvert(facts, Overrides{Hostname: "my builder"}, now)
-		var fe *FieldError
+		var fe *wire.FieldError
 		if !errors.As(err, &fe) || fe.Field != "hostname" {
 			t.Errorf("err = %v, want a hostname FieldError", err)
 		}
 	})
+}
+
+// testHostKey is a fixed ed25519 SSH host public key in advert form.
+func testHostKey(t testing.TB) string {
+	t.Helper()
+	seed := make([]byte, ed25519.SeedSize)
+	copy(seed, "nixrb-discover test host key....")
+	pub, err := ssh.NewPublicKey(ed25519.NewKeyFromSeed(seed).Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return wire.CanonicalHostKey(pub)
 }

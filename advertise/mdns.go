@@ -14,27 +14,8 @@ import (
 
 	"github.com/hashicorp/mdns"
 	"github.com/miekg/dns"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
-
-// MDNSService is the DNS-SD service type builders are advertised under.
-const MDNSService = "_nix-builder._tcp"
-
-// MDNSDomain is the mDNS domain, as a fully qualified name.
-const MDNSDomain = "local."
-
-// DefaultMDNSTTL is the TTL of every record the responder serves. RFC 6762
-// suggests 120 s for records tied to a host (SRV, A) and 75 min for others;
-// we use 120 s for all, TXT included, so that a builder that vanished
-// without a goodbye leaves clients' caches within two minutes (clients
-// also re-query every 10-30 s and health-check, so this is a bound on
-// staleness, not the main way a dead builder goes away).
-const DefaultMDNSTTL = 120 * time.Second
-
-// MaxTXTBytes bounds the whole TXT record set (sum of string lengths plus
-// one length byte each): larger sets do not fit in one Ethernet frame with
-// the other records, and hashicorp/mdns and Avahi's legacy-unicast replies
-// silently lose them.
-const MaxTXTBytes = 1300
 
 // announceRepeat is the gap between an announcement and its repetition
 // (RFC 6762 section 8.3: at least two, one second apart).
@@ -121,8 +102,8 @@ func checkTXT(txt []string) error {
 		}
 		total += len(s) + 1
 	}
-	if total > MaxTXTBytes {
-		return fmt.Errorf("txt record is %d bytes, more than %d", total, MaxTXTBytes)
+	if total > wire.MaxTXTBytes {
+		return fmt.Errorf("txt record is %d bytes, more than %d", total, wire.MaxTXTBytes)
 	}
 	return nil
 }
@@ -238,18 +219,18 @@ func (r *MDNSResponder) names() (mdnsNames, error) {
 	}
 	ttl := r.TTL
 	if ttl == 0 {
-		ttl = DefaultMDNSTTL
+		ttl = wire.DefaultMDNSTTL
 	}
 	if ttl < time.Second {
 		return mdnsNames{}, fmt.Errorf("mdns responder: ttl %v is under one second", ttl)
 	}
 	label, _, _ := strings.Cut(host, ".")
-	service := MDNSService + "." + MDNSDomain
+	service := wire.MDNSService + "." + wire.MDNSDomain
 	n := mdnsNames{
 		instance: host,
 		service:  service,
 		inst:     escapeLabel(host) + "." + service,
-		host:     escapeLabel(label) + "." + MDNSDomain,
+		host:     escapeLabel(label) + "." + wire.MDNSDomain,
 		port:     uint16(port),
 		ttl:      uint32(ttl / time.Second),
 	}

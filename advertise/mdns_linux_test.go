@@ -17,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/nixrb-discover/nixrb-discover/internal/netnstest"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
 // startResponder runs r in h until the test ends; it returns a stop
@@ -142,7 +143,7 @@ func TestMDNSResponderAnswersHashicorpQuery(t *testing.T) {
 			return err
 		}
 		return mdns.Query(&mdns.QueryParam{
-			Service: MDNSService, Domain: "local", Timeout: 500 * time.Millisecond,
+			Service: wire.MDNSService, Domain: "local", Timeout: 500 * time.Millisecond,
 			Interface: ifi, Entries: entries, Logger: log.New(io.Discard, "", 0),
 		})
 	})

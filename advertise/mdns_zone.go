@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/mdns"
 	"github.com/miekg/dns"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
 // cacheFlush is the mDNS cache-flush bit of a record's class (RFC 6762
@@ -15,7 +16,7 @@ import (
 const cacheFlush = 1 << 15
 
 // dnssdServices is the DNS-SD service type enumeration name.
-const dnssdServices = "_services._dns-sd._udp." + MDNSDomain
+const dnssdServices = "_services._dns-sd._udp." + wire.MDNSDomain
 
 // mdnsZone is a hashicorp/mdns Zone whose TXT and addresses may change
 // while the server runs. It answers the service type (PTR), the instance

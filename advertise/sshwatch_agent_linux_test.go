@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"tailscale.com/client/tailscale/apitype"
 	"tailscale.com/ipn/ipnstate"
 )
@@ -45,7 +46,7 @@ func TestAgentSSHWatch(t *testing.T) {
 		Interval: time.Hour, // no capacity churn
 		Tailnet:  &TailnetServer{LocalAPI: noLocalAPI{}, Listen: net.Listen, ListenAddr: "127.0.0.1:0"},
 		SSHWatch: &SSHWatch{Port: 22, ProcRoot: proc, Interval: 5 * time.Millisecond},
-		OnChange: func(ad *Advert) { adverts <- ad.Draining },
+		OnChange: func(ad *wire.Advert) { adverts <- ad.Draining },
 	}
 	stop := runAgent(t, a)
 

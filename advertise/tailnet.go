@@ -17,28 +17,18 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"tailscale.com/client/local"
 	"tailscale.com/client/tailscale/apitype"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tailcfg"
 )
 
-// DefaultAdvertPort is the TCP port a builder serves GET /v1/advert on, on
-// its tailnet addresses only. It is in the registered range and unassigned
-// by IANA; clients use the same default (discover.TailnetSource).
-const DefaultAdvertPort = 7461
-
-// AdvertPath is the URL path of the JSON advert.
-const AdvertPath = "/v1/advert"
-
 // Long polls: GET /v1/advert?wait=<etag> is held while <etag> is the
 // current advert's ETag, until the advert changes or the bound passes.
 const (
 	// DefaultAdvertWait is how long TailnetServer holds a long poll.
 	DefaultAdvertWait = 25 * time.Second
-	// MaxAdvertWait caps TailnetServer.Wait; a client's long poll times
-	// out a little after it.
-	MaxAdvertWait = 30 * time.Second
 	// DefaultMaxWaiters bounds the long polls held at once.
 	DefaultMaxWaiters = 1024
 	// stopFlush bounds how long Run, on its way out, waits for the last
@@ -160,9 +150,9 @@ func (s *TailnetServer) Run(ctx context.Context) error {
 	log = log.With("component", "tailnet-server")
 	port := s.Port
 	if port == 0 {
-		port = DefaultAdvertPort
+		port = wire.DefaultAdvertPort
 	}
-	wait := min(s.Wait, MaxAdvertWait)
+	wait := min(s.Wait, wire.MaxAdvertWait)
 	if wait <= 0 {
 		wait = DefaultAdvertWait
 	}
@@ -171,7 +161,7 @@ func (s *TailnetServer) Run(ctx context.Context) error {
 		maxWaiters = DefaultMaxWaiters
 	}
 	stopping := make(chan struct{})
-	s.Handle("GET "+AdvertPath, s.serveAdvert(log, wait, int64(maxWaiters), stopping))
+	s.Handle("GET "+wire.AdvertPath, s.serveAdvert(log, wait, int64(maxWaiters), stopping))
 	s.mu.Lock()
 	mux := s.mux
 	s.mu.Unlock()

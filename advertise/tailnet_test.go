@@ -25,20 +25,21 @@ import (
 
 	"github.com/nixrb-discover/nixrb-discover/advertise"
 	"github.com/nixrb-discover/nixrb-discover/internal/tailnettest"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
 // tnAdvert returns the golden advert and its JSON encoding.
-func tnAdvert(t *testing.T) (*advertise.Advert, []byte) {
+func tnAdvert(t *testing.T) (*wire.Advert, []byte) {
 	t.Helper()
-	raw, err := os.ReadFile("testdata/advert-v1.json")
+	raw, err := os.ReadFile("../wire/testdata/advert-v1.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := advertise.DecodeJSON(raw)
+	a, err := wire.DecodeJSON(raw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := advertise.EncodeJSON(a)
+	b, err := wire.EncodeJSON(a)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,17 +132,17 @@ func TestTailnetServer(t *testing.T) {
 		json.NewEncoder(w).Encode(c)
 	}))
 	tnServe(t, s)
-	port := strconv.Itoa(advertise.DefaultAdvertPort)
+	port := strconv.Itoa(wire.DefaultAdvertPort)
 
 	// The advert is served on the tailnet by MagicDNS name (full and
 	// short) and by each tailnet IP, as JSON that decodes to the advert.
 	for _, host := range []string{b.FQDN, b.Name, b.IPv4.String(), b.IPv6.String()} {
 		t.Run("fetch-by-"+host, func(t *testing.T) {
-			code, ctype, got := tnGet(t, c.Server.HTTPClient(), "http://"+net.JoinHostPort(host, port)+advertise.AdvertPath)
+			code, ctype, got := tnGet(t, c.Server.HTTPClient(), "http://"+net.JoinHostPort(host, port)+wire.AdvertPath)
 			if code != 200 || ctype != "application/json" {
 				t.Fatalf("status %d, content type %q, body %q", code, ctype, got)
 			}
-			a, err := advertise.DecodeJSON(got)
+			a, err := wire.DecodeJSON(got)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -173,11 +174,11 @@ func TestTailnetServer(t *testing.T) {
 			LocalAPI:  b.LocalClient,
 			Listen:    b.Server.Listen,
 			Advert:    func() ([]byte, error) { return body, nil },
-			Port:      advertise.DefaultAdvertPort + 1,
+			Port:      wire.DefaultAdvertPort + 1,
 			AllowTags: []string{tailnettest.TagClient},
 		}
 		tnServe(t, s2)
-		url := "http://" + net.JoinHostPort(b.FQDN, strconv.Itoa(s2.Port)) + advertise.AdvertPath
+		url := "http://" + net.JoinHostPort(b.FQDN, strconv.Itoa(s2.Port)) + wire.AdvertPath
 		if code, _, got := tnGet(t, c.Server.HTTPClient(), url); code != 200 {
 			t.Fatalf("tagged client: status %d: %s", code, got)
 		}
@@ -194,11 +195,11 @@ func TestTailnetServer(t *testing.T) {
 			LocalAPI:  b.LocalClient,
 			Listen:    b.Server.Listen,
 			Advert:    func() ([]byte, error) { return body, nil },
-			Port:      advertise.DefaultAdvertPort + 2,
+			Port:      wire.DefaultAdvertPort + 2,
 			AllowCaps: []tailcfg.PeerCapability{capName},
 		}
 		tnServe(t, s4)
-		url := "http://" + net.JoinHostPort(b.FQDN, strconv.Itoa(s4.Port)) + advertise.AdvertPath
+		url := "http://" + net.JoinHostPort(b.FQDN, strconv.Itoa(s4.Port)) + wire.AdvertPath
 		if code, _, got := tnGet(t, u.Server.HTTPClient(), url); code != http.StatusForbidden {
 			t.Fatalf("before the grant: status %d, want 403: %s", code, got)
 		}
@@ -251,7 +252,7 @@ func TestTailnetServer(t *testing.T) {
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		code, _, got := tnGet(t, http.DefaultClient, "http://"+addr+advertise.AdvertPath)
+		code, _, got := tnGet(t, http.DefaultClient, "http://"+addr+wire.AdvertPath)
 		if code != http.StatusForbidden {
 			t.Fatalf("status %d, want 403: %s", code, got)
 		}
@@ -396,7 +397,7 @@ type lpSwitch struct{ p atomic.Pointer[[]byte] }
 func (a *lpSwitch) set(b []byte)         { a.p.Store(&b) }
 func (a *lpSwitch) get() ([]byte, error) { return *a.p.Load(), nil }
 func lpURL(n *tailnettest.Node, port int) string {
-	return "http://" + net.JoinHostPort(n.FQDN, strconv.Itoa(port)) + advertise.AdvertPath
+	return "http://" + net.JoinHostPort(n.FQDN, strconv.Itoa(port)) + wire.AdvertPath
 }
 
 // TestTailnetServerLongPoll checks GET /v1/advert?wait=<etag> on a builder
@@ -413,7 +414,7 @@ func TestTailnetServerLongPoll(t *testing.T) {
 
 	a, body := tnAdvert(t)
 	a.Draining = true
-	draining, err := advertise.EncodeJSON(a)
+	draining, err := wire.EncodeJSON(a)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,7 +423,7 @@ func TestTailnetServerLongPoll(t *testing.T) {
 	const wait = 2 * time.Second
 	s := &advertise.TailnetServer{
 		LocalAPI: b.LocalClient, Listen: b.Server.Listen, Advert: adv.get,
-		Port: advertise.DefaultAdvertPort + 10, Wait: wait, MaxWaiters: 2,
+		Port: wire.DefaultAdvertPort + 10, Wait: wait, MaxWaiters: 2,
 	}
 	tnServe(t, s)
 	url := lpURL(b, s.Port)
@@ -502,7 +503,7 @@ func TestTailnetServerLongPoll(t *testing.T) {
 		adv2.set(body)
 		s2 := &advertise.TailnetServer{
 			LocalAPI: b.LocalClient, Listen: b.Server.Listen, Advert: adv2.get,
-			Port: advertise.DefaultAdvertPort + 11,
+			Port: wire.DefaultAdvertPort + 11,
 		}
 		stop := tnServe(t, s2)
 		url2 := lpURL(b, s2.Port)

@@ -6,50 +6,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/internal/clienttest"
 	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
 )
-
-// buildBinary builds the real nixrb-discover into dir, as nix/package.nix
-// builds the shipped one: CGO_ENABLED=0, a static binary (no libc mapped,
-// about 2 MiB less RSS than a cgo build). NIXRB_BENCH_CGO=1 builds with
-// the toolchain's default instead.
-func buildBinary(tb testing.TB, dir string) string {
-	tb.Helper()
-	bin := filepath.Join(dir, "nixrb-discover")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/nixrb-discover/nixrb-discover/cmd/nixrb-discover")
-	if os.Getenv("NIXRB_BENCH_CGO") != "1" {
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		tb.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// cpuTicks reads utime+stime of pid (clock ticks) and its RSS in KiB.
-func cpuTicks(tb testing.TB, pid int) (ticks int64, rssKiB int64) {
-	tb.Helper()
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, l := range strings.Split(string(status), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			rssKiB, _ = strconv.ParseInt(strings.Fields(l)[1], 10, 64)
-		}
-	}
-	return ut + st, rssKiB
-}
 
 // BenchmarkClientIdle runs the real client binary, as a process of its
 // own, against 10 healthy builders (real sshd + nix-daemon, health-gated
@@ -61,7 +24,7 @@ func BenchmarkClientIdle(b *testing.B) {
 	nixtest.RequireTools(b)
 	const builders = 10
 	dir := nixtest.WorkDir(b, "idle")
-	bin := buildBinary(b, dir)
+	bin := clienttest.BuildBinary(b, dir)
 	keyPath := filepath.Join(dir, "id_ed25519")
 	if out, err := exec.Command(bin, "client", "--once", "--tailnet=false", "--static", "/dev/null", "--ssh-key", keyPath, "--machines", filepath.Join(dir, "probe")).CombinedOutput(); err != nil {
 		b.Fatalf("create key: %v\n%s", err, out)
@@ -94,11 +57,11 @@ func BenchmarkClientIdle(b *testing.B) {
 	if err != nil {
 		b.Fatalf("client wrote no machines file: %v", err)
 	}
-	t0, _ := cpuTicks(b, cmd.Process.Pid)
+	t0, _ := clienttest.CPUTicks(b, cmd.Process.Pid)
 	b.ResetTimer()
 	time.Sleep(measure)
 	b.StopTimer()
-	t1, rss := cpuTicks(b, cmd.Process.Pid)
+	t1, rss := clienttest.CPUTicks(b, cmd.Process.Pid)
 	fi2, _ := os.Stat(machines)
 	rewrites := 0.0
 	if !fi2.ModTime().Equal(fi.ModTime()) {

@@ -10,18 +10,19 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/nixrb-discover/nixrb-discover/render"
 )
 
 // HealthChecker checks one builder; *Checker is the real one.
 type HealthChecker interface {
 	// Check runs the full check: SSH login and the Nix handshake.
-	Check(ctx context.Context, t Target) Result
+	Check(ctx context.Context, t health.Target) health.Result
 	// Probe runs the cheap one: a fresh TCP connection and the banner.
-	Probe(ctx context.Context, t Target) Result
+	Probe(ctx context.Context, t health.Target) health.Result
 	// Ping runs the cheapest: a keepalive on the cached connection; ok
 	// is false when there is none.
-	Ping(ctx context.Context, t Target) (r Result, ok bool)
+	Ping(ctx context.Context, t health.Target) (r health.Result, ok bool)
 	// Forget drops what is cached for a builder that left.
 	Forget(key string)
 }
@@ -29,7 +30,7 @@ type HealthChecker interface {
 // watcher is a HealthChecker that watches cached connections between
 // checks (*Checker does, with kernel TCP keepalive).
 type watcher interface {
-	SetOnLost(func(key string, r Result))
+	SetOnLost(func(key string, r health.Result))
 	Watched(key string) bool
 }
 
@@ -46,7 +47,7 @@ type Hooks struct {
 	Tick      func()
 	TickEvery time.Duration
 	// Checked is called after each health check.
-	Checked func(key string, r Result)
+	Checked func(key string, r health.Result)
 	// Rendered is called after each render: written, unchanged or failed.
 	Rendered func(changed bool, err error)
 	// SourceError is called when a source reports an error.
@@ -142,7 +143,7 @@ func (k checkKind) String() string {
 
 type checkDone struct {
 	key      string
-	r        Result
+	r        health.Result
 	kind     checkKind
 	enrolled bool // the builder accepted our key just before this check
 }
@@ -185,7 +186,7 @@ func (c *Client) Run(ctx context.Context) error {
 	l := newLoop(c)
 	if w, ok := c.Checker.(watcher); ok {
 		l.watcher = w
-		w.SetOnLost(func(key string, r Result) {
+		w.SetOnLost(func(key string, r health.Result) {
 			select {
 			case l.lost <- checkDone{key: key, r: r}:
 			case <-ctx.Done():

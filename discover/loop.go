@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/nixrb-discover/nixrb-discover/render"
 )
 
@@ -211,7 +212,7 @@ func (l *loop) startCheck(ctx context.Context, key string) {
 	t, err := targetFor(*m)
 	if err != nil {
 		go func() {
-			l.done <- checkDone{key: key, r: Result{Reason: ReasonInvalid, Detail: err.Error(), When: time.Now()}}
+			l.done <- checkDone{key: key, r: health.Result{Reason: health.ReasonInvalid, Detail: err.Error(), When: time.Now()}}
 		}()
 		l.sem <- struct{}{}
 		return
@@ -219,18 +220,18 @@ func (l *loop) startCheck(ctx context.Context, key string) {
 	l.sem <- struct{}{}
 	kind := l.kindFor(m)
 	enrol := l.c.Enroll != nil && m.Advert != nil && m.Advert.Enroll && strings.HasPrefix(m.Key, "tailnet:") &&
-		(!l.enrolled[key] || m.Last.Reason == ReasonAuthRefused)
+		(!l.enrolled[key] || m.Last.Reason == health.ReasonAuthRefused)
 	cand := m.Candidate
 	go func() {
 		if enrol {
 			start := time.Now()
 			if err := l.c.Enroll(ctx, cand); err != nil {
-				l.done <- checkDone{key: key, kind: checkFull, r: Result{Reason: ReasonEnrollRefused, Detail: err.Error(), When: start, Took: time.Since(start)}}
+				l.done <- checkDone{key: key, kind: checkFull, r: health.Result{Reason: health.ReasonEnrollRefused, Detail: err.Error(), When: start, Took: time.Since(start)}}
 				return
 			}
 			kind = checkFull
 		}
-		var r Result
+		var r health.Result
 		switch kind {
 		case checkFull:
 			r = l.c.Checker.Check(ctx, t)
@@ -298,13 +299,13 @@ func (l *loop) onResult(now time.Time, d checkDone) {
 		l.enrolled[d.key] = true
 		l.log.Info("enrolled with builder", "key", d.key)
 	}
-	if d.r.Reason == ReasonNotTrusted && l.c.NixVersion.AtLeast(2, 26) {
+	if d.r.Reason == health.ReasonNotTrusted && l.c.NixVersion.AtLeast(2, 26) {
 		// Nix 2.26 (tested; maybe earlier) sees from the handshake that it
 		// is not trusted and sends the .drv by path, which an untrusted
 		// user may build: the builder works. Older Nix gets "not
 		// privileged to build input-addressed derivations". Trusted stays
 		// TrustedNo, so list still says so.
-		d.r.OK, d.r.Reason, d.r.Detail = true, ReasonOK, ""
+		d.r.OK, d.r.Reason, d.r.Detail = true, health.ReasonOK, ""
 	}
 	switch {
 	case !d.r.OK:
@@ -325,7 +326,7 @@ func (l *loop) onResult(now time.Time, d checkDone) {
 	}
 	if m != nil {
 		lvl := slog.LevelDebug
-		if d.r.Reason == ReasonHostKeyMismatch {
+		if d.r.Reason == health.ReasonHostKeyMismatch {
 			lvl = slog.LevelWarn
 		}
 		l.log.Log(context.Background(), lvl, "checked", "builder", m.Name, "kind", d.kind.String(), "ok", d.r.OK,

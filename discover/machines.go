@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/nixrb-discover/nixrb-discover/render"
 )
 
@@ -86,8 +87,8 @@ func (l *loop) machineFor(m Member) (render.Machine, string, error) {
 }
 
 // targetFor is what the health check dials and expects.
-func targetFor(m Member) (Target, error) {
-	t := Target{Key: m.Key}
+func targetFor(m Member) (health.Target, error) {
+	t := health.Target{Key: m.Key}
 	var keyLine string
 	switch {
 	case m.Advert != nil:
@@ -125,3 +126,6 @@ func targetFor(m Member) (Target, error) {
 	t.HostKey = k
 	return t, nil
 }
+
+// errNoHostKey is why a static entry cannot be health-checked.
+var errNoHostKey = errors.New("static entry has no host key (field 8): it cannot be checked safely")

@@ -3,6 +3,8 @@ package discover
 import (
 	"sort"
 	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/health"
 )
 
 // State is where a builder stands with the client.
@@ -69,7 +71,7 @@ type Member struct {
 	// Good and Bad count checks in a row.
 	Good, Bad int
 	// Last is the last check's result (zero before the first).
-	Last Result
+	Last health.Result
 	// Next is when it is due for a check (zero: never, e.g. untrusted).
 	Next time.Time
 	// Since is when it last entered or left the file.
@@ -273,7 +275,7 @@ func (m *Membership) NextDue() time.Time {
 }
 
 // Result takes the outcome of a check of key started by Due.
-func (m *Membership) Result(now time.Time, key string, r Result) []Change {
+func (m *Membership) Result(now time.Time, key string, r health.Result) []Change {
 	mem := m.members[key]
 	if mem == nil {
 		return nil // left while being checked
@@ -306,7 +308,7 @@ func (m *Membership) Result(now time.Time, key string, r Result) []Change {
 		mem.Reason += ": " + r.Detail
 	}
 	// A host key mismatch is a security event, not flakiness: out at once.
-	if mem.InFile && (mem.Bad >= m.cfg.Fall || r.Reason == ReasonHostKeyMismatch) {
+	if mem.InFile && (mem.Bad >= m.cfg.Fall || r.Reason == health.ReasonHostKeyMismatch) {
 		mem.State = StateDown
 		mem.Next = now.Add(m.cfg.Backoff(mem.Bad))
 		return m.leave(now, mem, mem.Reason)
@@ -325,7 +327,7 @@ func (m *Membership) Result(now time.Time, key string, r Result) []Change {
 // r.ConnectionLost (its TCP keepalive went unanswered: packets dropped,
 // host down) a builder in the file leaves at once; otherwise it is
 // re-checked at once.
-func (m *Membership) Lost(now time.Time, key string, r Result) []Change {
+func (m *Membership) Lost(now time.Time, key string, r health.Result) []Change {
 	mem := m.members[key]
 	if mem == nil || mem.Next.IsZero() {
 		return nil

@@ -6,15 +6,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/nixrb-discover/nixrb-discover/render"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
 var t0 = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)
 
 func cand(key string, mutate ...func(*Candidate)) Candidate {
 	c := Candidate{Key: key, Name: key, Address: key + ".ts.net", Trusted: true, TrustReason: "test",
-		Advert: &advertise.Advert{Hostname: key, SSHUser: "builder", SSHPort: 22, Protocol: "ssh-ng", HostKey: "ssh-ed25519 AAAA" + key,
+		Advert: &wire.Advert{Hostname: key, SSHUser: "builder", SSHPort: 22, Protocol: "ssh-ng", HostKey: "ssh-ed25519 AAAA" + key,
 			Systems: []string{"x86_64-linux"}, MaxJobs: 1, SpeedFactor: 1}}
 	for _, f := range mutate {
 		f(&c)
@@ -23,8 +24,8 @@ func cand(key string, mutate ...func(*Candidate)) Candidate {
 }
 
 var (
-	ok      = Result{OK: true}
-	refused = Result{Reason: ReasonUnreachable, Detail: "connection refused"}
+	ok      = health.Result{OK: true}
+	refused = health.Result{Reason: health.ReasonUnreachable, Detail: "connection refused"}
 )
 
 // step is one event of a membership story.
@@ -32,7 +33,7 @@ type step struct {
 	at      time.Duration
 	snap    *Snapshot
 	check   string // key whose check completes
-	result  Result
+	result  health.Result
 	joined  []string // keys that must enter the file at this step
 	left    []string // keys that must leave
 	inFile  []string // keys in the file after the step (nil: not checked)
@@ -125,7 +126,7 @@ func TestMembershipStories(t *testing.T) {
 		{"host key mismatch is out at once despite fall 3", MembershipConfig{Fall: 3}, []step{
 			{snap: snap("tailnet", b1)},
 			{check: "b1", result: ok, joined: []string{"b1"}},
-			{at: time.Second, check: "b1", result: Result{Reason: ReasonHostKeyMismatch}, left: []string{"b1"}},
+			{at: time.Second, check: "b1", result: health.Result{Reason: health.ReasonHostKeyMismatch}, left: []string{"b1"}},
 		}},
 		{"draining advert leaves at once and is not checked", MembershipConfig{}, []step{
 			{snap: snap("tailnet", b1, b2)},
@@ -188,13 +189,13 @@ func TestMembershipLostConnection(t *testing.T) {
 	m.Result(t0, "b1", ok)
 	m.Result(t0, "b2", ok)
 	// Keepalive unanswered: packets dropped, out at once.
-	ch := m.Lost(t0.Add(time.Second), "b1", Result{Reason: ReasonTimeout, ConnectionLost: true, Detail: "no answer"})
+	ch := m.Lost(t0.Add(time.Second), "b1", health.Result{Reason: health.ReasonTimeout, ConnectionLost: true, Detail: "no answer"})
 	if len(ch) != 1 || ch[0].Joined || ch[0].Key != "b1" {
 		t.Fatalf("lost connection: changes %v, want b1 to leave", ch)
 	}
 	// Ended otherwise (closed by the server): only re-checked at once.
 	m.Postpone("b2", t0.Add(time.Minute))
-	if ch := m.Lost(t0.Add(time.Second), "b2", Result{Reason: ReasonUnreachable}); len(ch) != 0 {
+	if ch := m.Lost(t0.Add(time.Second), "b2", health.Result{Reason: health.ReasonUnreachable}); len(ch) != 0 {
 		t.Fatalf("closed connection: changes %v, want none", ch)
 	}
 	if due := m.Due(t0.Add(time.Second)); len(due) != 2 {

@@ -3,8 +3,16 @@ package discover
 import (
 	"context"
 
-	"github.com/nixrb-discover/nixrb-discover/advertise"
 	"github.com/nixrb-discover/nixrb-discover/render"
+	"github.com/nixrb-discover/nixrb-discover/wire"
+)
+
+// The sources' names (Source.Name, Snapshot.Source, the SOURCE column of
+// list).
+const (
+	SourceTailnet = "tailnet"
+	SourceMDNS    = "mdns"
+	SourceStatic  = "static"
 )
 
 // Source is one way of finding builders (tailnet, mDNS, static file).
@@ -52,7 +60,7 @@ type Candidate struct {
 	// the health check: a MagicDNS name, a tailnet IP, or a LAN address.
 	Address string
 	// Advert is the builder's advert; nil for static entries.
-	Advert *advertise.Advert
+	Advert *wire.Advert
 	// Machine is a static entry's line as the user wrote it; nil for
 	// discovered builders.
 	Machine *render.Machine

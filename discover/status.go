@@ -3,7 +3,7 @@ package discover
 import (
 	"time"
 
-	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
 // StatusVersion is the version of the Status JSON document. Fields are
@@ -35,30 +35,30 @@ type SourceStatus struct {
 
 // BuilderStatus is one builder as the client sees it.
 type BuilderStatus struct {
-	Key               string              `json:"key"`
-	Name              string              `json:"name"`
-	Source            string              `json:"source"`
-	Address           string              `json:"address,omitempty"`
-	State             State               `json:"state"`
-	Reason            string              `json:"reason,omitempty"`
-	InFile            bool                `json:"in_file"`
-	Trusted           bool                `json:"trusted"`
-	Trust             string              `json:"trust,omitempty"`
-	TrustHint         string              `json:"trust_hint,omitempty"`
-	Protocol          string              `json:"protocol,omitempty"`
-	SSHUser           string              `json:"ssh_user,omitempty"`
-	SSHPort           int                 `json:"ssh_port,omitempty"`
-	Systems           []string            `json:"systems,omitempty"`
-	SupportedFeatures []string            `json:"supported_features,omitempty"`
-	MandatoryFeatures []string            `json:"mandatory_features,omitempty"`
-	MaxJobs           int                 `json:"max_jobs,omitempty"`
-	SpeedFactor       float64             `json:"speed_factor,omitempty"`
-	Capacity          *advertise.Capacity `json:"capacity,omitempty"`
-	Draining          bool                `json:"draining,omitempty"`
-	LastCheck         *time.Time          `json:"last_check,omitempty"`
-	RTTMillis         float64             `json:"rtt_ms,omitempty"`
-	RemoteNix         string              `json:"remote_nix,omitempty"`
-	TrustedUser       string              `json:"trusted_user,omitempty"`
+	Key               string         `json:"key"`
+	Name              string         `json:"name"`
+	Source            string         `json:"source"`
+	Address           string         `json:"address,omitempty"`
+	State             State          `json:"state"`
+	Reason            string         `json:"reason,omitempty"`
+	InFile            bool           `json:"in_file"`
+	Trusted           bool           `json:"trusted"`
+	Trust             string         `json:"trust,omitempty"`
+	TrustHint         string         `json:"trust_hint,omitempty"`
+	Protocol          string         `json:"protocol,omitempty"`
+	SSHUser           string         `json:"ssh_user,omitempty"`
+	SSHPort           int            `json:"ssh_port,omitempty"`
+	Systems           []string       `json:"systems,omitempty"`
+	SupportedFeatures []string       `json:"supported_features,omitempty"`
+	MandatoryFeatures []string       `json:"mandatory_features,omitempty"`
+	MaxJobs           int            `json:"max_jobs,omitempty"`
+	SpeedFactor       float64        `json:"speed_factor,omitempty"`
+	Capacity          *wire.Capacity `json:"capacity,omitempty"`
+	Draining          bool           `json:"draining,omitempty"`
+	LastCheck         *time.Time     `json:"last_check,omitempty"`
+	RTTMillis         float64        `json:"rtt_ms,omitempty"`
+	RemoteNix         string         `json:"remote_nix,omitempty"`
+	TrustedUser       string         `json:"trusted_user,omitempty"`
 }
 
 // status builds the current Status (called by the loop only).

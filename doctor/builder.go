@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/nixrb-discover/nixrb-discover/render"
 	"golang.org/x/crypto/ssh"
 )
@@ -97,9 +97,9 @@ func checkBuilder(ctx context.Context, r *Report, opts Options, en render.Entry,
 		return // the key check failed: nothing to log in with
 	}
 
-	c := &discover.Checker{Signer: signer, Timeout: opts.Timeout, BannerTimeout: opts.Timeout, RefreshChecks: -1}
+	c := &health.Checker{Signer: signer, Timeout: opts.Timeout, BannerTimeout: opts.Timeout, RefreshChecks: -1}
 	defer c.Close()
-	res := c.Check(ctx, discover.Target{Key: m.URI.Host, Addr: dialAddr, User: user, Protocol: m.URI.Scheme, HostKey: hostKey})
+	res := c.Check(ctx, health.Target{Key: m.URI.Host, Addr: dialAddr, User: user, Protocol: m.URI.Scheme, HostKey: hostKey})
 	sshChecks(r, label, addr, user, kp, ident, m, res)
 }
 

@@ -5,18 +5,18 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/nixrb-discover/nixrb-discover/render"
 )
 
 // sshChecks turns the Checker's verdict into one check per step Nix takes
 // after the banner: host key, login, Nix on PATH and handshake, trust.
 // Steps before the failing one passed; later ones are not reported.
-func sshChecks(r *Report, label, addr, user, keyPath, ident string, m render.Machine, res discover.Result) {
+func sshChecks(r *Report, label, addr, user, keyPath, ident string, m render.Machine, res health.Result) {
 	hostKey := label + ": host key matches field 8"
 	login := fmt.Sprintf("%s: %s accepts key %s for user %s", label, addr, keyPath, user)
 	prog := "nix-daemon --stdio"
-	if m.URI.Scheme == discover.ProtocolSSH {
+	if m.URI.Scheme == health.ProtocolSSH {
 		prog = "nix-store --serve --write"
 	}
 	onPath := fmt.Sprintf("%s: Nix is on %s's non-interactive PATH", label, user)
@@ -26,7 +26,7 @@ func sshChecks(r *Report, label, addr, user, keyPath, ident string, m render.Mac
 	keyOK := func() { r.pass(hostKey, res.PresentedKeyFingerprint) }
 	loginOK := func() { keyOK(); r.pass(login, "") }
 	switch res.Reason {
-	case discover.ReasonOK:
+	case health.ReasonOK:
 		loginOK()
 		r.pass(onPath, "")
 		v := "protocol " + res.ProtocolVersion
@@ -35,40 +35,40 @@ func sshChecks(r *Report, label, addr, user, keyPath, ident string, m render.Mac
 		}
 		r.pass(handshake, fmt.Sprintf("%s, rtt %s", v, res.RTT.Round(10*time.Microsecond)))
 		switch res.Trusted {
-		case discover.TrustedYes:
+		case health.TrustedYes:
 			r.pass(trusted, "the daemon says so")
 		default:
 			r.pass(fmt.Sprintf("%s: whether %s is trusted is not reported by protocol %s (Nix before 2.15, or ssh://)",
 				label, user, res.ProtocolVersion),
 				"if builds fail with \"not privileged to build input-addressed derivations\", add "+user+" to trusted-users on the builder")
 		}
-	case discover.ReasonHostKeyMismatch:
+	case health.ReasonHostKeyMismatch:
 		r.fail(hostKey, res.Detail,
 			"the builder was re-keyed or this is not the builder: update field 8 (base64 of its new host key line) "+
 				"or let the client re-learn it from the builder's advert")
-	case discover.ReasonAuthRefused:
+	case health.ReasonAuthRefused:
 		keyOK()
 		r.fail(login, res.Detail,
 			fmt.Sprintf("add the client key (%s.pub) to %s's authorized_keys on the builder, or enable enrolment "+
 				"(the builder's AuthorizedKeysCommand nixrb-discover authorized-keys)", keyPath, user))
-	case discover.ReasonNixNotFound:
+	case health.ReasonNixNotFound:
 		loginOK()
 		r.fail(onPath, res.Detail,
 			"Nix must be on the remote's non-interactive PATH: on NixOS it is; elsewhere set PATH in "+user+"'s ~/.bashrc "+
 				"before its interactive check, or use `?remote-program=/nix/var/nix/profiles/default/bin/nix-daemon` in the URI")
-	case discover.ReasonNotTrusted:
+	case health.ReasonNotTrusted:
 		loginOK()
 		r.pass(onPath, "")
 		r.pass(handshake, "protocol "+res.ProtocolVersion+", Nix "+res.NixVersion)
 		r.fail(trusted, res.Detail,
 			fmt.Sprintf("add %s to trusted-users on the builder (nix.settings.trusted-users on NixOS); "+
 				"Nix before 2.26 refuses input-addressed builds otherwise", user))
-	case discover.ReasonDaemonError:
+	case health.ReasonDaemonError:
 		loginOK()
 		r.pass(onPath, "")
 		r.fail(handshake, res.Detail,
 			"make the remote command's stdout clean (no shell startup file may print) and read the remote error above")
-	case discover.ReasonTimeout:
+	case health.ReasonTimeout:
 		tailscale := strings.Contains(ident, "Tailscale") || strings.Contains(res.Detail, "Tailscale SSH")
 		switch {
 		case tailscale:

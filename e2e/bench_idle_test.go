@@ -5,33 +5,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/internal/clienttest"
 	"github.com/nixrb-discover/nixrb-discover/internal/netnstest"
 	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
 )
-
-// procCPU reads utime+stime (clock ticks) and RSS (KiB) of pid.
-func procCPU(tb testing.TB, pid int) (ticks, rssKiB int64) {
-	tb.Helper()
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		tb.Fatal(err)
-	}
-	f := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+2:]))
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, l := range strings.Split(string(status), "\n") {
-		if strings.HasPrefix(l, "VmRSS:") {
-			rssKiB, _ = strconv.ParseInt(strings.Fields(l)[1], 10, 64)
-		}
-	}
-	return ut + st, rssKiB
-}
 
 // BenchmarkIdleFleet runs the real binaries over mDNS between namespaces:
 // N builders (sshd + signed agent each) and one client, all healthy, and
@@ -87,8 +68,8 @@ func idleFleet(b *testing.B, n int) {
 		window = w
 	}
 	time.Sleep(settle)
-	c0, _ := procCPU(b, client.Process.Pid)
-	a0, _ := procCPU(b, agent.Process.Pid)
+	c0, _ := clienttest.CPUTicks(b, client.Process.Pid)
+	a0, _ := clienttest.CPUTicks(b, agent.Process.Pid)
 	// Every write replaces the file (a new inode, a new mtime): count them.
 	stopCount, counted := make(chan struct{}), make(chan int, 1)
 	go func() {
@@ -115,8 +96,8 @@ func idleFleet(b *testing.B, n int) {
 	b.ResetTimer()
 	time.Sleep(window)
 	b.StopTimer()
-	c1, crss := procCPU(b, client.Process.Pid)
-	a1, arss := procCPU(b, agent.Process.Pid)
+	c1, crss := clienttest.CPUTicks(b, client.Process.Pid)
+	a1, arss := clienttest.CPUTicks(b, agent.Process.Pid)
 	close(stopCount)
 	rewrites := float64(<-counted)
 	const hz = 100 // USER_HZ

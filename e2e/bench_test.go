@@ -5,12 +5,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/internal/clienttest"
 	"github.com/nixrb-discover/nixrb-discover/internal/netnstest"
 	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
 )
@@ -61,20 +61,11 @@ func BenchmarkMDNSJoinLeave(b *testing.B) {
 		agent.Wait()
 	}
 	for _, s := range []string{"join", "link-down", "clean-stop"} {
-		p50, p95 := quantiles(lat[s])
+		p50, p95 := clienttest.Quantiles(lat[s])
 		b.ReportMetric(float64(p50.Microseconds())/1000, s+"-p50-ms")
 		b.ReportMetric(float64(p95.Microseconds())/1000, s+"-p95-ms")
 		b.Logf("%-10s n=%d p50=%v p95=%v", s, len(lat[s]), p50.Round(time.Millisecond), p95.Round(time.Millisecond))
 	}
-}
-
-func quantiles(ds []time.Duration) (p50, p95 time.Duration) {
-	if len(ds) == 0 {
-		return 0, 0
-	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	return s[len(s)/2], s[min(len(s)-1, len(s)*95/100)]
 }
 
 // BenchmarkFleetFaults runs TestBuildFleet's topology (three builder hosts
@@ -116,7 +107,7 @@ func BenchmarkFleetFaults(b *testing.B) {
 	}
 	for _, fault := range faults {
 		for _, s := range []string{fault.name + "-out", fault.name + "-build", fault.name + "-back"} {
-			p50, p95 := quantiles(lat[s])
+			p50, p95 := clienttest.Quantiles(lat[s])
 			b.ReportMetric(float64(p50.Microseconds())/1000, s+"-p50-ms")
 			b.ReportMetric(float64(p95.Microseconds())/1000, s+"-p95-ms")
 			b.Logf("%-18s n=%d p50=%v p95=%v", s, len(lat[s]), p50.Round(time.Millisecond), p95.Round(time.Millisecond))

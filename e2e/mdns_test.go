@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/internal/clienttest"
 	"github.com/nixrb-discover/nixrb-discover/internal/hoststate"
 	"github.com/nixrb-discover/nixrb-discover/internal/netnstest"
 	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
@@ -126,16 +127,7 @@ SetEnv TMPDIR=%s
 func buildBinary(t *testing.T) string { return buildBinaryTB(t) }
 
 func buildBinaryTB(t testing.TB) string {
-	t.Helper()
-	dir := nixtest.WorkDir(t, "e2e-bin")
-	bin := filepath.Join(dir, "nixrb-discover")
-	// Built as nix/package.nix builds it: static, no libc mapped.
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/nixrb-discover/nixrb-discover/cmd/nixrb-discover")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return clienttest.BuildBinary(t, nixtest.WorkDir(t, "e2e-bin"))
 }
 
 func waitFor(t testing.TB, within time.Duration, what string, ok func() bool) time.Duration {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/internal/clienttest"
 	"github.com/nixrb-discover/nixrb-discover/internal/netnstest"
 	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
 )
@@ -114,7 +115,7 @@ func TestSSHWatchLeave(t *testing.T) {
 		what string
 		ds   []time.Duration
 	}{{"SIGKILL", killed}, {"SIGSTOP", stopped}} {
-		p50, _ := quantiles(l.ds)
+		p50, _ := clienttest.Quantiles(l.ds)
 		t.Logf("leave after %s: median %v of %v", l.what, p50.Round(time.Millisecond), l.ds)
 		for _, d := range l.ds {
 			if d > leaveWithin {

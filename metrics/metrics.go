@@ -22,14 +22,12 @@ import (
 	"sync"
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
 // namespace prefixes every metric name.
 const namespace = "nixrb_discover"
-
-// tailnetSource is the name the tailnet source reports its errors under.
-var tailnetSource = new(discover.TailnetSource).Name()
 
 // CheckBuckets are the bounds, in seconds, of the check latency histogram:
 // from a keepalive on a cached connection (about a millisecond) to a full
@@ -45,10 +43,10 @@ var knownStates = []discover.State{
 }
 
 // knownResults are the result labels of checks_total, created at zero.
-var knownResults = []discover.Reason{
-	discover.ReasonUnreachable, discover.ReasonTimeout, discover.ReasonAuthRefused,
-	discover.ReasonHostKeyMismatch, discover.ReasonNixNotFound, discover.ReasonDaemonError,
-	discover.ReasonNotTrusted, discover.ReasonInvalid,
+var knownResults = []health.Reason{
+	health.ReasonUnreachable, health.ReasonTimeout, health.ReasonAuthRefused,
+	health.ReasonHostKeyMismatch, health.ReasonNixNotFound, health.ReasonDaemonError,
+	health.ReasonNotTrusted, health.ReasonInvalid,
 }
 
 // Render outcomes, the outcome label of renders_total.
@@ -179,7 +177,7 @@ func isKnownState(st discover.State) bool {
 // report the error again, and that counts too.
 func (c *Client) Hooks(next discover.Hooks) discover.Hooks {
 	h := next
-	h.Checked = func(key string, r discover.Result) {
+	h.Checked = func(key string, r health.Result) {
 		c.observeCheck(r)
 		if next.Checked != nil {
 			next.Checked(key, r)
@@ -200,7 +198,7 @@ func (c *Client) Hooks(next discover.Hooks) discover.Hooks {
 	return h
 }
 
-func (c *Client) observeCheck(r discover.Result) {
+func (c *Client) observeCheck(r health.Result) {
 	result := "ok"
 	if !r.OK {
 		result = string(r.Reason)
@@ -225,7 +223,7 @@ func (c *Client) observeRender(changed bool, err error) {
 
 func (c *Client) observeSourceError(source string) {
 	c.sourceErrors.WithLabelValues(source).Inc()
-	if source == tailnetSource {
+	if source == discover.SourceTailnet {
 		c.reconnects.Inc()
 	}
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/discover/static"
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/nixrb-discover/nixrb-discover/metrics"
 	"github.com/nixrb-discover/nixrb-discover/render"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,15 +31,15 @@ import (
 // file, which is not health-gated: it must never be called.
 type noChecks struct{ t *testing.T }
 
-func (n noChecks) Check(context.Context, discover.Target) discover.Result {
+func (n noChecks) Check(context.Context, health.Target) health.Result {
 	n.t.Error("static entries were health-checked")
-	return discover.Result{}
+	return health.Result{}
 }
-func (n noChecks) Probe(ctx context.Context, t discover.Target) discover.Result {
+func (n noChecks) Probe(ctx context.Context, t health.Target) health.Result {
 	return n.Check(ctx, t)
 }
-func (noChecks) Ping(context.Context, discover.Target) (discover.Result, bool) {
-	return discover.Result{}, false
+func (noChecks) Ping(context.Context, health.Target) (health.Result, bool) {
+	return health.Result{}, false
 }
 func (noChecks) Forget(string) {}
 
@@ -135,21 +137,21 @@ func serve(t *testing.T, m *metrics.Client, g prometheus.Gatherer, status func(c
 
 func TestScrapeRealClient(t *testing.T) {
 	dir := t.TempDir()
-	static := filepath.Join(dir, "static")
-	if err := os.WriteFile(static, []byte("ssh-ng://builder@b1 x86_64-linux - 4 1 kvm\n"), 0o644); err != nil {
+	staticPath := filepath.Join(dir, "static")
+	if err := os.WriteFile(staticPath, []byte("ssh-ng://builder@b1 x86_64-linux - 4 1 kvm\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	reg := prometheus.NewRegistry()
 	m := metrics.NewClient(reg)
 	var nextRendered, nextChecked, nextSourceErrors atomic.Int32
 	c := &discover.Client{
-		Sources:      []discover.Source{&discover.StaticSource{Path: static}},
+		Sources:      []discover.Source{&static.Source{Path: staticPath}},
 		Checker:      noChecks{t},
 		MachinesPath: filepath.Join(dir, "machines"),
 		NixVersion:   render.NixVersion{Major: 2, Minor: 8},
 		Hooks: m.Hooks(discover.Hooks{
 			Rendered:    func(bool, error) { nextRendered.Add(1) },
-			Checked:     func(string, discover.Result) { nextChecked.Add(1) },
+			Checked:     func(string, health.Result) { nextChecked.Add(1) },
 			SourceError: func(string, error) { nextSourceErrors.Add(1) },
 		}),
 	}
@@ -200,9 +202,9 @@ func TestScrapeRealClient(t *testing.T) {
 
 	// Events the static client cannot produce, fed through its hooks.
 	h := c.Hooks
-	h.Checked("tailnet:n1", discover.Result{Reason: discover.ReasonUnreachable, Took: 30 * time.Millisecond})
-	h.Checked("tailnet:n2", discover.Result{OK: true, Took: 2 * time.Millisecond})
-	h.Checked("tailnet:n2", discover.Result{Reason: discover.ReasonAuthRefused, Took: 3 * time.Second})
+	h.Checked("tailnet:n1", health.Result{Reason: health.ReasonUnreachable, Took: 30 * time.Millisecond})
+	h.Checked("tailnet:n2", health.Result{OK: true, Took: 2 * time.Millisecond})
+	h.Checked("tailnet:n2", health.Result{Reason: health.ReasonAuthRefused, Took: 3 * time.Second})
 	h.Rendered(false, errors.New("write machines: no space left on device"))
 	h.SourceError("tailnet", errors.New("tailscaled local api: ipn bus: EOF"))
 	h.SourceError("tailnet", errors.New("tailscaled is Stopped, not Running"))

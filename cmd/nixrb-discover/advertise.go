@@ -12,6 +12,7 @@ import (
 
 	"github.com/nixrb-discover/nixrb-discover/advertise"
 	"github.com/nixrb-discover/nixrb-discover/systemd"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"github.com/peterbourgon/ff/v3/ffcli"
 	"tailscale.com/client/local"
 	"tailscale.com/tailcfg"
@@ -44,7 +45,7 @@ func newAdvertiseCmd(e *env) *ffcli.Command {
 	var f advertiseFlags
 	fs.StringVar(&f.sshUser, "ssh-user", advertise.DefaultSSHUser, "user Nix logs in as (nix.buildMachines sshUser)")
 	fs.IntVar(&f.sshPort, "ssh-port", advertise.DefaultSSHPort, "port sshd listens on")
-	fs.StringVar(&f.protocol, "protocol", advertise.ProtocolSSHNG, "ssh-ng (nix-daemon --stdio) or ssh (nix-store --serve)")
+	fs.StringVar(&f.protocol, "protocol", wire.ProtocolSSHNG, "ssh-ng (nix-daemon --stdio) or ssh (nix-store --serve)")
 	fs.StringVar(&f.hostKey, "ssh-host-key", advertise.DefaultHostKeyPath, "SSH host public key file to advertise")
 	fs.StringVar(&f.hostname, "hostname", "", "host name to advertise (default: the kernel host name)")
 	fs.Var(&f.systems, "systems", "comma list of systems (default: nix's system and extra-platforms)")
@@ -56,7 +57,7 @@ func newAdvertiseCmd(e *env) *ffcli.Command {
 	fs.StringVar(&f.signKey, "sign-key", "", "fleet private key (nixrb-discover keygen) to sign adverts with; needed for mDNS clients")
 	fs.BoolVar(&f.tailnet, "tailnet", true, "serve the advert on this node's tailnet addresses")
 	fs.StringVar(&f.socket, "tailscale-socket", "", "tailscaled's LocalAPI socket (default: tailscaled's usual path)")
-	fs.IntVar(&f.advertPort, "advert-port", advertise.DefaultAdvertPort, "TCP port of GET /v1/advert on the tailnet")
+	fs.IntVar(&f.advertPort, "advert-port", wire.DefaultAdvertPort, "TCP port of GET /v1/advert on the tailnet")
 	fs.StringVar(&f.listen, "listen", "", "listen on this host:port instead of the tailnet addresses (callers are still checked with WhoIs)")
 	fs.Var(&f.allowTags, "allow-tag", "only serve tailnet callers with this tag (repeatable)")
 	fs.Var(&f.allowCaps, "allow-cap", "only serve tailnet callers granted this peer capability (repeatable)")
@@ -145,7 +146,7 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 		agent.SSHWatch = &advertise.SSHWatch{Port: f.sshPort}
 	}
 	if f.signKey != "" {
-		k, err := advertise.LoadSigningKey(f.signKey)
+		k, err := wire.LoadSigningKey(f.signKey)
 		if err != nil {
 			return &exitError{code: 1, err: err, hint: "create one with: nixrb-discover keygen --out FILE"}
 		}
@@ -189,7 +190,7 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 				return err
 			}
 			agent.Facts.Overrides.Enroll = true
-			agent.Tailnet.Handle("POST "+advertise.EnrollPath, enr.Handler())
+			agent.Tailnet.Handle("POST "+wire.EnrollPath, enr.Handler())
 			sctx, stopSocket := context.WithCancel(ctx)
 			socketDone := make(chan struct{})
 			go func() {
@@ -206,7 +207,7 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 	}
 	var notify systemd.Notifier
 	first := true
-	agent.OnChange = func(a *advertise.Advert) {
+	agent.OnChange = func(a *wire.Advert) {
 		status := fmt.Sprintf("advertising %s, %d jobs", strings.Join(a.Systems, ","), a.MaxJobs)
 		if a.Draining {
 			status = "draining: no new builds"

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
@@ -78,7 +79,7 @@ func runAuthorizedKeys(ctx context.Context, e *env, socket, user string) error {
 	}
 	var out strings.Builder
 	for _, k := range ans.Keys {
-		pk, err := advertise.ParseEnrollKey(k)
+		pk, err := wire.ParseEnrollKey(k)
 		if err != nil {
 			return &exitError{code: 1, err: errors.New("the agent sent a key that does not parse (deny)")}
 		}

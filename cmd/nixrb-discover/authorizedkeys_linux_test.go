@@ -24,9 +24,13 @@ import (
 
 	"github.com/nixrb-discover/nixrb-discover/advertise"
 	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/discover/tailnet"
+	"github.com/nixrb-discover/nixrb-discover/health"
+	"github.com/nixrb-discover/nixrb-discover/internal/clienttest"
 	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
 	"github.com/nixrb-discover/nixrb-discover/internal/tailnettest"
 	"github.com/nixrb-discover/nixrb-discover/render"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
 // gateBinName is the name this test binary runs under when sshd starts
@@ -70,8 +74,8 @@ func installGateBinary(t *testing.T, dir string) string {
 func enrollOver(t *testing.T, from *tailnettest.Node, builder *tailnettest.Node, key string) (int, string) {
 	t.Helper()
 	hc := &http.Client{Timeout: 20 * time.Second, Transport: &http.Transport{DialContext: from.Server.Dial}}
-	body, _ := json.Marshal(advertise.EnrollRequest{PublicKey: key})
-	url := fmt.Sprintf("http://%s:%d%s", builder.IPv4, advertise.DefaultAdvertPort, advertise.EnrollPath)
+	body, _ := json.Marshal(wire.EnrollRequest{PublicKey: key})
+	url := fmt.Sprintf("http://%s:%d%s", builder.IPv4, wire.DefaultAdvertPort, wire.EnrollPath)
 	deadline := time.Now().Add(tailnettest.Timeout)
 	for {
 		resp, err := hc.Post(url, "application/json", bytes.NewReader(body))
@@ -105,7 +109,7 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 	bnode := tn.AddNode(t, "builder", tailnettest.TagBuilder)
 	bnode.ForwardTCP(t, 22, net.JoinHostPort(b.Addr.String(), "22"))
 
-	var logBuf syncBuffer
+	var logBuf clienttest.SyncBuffer
 	log := slog.New(slog.NewTextHandler(io.MultiWriter(&logBuf, t.Output()), nil))
 	newEnroller := func(state string) *advertise.Enroller {
 		return &advertise.Enroller{
@@ -123,7 +127,7 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 	var current atomic.Pointer[advertise.Enroller]
 	current.Store(enr)
 	tsrv := &advertise.TailnetServer{LocalAPI: bnode.LocalClient, Listen: bnode.Server.Listen, Logger: log}
-	tsrv.Handle("POST "+advertise.EnrollPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	tsrv.Handle("POST "+wire.EnrollPath, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		current.Load().Handler().ServeHTTP(w, r)
 	}))
 	agent := &advertise.Agent{
@@ -177,16 +181,16 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	check := func(from *tailnettest.Node, id *discover.Identity, proto string) discover.Result {
-		c := &discover.Checker{Signer: id.Signer, Dial: from.Server.Dial, RefreshChecks: -1, Timeout: 20 * time.Second}
+	check := func(from *tailnettest.Node, id *discover.Identity, proto string) health.Result {
+		c := &health.Checker{Signer: id.Signer, Dial: from.Server.Dial, RefreshChecks: -1, Timeout: 20 * time.Second}
 		defer c.Close()
 		cctx, ccancel := context.WithTimeout(context.Background(), time.Minute)
 		defer ccancel()
-		return c.Check(cctx, discover.Target{Key: from.Name, Addr: net.JoinHostPort(bnode.IPv4.String(), "22"),
+		return c.Check(cctx, health.Target{Key: from.Name, Addr: net.JoinHostPort(bnode.IPv4.String(), "22"),
 			User: b.User, Protocol: proto, HostKey: hostKey})
 	}
 
-	if r := check(laptop, laptopID, discover.ProtocolSSHNG); r.OK || r.Reason != discover.ReasonAuthRefused {
+	if r := check(laptop, laptopID, health.ProtocolSSHNG); r.OK || r.Reason != health.ReasonAuthRefused {
 		t.Fatalf("before enrolment the laptop's check = %+v, want auth refused", r)
 	}
 
@@ -195,7 +199,7 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 		if code != http.StatusForbidden || body != `{"error":"enrolment refused: caller lacks tag:nix-client"}` {
 			t.Fatalf("rogue enrolment: %d %s", code, body)
 		}
-		if r := check(rogue, rogueID, discover.ProtocolSSHNG); r.Reason != discover.ReasonAuthRefused {
+		if r := check(rogue, rogueID, health.ProtocolSSHNG); r.Reason != health.ReasonAuthRefused {
 			t.Fatalf("rogue check = %+v, want auth refused", r)
 		}
 	})
@@ -205,7 +209,7 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 		if code != http.StatusOK || body != fmt.Sprintf(`{"user":%q}`, b.User) {
 			t.Fatalf("laptop enrolment: %d %s", code, body)
 		}
-		for _, proto := range []string{discover.ProtocolSSHNG, discover.ProtocolSSH} {
+		for _, proto := range []string{health.ProtocolSSHNG, health.ProtocolSSH} {
 			if r := check(laptop, laptopID, proto); !r.OK {
 				t.Fatalf("%s check through ssh-gate after enrolment = %+v\nbuilder logs:\n%s", proto, r, b.Logs())
 			}
@@ -263,9 +267,9 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 		}
 		machines := filepath.Join(dir, name+"-machines")
 		c := &discover.Client{
-			Sources:      []discover.Source{&discover.TailnetSource{LocalAPI: node.LocalClient, Dial: node.Server.Dial}},
-			Checker:      &discover.Checker{Signer: id.Signer, Dial: node.Server.Dial, Timeout: 20 * time.Second},
-			Enroll:       (&discover.TailnetEnroller{Dial: node.Server.Dial, PublicKey: id.AuthorizedKey}).Enroll,
+			Sources:      []discover.Source{&tailnet.Source{LocalAPI: node.LocalClient, Dial: node.Server.Dial}},
+			Checker:      &health.Checker{Signer: id.Signer, Dial: node.Server.Dial, Timeout: 20 * time.Second},
+			Enroll:       (&tailnet.Enroller{Dial: node.Server.Dial, PublicKey: id.AuthorizedKey}).Enroll,
 			MachinesPath: machines,
 			SSHKeyPath:   id.Path,
 			NixVersion:   render.NixVersion{Major: 2, Minor: 8},
@@ -338,8 +342,8 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 		tn.SetTags(t, laptop)
 		deadline := time.Now().Add(tailnettest.Timeout)
 		for {
-			r := check(laptop, laptopID, discover.ProtocolSSHNG)
-			if r.Reason == discover.ReasonAuthRefused {
+			r := check(laptop, laptopID, health.ProtocolSSHNG)
+			if r.Reason == health.ReasonAuthRefused {
 				break
 			}
 			if time.Now().After(deadline) {
@@ -453,22 +457,4 @@ func runSSH(t *testing.T, from, to *tailnettest.Node, user string, signer ssh.Si
 	defer s.Close()
 	out, err := s.CombinedOutput(cmd)
 	return string(out), err
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -12,10 +12,14 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nixrb-discover/nixrb-discover/advertise"
 	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/discover/mdns"
+	"github.com/nixrb-discover/nixrb-discover/discover/static"
+	"github.com/nixrb-discover/nixrb-discover/discover/tailnet"
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/nixrb-discover/nixrb-discover/render"
 	"github.com/nixrb-discover/nixrb-discover/systemd"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"github.com/peterbourgon/ff/v3/ffcli"
 	"tailscale.com/client/local"
 )
@@ -53,7 +57,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.tailscaleSocket, "tailscale-socket", "", "tailscaled's LocalAPI socket (default: tailscaled's usual path)")
 	fs.Var(&f.tags, "tag", "tailnet tag that marks builders (repeatable; default tag:nix-builder)")
 	fs.Var(&f.builders, "builder", "MagicDNS name (short or full) of a tailnet peer that is a builder (repeatable)")
-	fs.StringVar(&f.address, "address", discover.AddressMagicDNS, "how the machines file names tailnet builders: magicdns or ip")
+	fs.StringVar(&f.address, "address", tailnet.AddressMagicDNS, "how the machines file names tailnet builders: magicdns or ip")
 	fs.BoolVar(&f.mdns, "mdns", false, "discover builders by mDNS (needs --mdns-iface and --trust-key or --pin)")
 	fs.Var(&f.mdnsIfaces, "mdns-iface", "network interface to browse by mDNS (repeatable)")
 	fs.Var(&f.trustKeys, "trust-key", "fleet public key file: mDNS adverts it signed are trusted (repeatable)")
@@ -63,7 +67,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&f.fall, "fall", discover.DefaultFall, "failed checks in a row before a builder leaves the file")
 	fs.StringVar(&f.interval, "interval", discover.DefaultInterval.String(), "how often each builder is probed (fresh TCP connection and SSH banner)")
 	fs.StringVar(&f.fullEvery, "full-check-every", discover.DefaultFullEvery.String(), "how often each builder gets the full check (SSH login and Nix handshake)")
-	fs.StringVar(&f.checkTimeout, "check-timeout", discover.DefaultCheckTimeout.String(), "bound on each step of a check")
+	fs.StringVar(&f.checkTimeout, "check-timeout", health.DefaultCheckTimeout.String(), "bound on each step of a check")
 	fs.StringVar(&f.banner, "banner-timeout", "500ms", "bound on the wait for the SSH banner (a hung sshd accepts TCP but never answers)")
 	fs.Var(&f.wait, "wait", "MIN:MAX coalescing of changes before the file is written (a change after MAX without a write is written at once)")
 	fs.StringVar(&f.nixVersion, "nix-version", "", "format for this Nix version (default: what the local nix reports)")
@@ -132,7 +136,7 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		}
 		*p.out = d
 	}
-	if f.address != discover.AddressMagicDNS && f.address != discover.AddressIP {
+	if f.address != tailnet.AddressMagicDNS && f.address != tailnet.AddressIP {
 		return nil, nil, usageError("--address %q: want magicdns or ip", f.address)
 	}
 	if f.mdns && len(f.mdnsIfaces) == 0 {
@@ -154,7 +158,7 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	var sources []discover.Source
 	if f.tailnet {
 		var d net.Dialer
-		sources = append(sources, &discover.TailnetSource{
+		sources = append(sources, &tailnet.Source{
 			LocalAPI: &local.Client{Socket: f.tailscaleSocket, UseSocketOnly: f.tailscaleSocket != ""},
 			Dial:     d.DialContext,
 			Tags:     f.tags,
@@ -174,7 +178,7 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		if _, err := os.Stat(f.static); err != nil {
 			return nil, nil, usageError("--static: %v", err)
 		}
-		sources = append(sources, &discover.StaticSource{Path: f.static, NixVersion: v, LocalSystem: localSystem(), Logger: log})
+		sources = append(sources, &static.Source{Path: f.static, NixVersion: v, LocalSystem: localSystem(), Logger: log})
 	}
 	if len(sources) == 0 {
 		return nil, nil, usageError("no source of builders: enable the tailnet (default), --mdns or --static")
@@ -184,9 +188,9 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	var enroll func(context.Context, discover.Candidate) error
 	if f.tailnet {
 		var d net.Dialer
-		enroll = (&discover.TailnetEnroller{Dial: d.DialContext, PublicKey: id.AuthorizedKey}).Enroll
+		enroll = (&tailnet.Enroller{Dial: d.DialContext, PublicKey: id.AuthorizedKey}).Enroll
 	}
-	checker := &discover.Checker{Signer: id.Signer, Timeout: checkTimeout, BannerTimeout: banner, RefreshChecks: 3, Logger: log}
+	checker := &health.Checker{Signer: id.Signer, Timeout: checkTimeout, BannerTimeout: banner, RefreshChecks: 3, Logger: log}
 	c := &discover.Client{
 		Sources:              sources,
 		Checker:              checker,
@@ -287,9 +291,9 @@ func tuneIdleRuntime() {
 
 // mdnsSource builds the mDNS source with its trust settings.
 func (f *clientFlags) mdnsSource(log *slog.Logger) (discover.Source, error) {
-	src := &discover.MDNSSource{Interfaces: f.mdnsIfaces, Pins: &discover.Pins{}, Logger: log}
+	src := &mdns.Source{Interfaces: f.mdnsIfaces, Pins: &mdns.Pins{}, Logger: log}
 	for _, path := range f.trustKeys {
-		k, err := advertise.LoadTrustKey(path)
+		k, err := wire.LoadTrustKey(path)
 		if err != nil {
 			return nil, usageError("--trust-key %s: %v", path, err)
 		}

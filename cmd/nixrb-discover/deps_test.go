@@ -32,20 +32,37 @@ func TestDepsProductionBinary(t *testing.T) {
 	}
 }
 
-// TestDepsDataFlowsOneWay checks the layering in DESIGN.md: render knows
-// nothing of the other packages, advertise knows nothing of discover.
+// TestDepsDataFlowsOneWay enforces the arrows of docs/ARCHITECTURE.md on
+// what each package links in (transitively): the builder agent and the
+// client share only the wire format, the machines-file renderer and the
+// wire format are leaves, the health checks know nothing of discovery,
+// the client core knows none of its sources, and doctor does not link the
+// client.
 func TestDepsDataFlowsOneWay(t *testing.T) {
 	const mod = "github.com/nixrb-discover/nixrb-discover/"
+	ours := []string{"advertise", "cmd/", "discover", "doctor", "health", "metrics", "render", "systemd", "wire"}
+	sources := []string{"discover/tailnet", "discover/mdns", "discover/static"}
 	rules := map[string][]string{
-		"render":    {"advertise", "discover", "systemd", "cmd/"},
-		"advertise": {"discover", "cmd/"},
-		"discover":  {"cmd/"},
+		"wire":             ours,
+		"render":           ours,
+		"health":           ours,
+		"advertise":        {"discover", "health", "render", "doctor", "metrics", "cmd/"},
+		"discover":         append([]string{"advertise", "doctor", "metrics", "cmd/"}, sources...),
+		"discover/tailnet": {"advertise", "doctor", "metrics", "cmd/", "discover/mdns", "discover/static"},
+		"discover/mdns":    {"advertise", "doctor", "metrics", "cmd/", "discover/tailnet", "discover/static"},
+		"discover/static":  {"advertise", "doctor", "metrics", "cmd/", "discover/tailnet", "discover/mdns"},
+		"doctor":           {"advertise", "discover", "metrics", "wire", "cmd/"},
+		"metrics":          append([]string{"advertise", "doctor", "cmd/"}, sources...),
 	}
 	for pkg, banned := range rules {
 		for _, d := range goListDeps(t, mod+pkg) {
+			rel, ok := strings.CutPrefix(d, mod)
+			if !ok || rel == pkg {
+				continue
+			}
 			for _, b := range banned {
-				if strings.HasPrefix(d, mod+b) {
-					t.Errorf("%s imports %s", pkg, d)
+				if rel == strings.TrimSuffix(b, "/") || strings.HasPrefix(rel, strings.TrimSuffix(b, "/")+"/") {
+					t.Errorf("%s links %s (forbidden: see docs/ARCHITECTURE.md)", pkg, rel)
 				}
 			}
 		}

@@ -8,7 +8,7 @@ import (
 	"os"
 	"strings"
 
-	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
@@ -36,7 +36,7 @@ Example:
 			if *out == "" {
 				return usageError("keygen needs --out FILE")
 			}
-			k, err := advertise.GenerateFleetKey()
+			k, err := wire.GenerateFleetKey()
 			if err != nil {
 				return err
 			}

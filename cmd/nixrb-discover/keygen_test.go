@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
 // runKeygen runs the keygen command as main would, without the root.
@@ -33,27 +33,27 @@ func TestKeygen(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sk, err := advertise.LoadSigningKey(path)
+		sk, err := wire.LoadSigningKey(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tk, err := advertise.LoadTrustKey(path + ".pub")
+		tk, err := wire.LoadTrustKey(path + ".pub")
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !strings.Contains(out, "key id "+tk.KeyID) || !strings.Contains(out, tk.String()) {
 			t.Errorf("output %q lacks the key id and public key line", out)
 		}
-		a := &advertise.Advert{
-			Version: 1, Hostname: "b1", SSHUser: "nix-ssh", SSHPort: 22, Protocol: advertise.ProtocolSSHNG,
-			HostKey: strings.TrimSuffix(tk.String(), " "+advertise.FleetKeyComment), Systems: []string{"x86_64-linux"},
+		a := &wire.Advert{
+			Version: 1, Hostname: "b1", SSHUser: "nix-ssh", SSHPort: 22, Protocol: wire.ProtocolSSHNG,
+			HostKey: strings.TrimSuffix(tk.String(), " "+wire.FleetKeyComment), Systems: []string{"x86_64-linux"},
 			MaxJobs: 1, SpeedFactor: 1,
 		}
 		now := time.Now()
-		if err := advertise.Sign(a, sk, now); err != nil {
+		if err := wire.Sign(a, sk, now); err != nil {
 			t.Fatal(err)
 		}
-		if err := advertise.Verify(a, []advertise.TrustKey{tk}, now, 0); err != nil {
+		if err := wire.Verify(a, []wire.TrustKey{tk}, now, 0); err != nil {
 			t.Errorf("an advert signed with the new key does not verify with its .pub: %v", err)
 		}
 	})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/advertise"
+	"github.com/nixrb-discover/nixrb-discover/wire"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -38,7 +39,7 @@ type builder struct {
 // startBuilder starts the node, the SSH endpoint (which lets in
 // clientKey) and the agent, and waits until the agent has published its
 // first advert.
-func startBuilder(ctx context.Context, tn *tailnet, spec builderSpec, clientKey ssh.PublicKey, log *slog.Logger) (*builder, error) {
+func startBuilder(ctx context.Context, tn *inProcTailnet, spec builderSpec, clientKey ssh.PublicKey, log *slog.Logger) (*builder, error) {
 	n, err := tn.addNode(ctx, spec.name, spec.tags...)
 	if err != nil {
 		return nil, err
@@ -62,7 +63,7 @@ func startBuilder(ctx context.Context, tn *tailnet, spec builderSpec, clientKey 
 	b.agent = &advertise.Agent{
 		Facts: advertise.FactsOptions{Overrides: advertise.Overrides{
 			Hostname:          n.fqdn,
-			HostKey:           advertise.CanonicalHostKey(hostKey.PublicKey()),
+			HostKey:           wire.CanonicalHostKey(hostKey.PublicKey()),
 			SSHPort:           22,
 			Systems:           spec.systems,
 			SupportedFeatures: spec.features,
@@ -73,7 +74,7 @@ func startBuilder(ctx context.Context, tn *tailnet, spec builderSpec, clientKey 
 		}},
 		Tailnet: &advertise.TailnetServer{LocalAPI: n.lc, Listen: n.server.Listen},
 		Logger:  log.With("builder", spec.name),
-		OnChange: func(*advertise.Advert) {
+		OnChange: func(*wire.Advert) {
 			select {
 			case <-published:
 			default:

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/discover/tailnet"
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/nixrb-discover/nixrb-discover/render"
 	"tailscale.com/types/logger"
 )
@@ -107,10 +109,10 @@ func Run(ctx context.Context, o Options) error {
 		return err
 	}
 
-	checker := &discover.Checker{Signer: id.Signer, Dial: laptop.server.Dial, Logger: d.log.With("component", "health")}
+	checker := &health.Checker{Signer: id.Signer, Dial: laptop.server.Dial, Logger: d.log.With("component", "health")}
 	defer checker.Close()
 	d.client = &discover.Client{
-		Sources:              []discover.Source{&discover.TailnetSource{LocalAPI: laptop.lc, Dial: laptop.server.Dial, Logger: d.log}},
+		Sources:              []discover.Source{&tailnet.Source{LocalAPI: laptop.lc, Dial: laptop.server.Dial, Logger: d.log}},
 		Checker:              checker,
 		MachinesPath:         d.machines,
 		SSHKeyPath:           id.Path,
@@ -238,7 +240,7 @@ func orDash(ss []string) string {
 
 // startNodes starts the three builders and the client's node at once and
 // waits until the client's node sees them all online.
-func (d *demo) startNodes(ctx context.Context, tn *tailnet, id *discover.Identity) (b1, b2, untagged *builder, laptop *node, err error) {
+func (d *demo) startNodes(ctx context.Context, tn *inProcTailnet, id *discover.Identity) (b1, b2, untagged *builder, laptop *node, err error) {
 	fmt.Fprintf(d.out, "Starting the tailnet (control, DERP, STUN on 127.0.0.1) and 4 nodes...\n")
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)

@@ -7,7 +7,7 @@ import (
 	"net"
 	"testing"
 
-	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/health"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -36,39 +36,39 @@ func TestSimulatedEndpoint(t *testing.T) {
 	}
 	e := serveSSH(ln, host, client.PublicKey())
 	defer e.kill()
-	target := discover.Target{Key: "b", Addr: ln.Addr().String(), User: "nix-ssh", Protocol: discover.ProtocolSSHNG, HostKey: host.PublicKey()}
+	target := health.Target{Key: "b", Addr: ln.Addr().String(), User: "nix-ssh", Protocol: health.ProtocolSSHNG, HostKey: host.PublicKey()}
 	ctx := context.Background()
 
 	t.Run("client-key-passes-the-nix-handshake", func(t *testing.T) {
-		c := &discover.Checker{Signer: client}
+		c := &health.Checker{Signer: client}
 		defer c.Close()
 		r := c.Check(ctx, target)
-		if !r.OK || r.NixVersion != SimulatedNixVersion || r.Trusted != discover.TrustedYes || r.ProtocolVersion != "1.37" {
+		if !r.OK || r.NixVersion != SimulatedNixVersion || r.Trusted != health.TrustedYes || r.ProtocolVersion != "1.37" {
 			t.Fatalf("check = %+v, want OK, Nix %q, trusted, protocol 1.37", r, SimulatedNixVersion)
 		}
 	})
 	t.Run("ssh-protocol-is-not-served", func(t *testing.T) {
-		c := &discover.Checker{Signer: client}
+		c := &health.Checker{Signer: client}
 		defer c.Close()
 		tg := target
-		tg.Protocol = discover.ProtocolSSH
-		if r := c.Check(ctx, tg); r.OK || r.Reason != discover.ReasonNixNotFound {
-			t.Fatalf("check = %+v, want %q", r, discover.ReasonNixNotFound)
+		tg.Protocol = health.ProtocolSSH
+		if r := c.Check(ctx, tg); r.OK || r.Reason != health.ReasonNixNotFound {
+			t.Fatalf("check = %+v, want %q", r, health.ReasonNixNotFound)
 		}
 	})
 	t.Run("other-key-refused", func(t *testing.T) {
-		c := &discover.Checker{Signer: stranger}
+		c := &health.Checker{Signer: stranger}
 		defer c.Close()
-		if r := c.Check(ctx, target); r.OK || r.Reason != discover.ReasonAuthRefused {
-			t.Fatalf("check = %+v, want %q", r, discover.ReasonAuthRefused)
+		if r := c.Check(ctx, target); r.OK || r.Reason != health.ReasonAuthRefused {
+			t.Fatalf("check = %+v, want %q", r, health.ReasonAuthRefused)
 		}
 	})
 	t.Run("killed-endpoint-is-unreachable", func(t *testing.T) {
 		e.kill()
-		c := &discover.Checker{Signer: client}
+		c := &health.Checker{Signer: client}
 		defer c.Close()
-		if r := c.Check(ctx, target); r.OK || r.Reason != discover.ReasonUnreachable {
-			t.Fatalf("check = %+v, want %q", r, discover.ReasonUnreachable)
+		if r := c.Check(ctx, target); r.OK || r.Reason != health.ReasonUnreachable {
+			t.Fatalf("check = %+v, want %q", r, health.ReasonUnreachable)
 		}
 	})
 }

@@ -39,7 +39,7 @@ const TagBuilder = "tag:nix-builder"
 // one for tests (DERP and STUN on 127.0.0.1, a testcontrol coordination
 // server, tsnet nodes) but without the testing package: nothing here
 // reaches beyond loopback.
-type tailnet struct {
+type inProcTailnet struct {
 	control    *testcontrol.Server
 	controlURL string
 	dir        string
@@ -71,9 +71,9 @@ func quietTailscale() {
 
 // newTailnet starts DERP, STUN and control on loopback. dir holds the
 // nodes' state directories; logf gets the servers' logs.
-func newTailnet(ctx context.Context, dir string, logf logger.Logf) (*tailnet, error) {
+func newTailnet(ctx context.Context, dir string, logf logger.Logf) (*inProcTailnet, error) {
 	quietTailscale()
-	tn := &tailnet{dir: dir, logf: logf}
+	tn := &inProcTailnet{dir: dir, logf: logf}
 	derpMap, err := tn.runDERPAndSTUN(ctx)
 	if err != nil {
 		tn.close()
@@ -96,7 +96,7 @@ func newTailnet(ctx context.Context, dir string, logf logger.Logf) (*tailnet, er
 
 // runDERPAndSTUN is integration.RunDERPAndSTUN without a testing.TB: a
 // DERP server over TLS and a STUN responder, both on 127.0.0.1.
-func (tn *tailnet) runDERPAndSTUN(ctx context.Context) (*tailcfg.DERPMap, error) {
+func (tn *inProcTailnet) runDERPAndSTUN(ctx context.Context) (*tailcfg.DERPMap, error) {
 	d := derpserver.New(key.NewNode(), tn.logf)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -153,7 +153,7 @@ func serveSTUN(pc net.PacketConn) {
 // addNode starts a tsnet node called name with tags, waits until it runs
 // with an address and has reached its home DERP, and marks it online in
 // control (testcontrol does not do it by itself).
-func (tn *tailnet) addNode(ctx context.Context, name string, tags ...string) (*node, error) {
+func (tn *inProcTailnet) addNode(ctx context.Context, name string, tags ...string) (*node, error) {
 	s := &tsnet.Server{
 		Dir:           filepath.Join(tn.dir, name),
 		Store:         new(mem.Store),
@@ -241,14 +241,14 @@ func waitPeers(ctx context.Context, from *node, peers ...*node) error {
 	}
 }
 
-func (tn *tailnet) onClose(f func()) {
+func (tn *inProcTailnet) onClose(f func()) {
 	tn.mu.Lock()
 	defer tn.mu.Unlock()
 	tn.closers = append(tn.closers, f)
 }
 
 // close stops every node and server, newest first.
-func (tn *tailnet) close() {
+func (tn *inProcTailnet) close() {
 	tn.mu.Lock()
 	fs := tn.closers
 	tn.closers = nil

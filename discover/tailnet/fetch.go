@@ -1,0 +1,373 @@
+package tailnet
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"tailscale.com/tailcfg"
+
+	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/wire"
+)
+
+// Fetch pool limits: at most tnMaxFetches adverts in flight, of which at
+// most tnMaxRetryFetches for peers whose last fetch failed, so that dead
+// builders can never hold the slots a new builder needs.
+const (
+	tnMaxFetches      = 128
+	tnMaxRetryFetches = 16
+	// tnStaleAfter is how many refresh failures in a row a candidate with a
+	// good advert rides out before it gets a Problem (one lost fetch is
+	// not a dead builder; the SSH health check is the judge of that).
+	tnStaleAfter = 3
+)
+
+// tnRetryBackoff is the wait before re-fetching a peer that failed n times
+// in a row: 1 s doubling, capped at 60 s.
+func tnRetryBackoff(n int) time.Duration {
+	return min(time.Second<<min(max(n-1, 0), 6), time.Minute)
+}
+
+// tnEntry is one candidate peer and its advert state.
+type tnEntry struct {
+	seq      uint64 // identifies this entry's fetch results
+	peer     *tnPeer
+	reason   string
+	advert   *wire.Advert
+	lastErr  string // Problem text of the last failed fetch
+	fetched  bool   // a first fetch has finished (success or not)
+	failures int    // failed fetches in a row
+	due      time.Time
+	inflight bool
+
+	// Long poll state (see tailnet_poll.go).
+	etag       string             // ETag of advert; "" means fetch, not poll
+	polling    bool               // a long poll is outstanding
+	cancelPoll context.CancelFunc // cancels it
+	pollFails  int                // failed long polls in a row
+}
+
+// fetchResult is what a fetch or long-poll goroutine hands back to the loop.
+type fetchResult struct {
+	id     tailcfg.NodeID
+	seq    uint64
+	retry  bool      // counted in tnLoop.retrying
+	poll   bool      // a long poll, counted in tnLoop.polling
+	sent   string    // the ETag a long poll waited on
+	start  time.Time // when a long poll was sent
+	advert *wire.Advert
+	etag   string
+	err    error
+}
+
+// tnLoop is the source's state, owned by one goroutine (no locks).
+type tnLoop struct {
+	s        *Source
+	emit     func(discover.Snapshot)
+	log      *slog.Logger
+	client   *http.Client
+	pollc    *http.Client
+	tags     []string
+	port     string
+	refresh  time.Duration
+	peers    tnPeers
+	entries  map[tailcfg.NodeID]*tnEntry
+	seq      uint64
+	inflight int
+	retrying int // in-flight fetches for peers with failures > 0
+	polling  int // outstanding long polls (outside the fetch pool)
+	results  chan fetchResult
+	started  bool               // the bus has said something (up or down)
+	dirty    bool               // something a snapshot shows may have changed
+	settle   time.Duration      // how long snapshots may be Partial after the start
+	settleBy time.Time          // then: first fetches still running no longer count
+	down     error              // non-nil while the IPN bus is down
+	last     *discover.Snapshot // last emitted
+}
+
+// tnSettle bounds how long, after the source starts, its snapshots stay
+// Partial while first advert fetches run: a live builder answers in a few
+// milliseconds, so this only waits for stragglers, and a tailnet full of
+// dead builders delays the client's first write by no more than this.
+const tnSettle = time.Second
+
+func (s *Source) newLoop(emit func(discover.Snapshot)) *tnLoop {
+	log := s.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	timeout := s.FetchTimeout
+	if timeout <= 0 {
+		timeout = DefaultTailnetFetchTimeout
+	}
+	l := &tnLoop{
+		s:       s,
+		emit:    emit,
+		log:     log.With("source", s.Name()),
+		client:  s.newHTTPClient(timeout),
+		pollc:   s.newPollClient(timeout),
+		tags:    s.Tags,
+		port:    strconv.Itoa(wire.DefaultAdvertPort),
+		refresh: s.Refresh,
+		settle:  min(timeout, tnSettle),
+		peers:   tnPeers{},
+		entries: map[tailcfg.NodeID]*tnEntry{},
+		results: make(chan fetchResult, tnMaxFetches+tnMaxPolls),
+	}
+	if l.tags == nil {
+		l.tags = []string{DefaultBuilderTag}
+	}
+	if s.AdvertPort > 0 {
+		l.port = strconv.Itoa(s.AdvertPort)
+	}
+	if l.refresh <= 0 {
+		l.refresh = DefaultTailnetRefresh
+	}
+	return l
+}
+
+// run is the source's loop; fetch goroutines are counted in wg.
+func (l *tnLoop) run(ctx context.Context, wg *sync.WaitGroup, bus <-chan busEvent) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		l.dispatch(ctx, wg, now)
+		l.maybeEmit()
+		next, ok := l.nextDue()
+		if l.last != nil && l.last.Partial && (!ok || l.settleBy.Before(next)) {
+			next, ok = l.settleBy, true // emit the settled snapshot then
+		}
+		if ok {
+			timer.Reset(max(next.Sub(now), 0))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-bus:
+			l.onBus(ev)
+		case r := <-l.results:
+			if r.poll {
+				l.onPollResult(r, time.Now())
+			} else {
+				l.onResult(r, time.Now())
+			}
+		case <-timer.C:
+		}
+	}
+}
+
+func (l *tnLoop) onBus(ev busEvent) {
+	l.dirty = true
+	if !l.started {
+		l.settleBy = time.Now().Add(l.settle)
+	}
+	l.started = true
+	if ev.err != nil {
+		if l.down == nil || l.down.Error() != ev.err.Error() {
+			l.log.Warn("tailnet source down", "err", ev.err)
+		}
+		l.down = ev.err
+		return
+	}
+	if ev.n.InitialStatus != nil {
+		if l.down != nil {
+			l.log.Info("tailnet source up again", "peers", len(ev.n.InitialStatus.Peer))
+		}
+		l.down = nil
+	}
+	if l.peers.apply(ev.n) {
+		l.reconcile(time.Now())
+	}
+}
+
+// reconcile makes the entries follow the peer table: an entry for each
+// online peer that qualifies, with its peer data refreshed.
+func (l *tnLoop) reconcile(now time.Time) {
+	for id, e := range l.entries {
+		p := l.peers[id]
+		reason, ok := l.qualifies(p)
+		if !ok {
+			e.stopPoll()
+			delete(l.entries, id)
+			continue
+		}
+		old, _ := e.peer.fetchAddr()
+		cur, _ := p.fetchAddr()
+		if old != cur {
+			// Re-addressed: drop any fetch in flight and fetch again now.
+			e.stopPoll()
+			l.seq++
+			e.seq, e.inflight, e.etag, e.due = l.seq, false, "", now
+		}
+		e.peer, e.reason = p, reason
+	}
+	for id, p := range l.peers {
+		if _, ok := l.entries[id]; ok {
+			continue
+		}
+		if reason, ok := l.qualifies(p); ok {
+			l.seq++
+			l.entries[id] = &tnEntry{seq: l.seq, peer: p, reason: reason, due: now}
+		}
+	}
+}
+
+// qualifies says whether p is a candidate and why: online, with a tailnet
+// address, and tagged with one of the tags or named in Builders.
+func (l *tnLoop) qualifies(p *tnPeer) (string, bool) {
+	if p == nil || !p.online || len(p.addrs) == 0 {
+		return "", false
+	}
+	for _, t := range p.tags {
+		if slices.Contains(l.tags, t) {
+			return "tailnet peer with " + t, true
+		}
+	}
+	for _, b := range l.s.Builders {
+		if tnNameMatches(b, p.name) {
+			return "named by --builder", true
+		}
+	}
+	return "", false
+}
+
+// dispatch starts the long polls and fetches that are due: polls outside
+// the pool, fetches for never-failing peers first, within the pool limits.
+func (l *tnLoop) dispatch(ctx context.Context, wg *sync.WaitGroup, now time.Time) {
+	var due []*tnEntry
+	for _, e := range l.entries {
+		if e.inflight || e.polling || e.due.After(now) {
+			continue
+		}
+		if l.pollNext(e) {
+			l.startPoll(ctx, wg, e)
+			continue
+		}
+		due = append(due, e)
+	}
+	slices.SortFunc(due, func(a, b *tnEntry) int {
+		if (a.failures == 0) != (b.failures == 0) {
+			if a.failures == 0 {
+				return -1
+			}
+			return 1
+		}
+		return a.due.Compare(b.due)
+	})
+	for _, e := range due {
+		if l.inflight >= tnMaxFetches {
+			return
+		}
+		if e.failures > 0 {
+			if l.retrying >= tnMaxRetryFetches {
+				continue
+			}
+			l.retrying++
+		}
+		l.inflight++
+		e.inflight = true
+		r := fetchResult{id: e.peer.nodeID, seq: e.seq, retry: e.failures > 0}
+		url := l.advertURL(e)
+		wg.Go(func() {
+			r.advert, r.etag, r.err = l.fetch(ctx, l.client, url)
+			l.results <- r // never blocks: cap(results) >= tnMaxFetches+tnMaxPolls
+		})
+	}
+}
+
+// onResult records a finished fetch and schedules the next one.
+func (l *tnLoop) onResult(r fetchResult, now time.Time) {
+	l.inflight--
+	if r.retry {
+		l.retrying--
+	}
+	e := l.entries[r.id]
+	if e == nil || e.seq != r.seq {
+		return // the peer left or came back as a new entry meanwhile
+	}
+	e.inflight = false
+	wasFetched, prevErr := e.fetched, e.lastErr
+	e.fetched = true
+	if r.err == nil {
+		l.dirty = true
+		e.advert, e.failures, e.lastErr, e.etag = r.advert, 0, "", r.etag
+		e.due = now.Add(l.refresh) // no ETag: the server cannot long-poll
+		if e.etag != "" && l.polling < tnMaxPolls {
+			e.due = now // hold a long poll from now on
+		}
+		return
+	}
+	e.failures++
+	e.lastErr = r.err.Error()
+	// A dead builder failing again the same way changes nothing a
+	// snapshot shows: no snapshot is built (on a tailnet of dead builders
+	// that was most of the idle client's allocation).
+	if !wasFetched || e.lastErr != prevErr || e.failures == tnStaleAfter {
+		l.dirty = true
+	}
+	e.due = now.Add(tnRetryBackoff(e.failures))
+	l.log.Debug("advert fetch failed", "builder", e.peer.name, "attempt", e.failures, "err", r.err)
+}
+
+// nextDue is when the next poll or fetch that the limits allow is due.
+func (l *tnLoop) nextDue() (time.Time, bool) {
+	var next time.Time
+	found := false
+	for _, e := range l.entries {
+		if e.inflight || e.polling {
+			continue
+		}
+		if !l.pollNext(e) && (l.inflight >= tnMaxFetches ||
+			(e.failures > 0 && l.retrying >= tnMaxRetryFetches)) {
+			continue // a result wakes the loop
+		}
+		if !found || e.due.Before(next) {
+			next, found = e.due, true
+		}
+	}
+	return next, found
+}
+
+// advertURL is where e's advert is fetched: its tailnet IP, never a name.
+func (l *tnLoop) advertURL(e *tnEntry) string {
+	ip, _ := e.peer.fetchAddr()
+	return "http://" + net.JoinHostPort(ip.String(), l.port) + wire.AdvertPath
+}
+
+// fetch gets and decodes one advert with client, and returns it with its
+// ETag ("" when the server sent none or an unusable one).
+func (l *tnLoop) fetch(ctx context.Context, client *http.Client, url string) (*wire.Advert, string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, "", fmt.Errorf("advert fetch failed: %w", err)
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, "", fmt.Errorf("advert fetch failed: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxJSONSize+1))
+	if err != nil {
+		return nil, "", fmt.Errorf("advert fetch failed: %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, "", fmt.Errorf("advert fetch failed: %s: %s", url, resp.Status)
+	}
+	a, err := wire.DecodeJSON(body)
+	if err != nil {
+		return nil, "", fmt.Errorf("advert invalid: %w", err)
+	}
+	return a, tnETag(resp.Header.Get("ETag")), nil
+}

@@ -1,0 +1,160 @@
+package tailnet
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+
+	"tailscale.com/ipn"
+	"tailscale.com/ipn/ipnstate"
+	"tailscale.com/tailcfg"
+)
+
+// tnPeer is what the tailnet source needs to know about one peer, from the
+// IPN bus (an initial ipnstate.Status, then whole tailcfg.Nodes and
+// per-field patches).
+type tnPeer struct {
+	nodeID   tailcfg.NodeID
+	stableID tailcfg.StableNodeID
+	name     string       // MagicDNS FQDN without the trailing dot; may be empty
+	addrs    []netip.Addr // tailnet addresses, IPv4 first as control sends them
+	tags     []string     // nil when untagged
+	online   bool
+}
+
+// tnPeers is the peer table, keyed by node ID. It is only touched by the
+// source's loop.
+type tnPeers map[tailcfg.NodeID]*tnPeer
+
+// apply folds one IPN bus notification into the table and reports whether
+// any peer was added, removed or changed. An InitialStatus replaces the
+// whole table; PeersChanged upserts whole nodes (tailscaled repeats
+// unchanged ones); PeerChangedPatch changes Online of a known peer;
+// PeersRemoved deletes.
+func (p tnPeers) apply(n *ipn.Notify) (changed bool) {
+	if st := n.InitialStatus; st != nil {
+		old := p.clone()
+		clear(p)
+		for _, ps := range st.Peer {
+			if ps == nil || ps.NodeID == 0 {
+				continue
+			}
+			p[ps.NodeID] = peerFromStatus(ps)
+		}
+		changed = !tnPeersEqual(old, p)
+	}
+	for _, node := range n.PeersChanged {
+		if node == nil || node.ID == 0 {
+			continue
+		}
+		np := peerFromNode(node)
+		if op := p[node.ID]; op == nil || !op.equal(np) {
+			p[node.ID] = np
+			changed = true
+		}
+	}
+	for _, pc := range n.PeerChangedPatch {
+		if pc == nil || pc.Online == nil {
+			continue
+		}
+		if op := p[pc.NodeID]; op != nil && op.online != *pc.Online {
+			op.online = *pc.Online
+			changed = true
+		}
+	}
+	for _, id := range n.PeersRemoved {
+		if _, ok := p[id]; ok {
+			delete(p, id)
+			changed = true
+		}
+	}
+	return changed
+}
+
+func (p tnPeers) clone() tnPeers {
+	out := make(tnPeers, len(p))
+	for k, v := range p {
+		c := *v
+		out[k] = &c
+	}
+	return out
+}
+
+func tnPeersEqual(a, b tnPeers) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || !v.equal(w) {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *tnPeer) equal(b *tnPeer) bool {
+	return a.nodeID == b.nodeID && a.stableID == b.stableID && a.name == b.name &&
+		a.online == b.online && slices.Equal(a.addrs, b.addrs) && slices.Equal(a.tags, b.tags)
+}
+
+func peerFromStatus(ps *ipnstate.PeerStatus) *tnPeer {
+	p := &tnPeer{
+		nodeID:   ps.NodeID,
+		stableID: ps.ID,
+		name:     strings.TrimSuffix(ps.DNSName, "."),
+		addrs:    slices.Clone(ps.TailscaleIPs),
+		online:   ps.Online,
+	}
+	if ps.Tags != nil && ps.Tags.Len() > 0 {
+		p.tags = ps.Tags.AsSlice()
+	}
+	return p
+}
+
+func peerFromNode(n *tailcfg.Node) *tnPeer {
+	p := &tnPeer{
+		nodeID:   n.ID,
+		stableID: n.StableID,
+		name:     strings.TrimSuffix(n.Name, "."),
+		online:   n.Online != nil && *n.Online,
+	}
+	for _, pfx := range n.Addresses {
+		if pfx.IsSingleIP() {
+			p.addrs = append(p.addrs, pfx.Addr())
+		}
+	}
+	if len(n.Tags) > 0 {
+		p.tags = slices.Clone(n.Tags)
+	}
+	return p
+}
+
+// fetchAddr is the tailnet IP the advert is fetched from: the first IPv4
+// address, else the first address.
+func (p *tnPeer) fetchAddr() (netip.Addr, bool) {
+	for _, a := range p.addrs {
+		if a.Is4() {
+			return a, true
+		}
+	}
+	if len(p.addrs) > 0 {
+		return p.addrs[0], true
+	}
+	return netip.Addr{}, false
+}
+
+// tnNameMatches reports whether a user-given builder name ("b1",
+// "b1.tail1234.ts.net" or "b1.tail1234.ts.net.") names the peer with
+// MagicDNS FQDN fqdn. Case does not matter.
+func tnNameMatches(want, fqdn string) bool {
+	want = strings.ToLower(strings.TrimSuffix(want, "."))
+	fqdn = strings.ToLower(fqdn)
+	if want == "" || fqdn == "" {
+		return false
+	}
+	if want == fqdn {
+		return true
+	}
+	short, _, _ := strings.Cut(fqdn, ".")
+	return !strings.Contains(want, ".") && want == short
+}
