@@ -95,7 +95,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.Tailnet == nil && a.MDNS == nil {
 		return errors.New("advertise: no transport (enable the tailnet or --mdns)")
 	}
-	facts, err := DetectFacts(ctx, a.Facts)
+	facts, err := detectFacts(ctx, a.Facts)
 	if err != nil {
 		return err
 	}
@@ -229,7 +229,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if sshTick == nil {
 				rekeyed()
 			}
-			c, err := MeasureCapacity(a.Facts, facts.BuildUsers)
+			c, err := measureCapacity(a.Facts, facts.BuildUsers)
 			if err != nil && facts.CapacityErr == nil {
 				log.Warn("capacity measurement failed", "err", err)
 			}
@@ -253,7 +253,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // publish builds, signs and encodes the advert and makes it current.
 func (a *Agent) publish(f Facts, o Overrides, now time.Time) (*wire.Advert, error) {
-	ad, err := BuildAdvert(f, o, now)
+	ad, err := buildAdvert(f, o, now)
 	if err != nil {
 		return nil, err
 	}

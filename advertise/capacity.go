@@ -17,20 +17,20 @@ import (
 
 // Quantisation of published capacity (docs/PROTOCOL.md, "Capacity").
 const (
-	// LoadStep is the step Load1 is rounded to.
-	LoadStep = 0.5
-	// MiBStep is the step, in MiB, that free memory and store space are
+	// loadStep is the step Load1 is rounded to.
+	loadStep = 0.5
+	// mibStep is the step, in MiB, that free memory and store space are
 	// rounded down to (1 GiB).
-	MiBStep = 1024
+	mibStep = 1024
 )
 
 // quantise rounds c to what an advert carries: Load1 to the nearest
-// LoadStep, MemAvailMiB and StoreFreeMiB down to a multiple of MiBStep.
+// loadStep, MemAvailMiB and StoreFreeMiB down to a multiple of mibStep.
 // Cores, MemTotalMiB and RunningBuilds are kept as they are.
 func quantise(c wire.Capacity) wire.Capacity {
-	c.Load1 = math.Round(c.Load1/LoadStep) * LoadStep
-	c.MemAvailMiB -= c.MemAvailMiB % MiBStep
-	c.StoreFreeMiB -= c.StoreFreeMiB % MiBStep
+	c.Load1 = math.Round(c.Load1/loadStep) * loadStep
+	c.MemAvailMiB -= c.MemAvailMiB % mibStep
+	c.StoreFreeMiB -= c.StoreFreeMiB % mibStep
 	return c
 }
 
@@ -49,10 +49,10 @@ func meaningfullyDifferent(c, prev wire.Capacity) bool {
 	if math.Abs(c.Load1-prev.Load1) >= max(0.75, float64(c.Cores)/10) {
 		return true
 	}
-	if absDiff(c.MemAvailMiB, prev.MemAvailMiB) >= max(MiBStep, c.MemTotalMiB/10) {
+	if absDiff(c.MemAvailMiB, prev.MemAvailMiB) >= max(mibStep, c.MemTotalMiB/10) {
 		return true
 	}
-	return absDiff(c.StoreFreeMiB, prev.StoreFreeMiB) >= max(MiBStep, prev.StoreFreeMiB/20)
+	return absDiff(c.StoreFreeMiB, prev.StoreFreeMiB) >= max(mibStep, prev.StoreFreeMiB/20)
 }
 
 func absDiff(a, b int64) int64 {
@@ -80,12 +80,12 @@ type BuildUsers struct {
 // auto-allocate-uids (maxIdsPerBuild in Nix's lock.cc).
 const autoUIDSlot = 1 << 16
 
-// MeasureCapacity reads the live capacity of this machine: cores from
+// measureCapacity reads the live capacity of this machine: cores from
 // <ProcRoot>/stat, load from loadavg, memory from meminfo, free space on
 // StoreDir by statfs, and running builds (see [BuildUsers]). It measures
 // what it can: a field it cannot read stays 0 (unknown) and the returned
 // error says which and why.
-func MeasureCapacity(o FactsOptions, bu BuildUsers) (wire.Capacity, error) {
+func measureCapacity(o FactsOptions, bu BuildUsers) (wire.Capacity, error) {
 	o = o.withDefaults()
 	var c wire.Capacity
 	var errs []error

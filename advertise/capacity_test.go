@@ -29,7 +29,7 @@ func TestMeasureCapacityFromFakeProc(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := MeasureCapacity(opts, tt.users)
+			c, err := measureCapacity(opts, tt.users)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -45,7 +45,7 @@ func TestMeasureCapacityFromFakeProc(t *testing.T) {
 		})
 	}
 	t.Run("unknown-build-group-is-reported", func(t *testing.T) {
-		c, err := MeasureCapacity(opts, BuildUsers{Group: "nosuchgroup"})
+		c, err := measureCapacity(opts, BuildUsers{Group: "nosuchgroup"})
 		if err == nil || !strings.Contains(err.Error(), "nosuchgroup") {
 			t.Errorf("err = %v, want one naming the group", err)
 		}
@@ -56,7 +56,7 @@ func TestMeasureCapacityFromFakeProc(t *testing.T) {
 	t.Run("missing-store-is-partial-not-fatal", func(t *testing.T) {
 		o := opts
 		o.StoreDir = "/nonexistent/nix/store"
-		c, err := MeasureCapacity(o, BuildUsers{})
+		c, err := measureCapacity(o, BuildUsers{})
 		if err == nil || !strings.Contains(err.Error(), "store free space") {
 			t.Errorf("err = %v, want a store free space error", err)
 		}
@@ -65,7 +65,7 @@ func TestMeasureCapacityFromFakeProc(t *testing.T) {
 		}
 	})
 	t.Run("real-proc", func(t *testing.T) {
-		c, err := MeasureCapacity(FactsOptions{StoreDir: t.TempDir()}, BuildUsers{})
+		c, err := measureCapacity(FactsOptions{StoreDir: t.TempDir()}, BuildUsers{})
 		if err != nil {
 			t.Fatal(err)
 		}

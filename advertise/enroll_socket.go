@@ -5,13 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/internal/unixhttp"
 	"github.com/nixrb-discover/nixrb-discover/wire"
 	"golang.org/x/crypto/ssh"
 	"tailscale.com/client/local"
@@ -196,34 +196,8 @@ func (e *Enroller) ServeSocket(ctx context.Context, path string) error {
 // FetchAuthorizedKeys asks the agent's socket at path for the keys that
 // may log in now, within ctx (callers bound it; sshd waits on them).
 func FetchAuthorizedKeys(ctx context.Context, path string) (*AuthorizedKeys, error) {
-	hc := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-		DisableKeepAlives: true,
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://enroll"+AuthorizedKeysPath, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("enroll socket %s: %w", path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAuthorizedKeysAnswer+1))
-	if err != nil {
-		return nil, fmt.Errorf("enroll socket %s: %w", path, err)
-	}
-	if len(body) > maxAuthorizedKeysAnswer {
-		return nil, fmt.Errorf("enroll socket %s: answer too large", path)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("enroll socket %s: %s: %s", path, resp.Status, body)
-	}
 	var ans AuthorizedKeys
-	if err := json.Unmarshal(body, &ans); err != nil {
+	if err := unixhttp.GetJSON(ctx, path, AuthorizedKeysPath, maxAuthorizedKeysAnswer, &ans); err != nil {
 		return nil, fmt.Errorf("enroll socket %s: %w", path, err)
 	}
 	return &ans, nil

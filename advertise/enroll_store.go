@@ -30,9 +30,9 @@ type keyStore struct {
 	keys map[tailcfg.StableNodeID]EnrolledKey
 }
 
-// LoadEnrolledKeys reads the key store at path; a missing file is empty.
+// loadEnrolledKeys reads the key store at path; a missing file is empty.
 // Keys that no longer parse are dropped.
-func LoadEnrolledKeys(path string) ([]EnrolledKey, error) {
+func loadEnrolledKeys(path string) ([]EnrolledKey, error) {
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -85,7 +85,7 @@ func (e *Enroller) load() error {
 	if e.StorePath == "" {
 		return errors.New("key store: no StorePath")
 	}
-	keys, err := LoadEnrolledKeys(e.StorePath)
+	keys, err := loadEnrolledKeys(e.StorePath)
 	if err != nil {
 		return err
 	}

@@ -218,7 +218,7 @@ func TestEnrollStoreSurvivesSIGKILL(t *testing.T) {
 		time.Sleep(time.Duration(5+rand.IntN(40)) * time.Millisecond)
 		cmd.Process.Kill()
 		cmd.Wait()
-		keys, err := LoadEnrolledKeys(path)
+		keys, err := loadEnrolledKeys(path)
 		if err != nil || len(keys) == 0 {
 			t.Fatalf("round %d: after SIGKILL the store does not load: %v", round, err)
 		}

@@ -129,7 +129,7 @@ func TestEnrollHandler(t *testing.T) {
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("store: %v %v", fi, err)
 		}
-		keys, err := LoadEnrolledKeys(e.StorePath)
+		keys, err := loadEnrolledKeys(e.StorePath)
 		if err != nil || len(keys) != 1 || keys[0].PublicKey != k1 || keys[0].NodeID != "nLaptop" ||
 			keys[0].NodeName != "laptop.ts.net" || !keys[0].Enrolled.Equal(*now) {
 			t.Fatalf("store holds %+v (%v)", keys, err)
@@ -139,7 +139,7 @@ func TestEnrollHandler(t *testing.T) {
 		if w := post(e, laptop, enrollBody(k2)); w.Code != http.StatusOK {
 			t.Fatalf("got %d %s", w.Code, w.Body)
 		}
-		keys, _ := LoadEnrolledKeys(e.StorePath)
+		keys, _ := loadEnrolledKeys(e.StorePath)
 		if len(keys) != 1 || keys[0].PublicKey != k2 {
 			t.Fatalf("store holds %+v", keys)
 		}

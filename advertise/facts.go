@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/internal/localnix"
 	"github.com/nixrb-discover/nixrb-discover/wire"
 	"golang.org/x/crypto/ssh"
 )
@@ -24,7 +25,7 @@ const (
 	DefaultSpeedFactor = 1.0
 )
 
-// FactsOptions says where DetectFacts looks. The zero value looks at this
+// FactsOptions says where detectFacts looks. The zero value looks at this
 // machine.
 type FactsOptions struct {
 	// NixPath is the nix binary ("nix", found in PATH, by default).
@@ -41,7 +42,7 @@ type FactsOptions struct {
 	GroupFile, PasswdFile string
 	// NixTimeout bounds each nix command (DefaultNixTimeout).
 	NixTimeout time.Duration
-	// Overrides are facts the user set: DetectFacts does not look them up,
+	// Overrides are facts the user set: detectFacts does not look them up,
 	// and needs no nix binary when they cover every Nix fact (systems,
 	// supported features, max jobs).
 	Overrides Overrides
@@ -65,7 +66,7 @@ func (o FactsOptions) withDefaults() FactsOptions {
 	return o
 }
 
-// Facts is what DetectFacts found out about this builder.
+// Facts is what detectFacts found out about this builder.
 type Facts struct {
 	// Hostname is the kernel host name.
 	Hostname string
@@ -116,18 +117,18 @@ func (o Overrides) coversNix() bool {
 	return o.Systems != nil && o.SupportedFeatures != nil && o.MaxJobs != 0
 }
 
-// DetectFacts finds out what this builder can do: the Nix configuration
+// detectFacts finds out what this builder can do: the Nix configuration
 // (by running nix), the host name, the SSH host key and the live capacity.
 // Facts that opts.Overrides sets are not looked up. A capacity it cannot
 // measure is not an error (see Facts.CapacityErr).
-func DetectFacts(ctx context.Context, opts FactsOptions) (Facts, error) {
+func detectFacts(ctx context.Context, opts FactsOptions) (Facts, error) {
 	o := opts.withDefaults()
 	var f Facts
-	f.Capacity, f.CapacityErr = MeasureCapacity(o, BuildUsers{})
+	f.Capacity, f.CapacityErr = measureCapacity(o, BuildUsers{})
 	if !o.Overrides.coversNix() {
 		cfg, err := readNixConfig(ctx, o.NixPath, o.NixTimeout, f.Capacity.Cores)
 		switch {
-		case isNotFound(err):
+		case localnix.IsNotFound(err):
 			return f, fmt.Errorf("detect facts: nix not found (%w): install Nix, give its path with --nix, or set --systems, --features and --max-jobs", err)
 		case err != nil:
 			return f, fmt.Errorf("detect facts: read the Nix configuration: %w", err)
@@ -135,7 +136,7 @@ func DetectFacts(ctx context.Context, opts FactsOptions) (Facts, error) {
 		f.System, f.ExtraPlatforms, f.SystemFeatures = cfg.System, cfg.ExtraPlatforms, cfg.SystemFeatures
 		f.MaxJobs, f.BuildUsers = cfg.MaxJobs, cfg.BuildUsers
 		// Count running builds now that the build users are known.
-		f.Capacity, f.CapacityErr = MeasureCapacity(o, f.BuildUsers)
+		f.Capacity, f.CapacityErr = measureCapacity(o, f.BuildUsers)
 	}
 	if v, err := readNixVersion(ctx, o.NixPath, o.NixTimeout); err == nil {
 		f.NixVersion = v
@@ -173,11 +174,11 @@ func readHostKey(path string) (string, error) {
 	return wire.CanonicalHostKey(pub), nil
 }
 
-// BuildAdvert makes the advert of this builder from its facts and the
+// buildAdvert makes the advert of this builder from its facts and the
 // user's overrides, issued at now (to the second), with quantised
 // capacity. It is unsigned (see [Sign]) and valid, or an error says which
 // field is wrong.
-func BuildAdvert(f Facts, o Overrides, now time.Time) (*wire.Advert, error) {
+func buildAdvert(f Facts, o Overrides, now time.Time) (*wire.Advert, error) {
 	pick := func(set, detected string) string {
 		if set != "" {
 			return set

@@ -172,7 +172,7 @@ func TestDetectFactsLanes(t *testing.T) {
 				opts := fakeProcOptions(t)
 				opts.NixPath = nix
 				start := time.Now()
-				f, err := DetectFacts(context.Background(), opts)
+				f, err := detectFacts(context.Background(), opts)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -203,9 +203,9 @@ func TestDetectFactsLanes(t *testing.T) {
 				if f.BuildUsers.Group != "nixbld" || f.Capacity.RunningBuilds != 2 || f.Capacity.Cores != 4 {
 					t.Errorf("build users %+v, capacity %+v: want group nixbld, 2 running builds, 4 cores", f.BuildUsers, f.Capacity)
 				}
-				a, err := BuildAdvert(f, Overrides{}, time.Now())
+				a, err := buildAdvert(f, Overrides{}, time.Now())
 				if err != nil {
-					t.Fatalf("BuildAdvert from real facts: %v", err)
+					t.Fatalf("buildAdvert from real facts: %v", err)
 				}
 				if want := append([]string{nixtest.System}, f.ExtraPlatforms...); !reflect.DeepEqual(a.Systems, want) {
 					t.Errorf("advert systems = %q, want %q: the system first, then the extra platforms", a.Systems, want)
@@ -218,7 +218,7 @@ func TestDetectFactsLanes(t *testing.T) {
 				nix, _ := laneNix(t, l.version, l.nixConf("auto"))
 				opts := fakeProcOptions(t)
 				opts.NixPath = nix
-				f, err := DetectFacts(context.Background(), opts)
+				f, err := detectFacts(context.Background(), opts)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -236,7 +236,7 @@ func TestDetectFactsLanes(t *testing.T) {
 				opts.NixPath = nix
 				opts.HostKeyPath = "/nonexistent"
 				opts.Overrides = Overrides{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{}, MaxJobs: 2, Hostname: "b1", HostKey: testHostKey(t)}
-				f, err := DetectFacts(context.Background(), opts)
+				f, err := detectFacts(context.Background(), opts)
 				if err != nil {
 					t.Fatal(err)
 				}

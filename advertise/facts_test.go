@@ -56,7 +56,7 @@ func TestDetectFactsNixProblems(t *testing.T) {
 --version) echo "nix (Nix) 2.26.3";;
 *) exit 1;;
 esac`)
-		f, err := DetectFacts(context.Background(), opts)
+		f, err := detectFacts(context.Background(), opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,7 +67,7 @@ esac`)
 	t.Run("missing-nix-names-the-flags-that-replace-it", func(t *testing.T) {
 		opts := fakeProcOptions(t)
 		opts.NixPath = filepath.Join(t.TempDir(), "no-nix-here")
-		_, err := DetectFacts(context.Background(), opts)
+		_, err := detectFacts(context.Background(), opts)
 		for _, flag := range []string{"--nix", "--systems", "--features", "--max-jobs"} {
 			if err == nil || !strings.Contains(err.Error(), flag) {
 				t.Errorf("err = %v, want it to name %s", err, flag)
@@ -78,11 +78,11 @@ esac`)
 		opts := fakeProcOptions(t)
 		opts.NixPath = filepath.Join(t.TempDir(), "no-nix-here")
 		opts.Overrides = Overrides{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{"kvm"}, MaxJobs: 4}
-		f, err := DetectFacts(context.Background(), opts)
+		f, err := detectFacts(context.Background(), opts)
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := BuildAdvert(f, opts.Overrides, time.Now())
+		a, err := buildAdvert(f, opts.Overrides, time.Now())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -93,7 +93,7 @@ esac`)
 	t.Run("failing-nix-shows-its-error", func(t *testing.T) {
 		opts := fakeProcOptions(t)
 		opts.NixPath = fakeNix(t, "echo 'error: cannot open nix.conf' >&2; exit 1\n")
-		_, err := DetectFacts(context.Background(), opts)
+		_, err := detectFacts(context.Background(), opts)
 		if err == nil || !strings.Contains(err.Error(), "cannot open nix.conf") {
 			t.Errorf("err = %v, want nix's own message", err)
 		}
@@ -103,7 +103,7 @@ esac`)
 		opts.NixPath = fakeNix(t, "exec sleep 30\n")
 		opts.NixTimeout = 200 * time.Millisecond
 		start := time.Now()
-		_, err := DetectFacts(context.Background(), opts)
+		_, err := detectFacts(context.Background(), opts)
 		if err == nil || !strings.Contains(err.Error(), "no answer within") {
 			t.Errorf("err = %v, want a timeout", err)
 		}
@@ -114,7 +114,7 @@ esac`)
 	t.Run("endless-nix-output-is-cut", func(t *testing.T) {
 		opts := fakeProcOptions(t)
 		opts.NixPath = fakeNix(t, "exec yes\n")
-		_, err := DetectFacts(context.Background(), opts)
+		_, err := detectFacts(context.Background(), opts)
 		if err == nil || !strings.Contains(err.Error(), "more than") {
 			t.Errorf("err = %v, want an output bound error", err)
 		}
@@ -124,7 +124,7 @@ esac`)
 		opts.Overrides = Overrides{Systems: []string{"x86_64-linux"}, SupportedFeatures: []string{}, MaxJobs: 1}
 		opts.NixPath = "/nonexistent/nix"
 		opts.HostKeyPath = filepath.Join(t.TempDir(), "none.pub")
-		_, err := DetectFacts(context.Background(), opts)
+		_, err := detectFacts(context.Background(), opts)
 		if !errors.Is(err, os.ErrNotExist) || !strings.Contains(err.Error(), "--ssh-host-key") {
 			t.Errorf("err = %v, want not-exist naming --ssh-host-key", err)
 		}
@@ -140,7 +140,7 @@ func TestBuildAdvert(t *testing.T) {
 	}
 	now := time.Date(2026, 11, 26, 4, 30, 15, 999, time.Local)
 	t.Run("facts-and-defaults", func(t *testing.T) {
-		a, err := BuildAdvert(facts, Overrides{AgentVersion: "v1"}, now)
+		a, err := buildAdvert(facts, Overrides{AgentVersion: "v1"}, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -152,14 +152,14 @@ func TestBuildAdvert(t *testing.T) {
 			NixVersion: "2.8.0", AgentVersion: "v1", IssuedAt: time.Unix(now.Unix(), 0).UTC(),
 		}
 		if !reflect.DeepEqual(a, want) {
-			t.Errorf("BuildAdvert =\n%+v\nwant\n%+v", a, want)
+			t.Errorf("buildAdvert =\n%+v\nwant\n%+v", a, want)
 		}
 	})
 	t.Run("overrides-win", func(t *testing.T) {
 		o := Overrides{Hostname: "b1.tail1234.ts.net", SSHUser: "builder", SSHPort: 2222, Protocol: wire.ProtocolSSH,
 			Systems: []string{"aarch64-linux"}, SupportedFeatures: []string{}, MandatoryFeatures: []string{"big-parallel"},
 			MaxJobs: 2, SpeedFactor: 4, Draining: true, Enroll: true}
-		a, err := BuildAdvert(facts, o, now)
+		a, err := buildAdvert(facts, o, now)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,14 +173,14 @@ func TestBuildAdvert(t *testing.T) {
 	t.Run("max-jobs-zero-needs-a-flag", func(t *testing.T) {
 		f := facts
 		f.MaxJobs = 0
-		_, err := BuildAdvert(f, Overrides{}, now)
+		_, err := buildAdvert(f, Overrides{}, now)
 		var fe *wire.FieldError
 		if !errors.As(err, &fe) || fe.Field != "max_jobs" || !strings.Contains(err.Error(), "--max-jobs") {
 			t.Errorf("err = %v, want a max_jobs error naming --max-jobs", err)
 		}
 	})
 	t.Run("bad-override-names-the-field", func(t *testing.T) {
-		_, err := BuildAdvert(facts, Overrides{Hostname: "my builder"}, now)
+		_, err := buildAdvert(facts, Overrides{Hostname: "my builder"}, now)
 		var fe *wire.FieldError
 		if !errors.As(err, &fe) || fe.Field != "hostname" {
 			t.Errorf("err = %v, want a hostname FieldError", err)

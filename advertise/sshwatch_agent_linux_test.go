@@ -71,12 +71,16 @@ func TestAgentSSHWatch(t *testing.T) {
 	}
 	next("start", false)
 	none("sshd stays up")
-	os.WriteFile(stat, stopped, 0o644)
+	if err := os.WriteFile(stat, stopped, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	next("sshd stopped", true)
 	none("sshd stays stopped")
 	a.ToggleDrain()
 	none("user drains while sshd is stopped")
-	os.WriteFile(stat, running, 0o644)
+	if err := os.WriteFile(stat, running, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	none("sshd back while the user drains")
 	a.ToggleDrain()
 	next("user undrains", false)

@@ -121,7 +121,9 @@ func TestSSHWatchStalled(t *testing.T) {
 		{queued, SSHUp},
 		{queued, SSHStalled},
 	} {
-		os.WriteFile(tcp, step.table, 0o644)
+		if err := os.WriteFile(tcp, step.table, 0o644); err != nil {
+			t.Fatal(err)
+		}
 		if st := w.Check(); st.Status != step.want {
 			t.Fatalf("check %d: %v, want status %d", i+1, st, step.want)
 		}
@@ -147,11 +149,15 @@ func TestSSHWatchOwnerCache(t *testing.T) {
 	// sshd restarted: new pid, new socket inode.
 	os.RemoveAll(filepath.Join(proc, "700"))
 	os.MkdirAll(filepath.Join(proc, "900", "fd"), 0o755)
-	os.WriteFile(filepath.Join(proc, "900", "stat"), []byte("900 (sshd) T 1 900 900 0 -1\n"), 0o644)
+	if err := os.WriteFile(filepath.Join(proc, "900", "stat"), []byte("900 (sshd) T 1 900 900 0 -1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	os.Symlink("socket:[4242]", filepath.Join(proc, "900", "fd", "3"))
 	tcp := filepath.Join(proc, "net", "tcp")
 	b, _ := os.ReadFile(tcp)
-	os.WriteFile(tcp, bytes.Replace(b, []byte(" 1101 "), []byte(" 4242 "), 1), 0o644)
+	if err := os.WriteFile(tcp, bytes.Replace(b, []byte(" 1101 "), []byte(" 4242 "), 1), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if st := w.Check(); st.Status != SSHStopped || st.PID != 900 {
 		t.Fatalf("after the restart: %v, want pid 900 stopped", st)
 	}

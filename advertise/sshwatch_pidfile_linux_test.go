@@ -12,9 +12,13 @@ import (
 func TestSSHWatchPidFileFallback(t *testing.T) {
 	proc := t.TempDir()
 	os.MkdirAll(filepath.Join(proc, "4242"), 0o755)
-	os.WriteFile(filepath.Join(proc, "4242", "comm"), []byte("sshd\n"), 0o644)
+	if err := os.WriteFile(filepath.Join(proc, "4242", "comm"), []byte("sshd\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	os.MkdirAll(filepath.Join(proc, "77"), 0o755)
-	os.WriteFile(filepath.Join(proc, "77", "comm"), []byte("bash\n"), 0o644)
+	if err := os.WriteFile(filepath.Join(proc, "77", "comm"), []byte("bash\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	pidFile := filepath.Join(t.TempDir(), "sshd.pid")
 
 	for _, tc := range []struct {
@@ -26,7 +30,9 @@ func TestSSHWatchPidFileFallback(t *testing.T) {
 		{"garbage", "not a pid", nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			os.WriteFile(pidFile, []byte(tc.pid), 0o644)
+			if err := os.WriteFile(pidFile, []byte(tc.pid), 0o644); err != nil {
+				t.Fatal(err)
+			}
 			s := &sshWatchState{owners: map[uint64][]int{}, cur: []sshListener{{inode: 99}}}
 			s.ownersFromPidFile(proc, pidFile)
 			if got := s.owners[99]; len(got) != len(tc.want) || len(got) == 1 && got[0] != tc.want[0] {

@@ -36,7 +36,9 @@ func BenchmarkClientIdle(b *testing.B) {
 		lines = append(lines, nb.MachineLine("ssh-ng", keyPath))
 	}
 	static := filepath.Join(dir, "static")
-	os.WriteFile(static, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+	if err := os.WriteFile(static, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
 	machines := filepath.Join(dir, "machines")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -61,7 +61,7 @@ type Client struct {
 	Sources []Source
 	// Checker health-checks them. Required.
 	Checker HealthChecker
-	// Membership sets hysteresis and check timing.
+	// Membership sets hysteresis, check kinds and check timing.
 	Membership MembershipConfig
 	// MachinesPath is the machines file to keep (e.g. /etc/nix/machines).
 	MachinesPath string
@@ -82,15 +82,6 @@ type Client struct {
 	// those that follow it are coalesced. Zero means
 	// DefaultWaitMin/DefaultWaitMax.
 	WaitMin, WaitMax time.Duration
-	// FullEvery is how often a builder in the file gets the full check
-	// (SSH login + Nix handshake). Zero means DefaultFullEvery.
-	FullEvery time.Duration
-	// ProbeEvery is how often a discovered builder in the file gets a
-	// probe (fresh TCP connection + banner); the checks between are pings
-	// on the cached connection, and its agent reports a dead or hung sshd
-	// in its advert. Static builders have no agent: every check between
-	// full ones is a probe. Zero means DefaultProbeEvery.
-	ProbeEvery time.Duration
 	// Enroll, when set, is called before the first check of a tailnet
 	// builder whose advert says enrolment is open, and again after a
 	// check fails with "auth refused"; its error is shown as the reason.
@@ -109,12 +100,10 @@ type Client struct {
 	statusReq chan chan *Status
 }
 
-// Defaults for the coalescing window and the check kinds.
+// Defaults for the coalescing window.
 const (
-	DefaultWaitMin    = 20 * time.Millisecond
-	DefaultWaitMax    = 250 * time.Millisecond
-	DefaultFullEvery  = 60 * time.Second
-	DefaultProbeEvery = 30 * time.Second
+	DefaultWaitMin = 20 * time.Millisecond
+	DefaultWaitMax = 250 * time.Millisecond
 )
 
 // ErrNotWritten is returned by Run with Once when the file could not be written.

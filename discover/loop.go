@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/health"
@@ -17,7 +16,7 @@ import (
 type loop struct {
 	c     *Client
 	log   *slog.Logger
-	mem   *Membership
+	mem   *membership
 	snaps chan Snapshot
 	done  chan checkDone
 	lost  chan checkDone // watched connections that died between checks
@@ -25,23 +24,16 @@ type loop struct {
 	watcher watcher // nil when the checker cannot watch connections
 	sem     chan struct{}
 
-	heard       map[string]bool // sources heard from
-	dirty       bool            // membership changed since the last render
-	firstChange time.Time       // start of the coalescing window
-	lastChange  time.Time
-	written     []byte // what we last wrote (or found) in the file
-	writeErr    error
-	lastWrite   time.Time
-	lastRender  time.Time // last render, written or not
-	retryAt     time.Time // when to retry a failed write
-	renderProbs map[string]string
-	lastFull    map[string]time.Time // last passed full check per builder
-	lastProbe   map[string]time.Time // last passed fresh TCP probe per builder
-	enrolled    map[string]bool      // builders that accepted our key
-	ready       bool
-	started     time.Time
-	statusText  string
-	lastSnap    time.Time
+	heard      map[string]bool // sources heard from
+	quiet      quiescence      // changes waiting for a render
+	written    []byte          // what we last wrote (or found) in the file
+	writeErr   error
+	lastWrite  time.Time
+	retryAt    time.Time // when to retry a failed write
+	ready      bool
+	started    time.Time
+	statusText string
+	lastSnap   time.Time
 }
 
 func newLoop(c *Client) *loop {
@@ -53,23 +45,8 @@ func newLoop(c *Client) *loop {
 	if maxChecks <= 0 {
 		maxChecks = 16
 	}
-	return &loop{
-		c:           c,
-		log:         log.With("component", "client"),
-		mem:         NewMembership(c.Membership),
-		snaps:       make(chan Snapshot, 64),
-		done:        make(chan checkDone, maxChecks),
-		lost:        make(chan checkDone, 16),
-		sem:         make(chan struct{}, maxChecks),
-		heard:       map[string]bool{},
-		renderProbs: map[string]string{},
-		lastFull:    map[string]time.Time{},
-		lastProbe:   map[string]time.Time{},
-		enrolled:    map[string]bool{},
-	}
-}
-
-func (c *Client) waits() (time.Duration, time.Duration) {
+	cfg := c.Membership
+	cfg.Enroll = c.Enroll != nil
 	lo, hi := c.WaitMin, c.WaitMax
 	if lo <= 0 {
 		lo = DefaultWaitMin
@@ -77,7 +54,17 @@ func (c *Client) waits() (time.Duration, time.Duration) {
 	if hi <= 0 {
 		hi = DefaultWaitMax
 	}
-	return lo, max(lo, hi)
+	return &loop{
+		c:     c,
+		log:   log.With("component", "client"),
+		mem:   newMembership(cfg),
+		snaps: make(chan Snapshot, 64),
+		done:  make(chan checkDone, maxChecks),
+		lost:  make(chan checkDone, 16),
+		sem:   make(chan struct{}, maxChecks),
+		heard: map[string]bool{},
+		quiet: quiescence{min: lo, max: max(lo, hi)},
+	}
 }
 
 func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
@@ -98,9 +85,9 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 	inflight := 0
 	for {
 		now := time.Now()
-		for _, key := range l.mem.Due(now) {
+		for _, d := range l.mem.due(now) {
 			inflight++
-			l.startCheck(ctx, key)
+			l.startCheck(ctx, d)
 		}
 		if l.dueRender(now) {
 			l.render(now)
@@ -108,7 +95,7 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 		if !l.ready && l.firstRoundDone(now, inflight, firstRound) {
 			l.ready = true
 			l.render(now)
-			l.log.Info("first round complete", "builders", len(l.mem.InFile()), "took", time.Since(l.started).Round(time.Millisecond))
+			l.log.Info("first round complete", "builders", len(l.mem.inFile()), "took", time.Since(l.started).Round(time.Millisecond))
 			if l.c.Hooks.Ready != nil {
 				l.c.Hooks.Ready()
 			}
@@ -133,22 +120,19 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 			<-l.sem
 			l.onResult(time.Now(), d)
 		case d := <-l.lost:
-			if m := l.mem.Member(d.key); m != nil {
+			if m := l.mem.get(d.key); m != nil {
 				lvl := slog.LevelInfo
 				if d.r.ConnectionLost {
 					lvl = slog.LevelWarn
 				}
 				l.log.Log(ctx, lvl, "connection to builder lost", "builder", m.Name, "detail", d.r.Detail)
 			}
-			// The recheck logs in afresh: only a new login proves the
-			// builder still lets us in (it may have been reinstalled).
-			delete(l.lastFull, d.key)
-			l.changes(time.Now(), l.mem.Lost(time.Now(), d.key, d.r))
+			l.changes(time.Now(), l.mem.lost(time.Now(), d.key, d.r))
 		case <-fileEvents:
 			if b := readFileIfExists(l.c.MachinesPath); string(b) != string(l.written) {
 				l.log.Warn("machines file changed outside nixrb-discover, restoring it", "path", l.c.MachinesPath)
 				l.written = b
-				l.markDirty(time.Now())
+				l.quiet.tick(time.Now())
 			}
 		case reply := <-l.c.statusReq:
 			reply <- l.status(time.Now())
@@ -167,7 +151,7 @@ func (l *loop) firstRoundDone(now time.Time, inflight int, bound time.Duration) 
 	if len(l.heard) < len(l.c.Sources) || inflight > 0 || now.Sub(l.lastSnap) < 100*time.Millisecond {
 		return false
 	}
-	for _, m := range l.mem.Members() {
+	for _, m := range l.mem.all() {
 		if !m.Next.IsZero() && m.Last.When.IsZero() {
 			return false
 		}
@@ -182,10 +166,9 @@ func (l *loop) nextWake(now time.Time, firstRound time.Duration) time.Time {
 			next = t
 		}
 	}
-	consider(l.mem.NextDue())
-	if l.dirty && l.ready { // before the first round, nothing is rendered
-		lo, hi := l.c.waits()
-		consider(minTime(l.lastChange.Add(lo), l.firstChange.Add(hi)))
+	consider(l.mem.nextDue())
+	if l.ready { // before the first round, nothing is rendered
+		consider(l.quiet.deadline())
 	}
 	if l.writeErr != nil {
 		consider(l.retryAt)
@@ -200,30 +183,23 @@ func (l *loop) nextWake(now time.Time, firstRound time.Duration) time.Time {
 	return next
 }
 
-func minTime(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
-}
-
-func (l *loop) startCheck(ctx context.Context, key string) {
-	m := l.mem.Member(key)
+// startCheck runs the check the membership asked for in a goroutine of
+// its own, and reports to l.done.
+func (l *loop) startCheck(ctx context.Context, d dueCheck) {
+	key := d.key
+	m := l.mem.get(key)
 	t, err := targetFor(*m)
+	l.sem <- struct{}{}
 	if err != nil {
 		go func() {
 			l.done <- checkDone{key: key, r: health.Result{Reason: health.ReasonInvalid, Detail: err.Error(), When: time.Now()}}
 		}()
-		l.sem <- struct{}{}
 		return
 	}
-	l.sem <- struct{}{}
-	kind := l.kindFor(m)
-	enrol := l.c.Enroll != nil && m.Advert != nil && m.Advert.Enroll && strings.HasPrefix(m.Key, "tailnet:") &&
-		(!l.enrolled[key] || m.Last.Reason == health.ReasonAuthRefused)
 	cand := m.Candidate
 	go func() {
-		if enrol {
+		kind := d.kind
+		if d.enrol {
 			start := time.Now()
 			if err := l.c.Enroll(ctx, cand); err != nil {
 				l.done <- checkDone{key: key, kind: checkFull, r: health.Result{Reason: health.ReasonEnrollRefused, Detail: err.Error(), When: start, Took: time.Since(start)}}
@@ -246,32 +222,13 @@ func (l *loop) startCheck(ctx context.Context, key string) {
 		if r.When.IsZero() {
 			r.When = time.Now()
 		}
-		l.done <- checkDone{key: key, r: r, kind: kind, enrolled: enrol}
+		l.done <- checkDone{key: key, r: r, kind: kind, enrolled: d.enrol}
 	}()
 }
 
-// kindFor picks the cheapest check that still proves what must be proved:
-// a full one to enter the file and every FullEvery, a probe every
-// ProbeEvery (every time for static builders, which have no agent to
-// report a dead sshd), and pings between.
-func (l *loop) kindFor(m *Member) checkKind {
-	fullEvery, probeEvery := l.c.FullEvery, l.c.ProbeEvery
-	if fullEvery <= 0 {
-		fullEvery = DefaultFullEvery
-	}
-	if probeEvery <= 0 {
-		probeEvery = DefaultProbeEvery
-	}
-	switch {
-	case !m.InFile || m.State != StateHealthy || time.Since(l.lastFull[m.Key]) >= fullEvery:
-		return checkFull
-	case m.Advert == nil || time.Since(l.lastProbe[m.Key]) >= probeEvery:
-		return checkProbe
-	default:
-		return checkPing
-	}
-}
-
+// onSnapshot takes a source's snapshot into the membership, and drops
+// the cached connections of builders it no longer lists (in the file or
+// still pending).
 func (l *loop) onSnapshot(now time.Time, s Snapshot) {
 	l.log.Debug("snapshot", "source", s.Source, "candidates", len(s.Candidates), "err", s.Err)
 	if !s.Partial {
@@ -284,72 +241,41 @@ func (l *loop) onSnapshot(now time.Time, s Snapshot) {
 			l.c.Hooks.SourceError(s.Source, s.Err)
 		}
 	}
-	l.changes(now, l.mem.Apply(now, s))
-	// Builders that left are no longer checked: drop their connections.
-	for key := range l.renderProbs {
-		if l.mem.Member(key) == nil {
-			delete(l.renderProbs, key)
-		}
+	ch, removed := l.mem.apply(now, s)
+	for _, key := range removed {
+		l.c.Checker.Forget(key)
 	}
+	l.changes(now, ch)
 }
 
+// onResult takes a finished check into the membership.
 func (l *loop) onResult(now time.Time, d checkDone) {
-	m := l.mem.Member(d.key)
+	m := l.mem.get(d.key)
 	if d.enrolled {
-		l.enrolled[d.key] = true
 		l.log.Info("enrolled with builder", "key", d.key)
-	}
-	if d.r.Reason == health.ReasonNotTrusted && l.c.NixVersion.AtLeast(2, 26) {
-		// Nix 2.26 (tested; maybe earlier) sees from the handshake that it
-		// is not trusted and sends the .drv by path, which an untrusted
-		// user may build: the builder works. Older Nix gets "not
-		// privileged to build input-addressed derivations". Trusted stays
-		// TrustedNo, so list still says so.
-		d.r.OK, d.r.Reason, d.r.Detail = true, health.ReasonOK, ""
-	}
-	switch {
-	case !d.r.OK:
-		delete(l.lastFull, d.key)
-		delete(l.lastProbe, d.key)
-	case d.kind == checkFull:
-		l.lastFull[d.key], l.lastProbe[d.key] = now, now
-	default:
-		if d.kind == checkProbe {
-			l.lastProbe[d.key] = now
-		}
-		if m != nil { // keep what only a full check learns
-			d.r.NixVersion, d.r.ProtocolVersion, d.r.Trusted = m.Last.NixVersion, m.Last.ProtocolVersion, m.Last.Trusted
-		}
 	}
 	if l.c.Hooks.Checked != nil {
 		l.c.Hooks.Checked(d.key, d.r)
 	}
-	if m != nil {
-		lvl := slog.LevelDebug
-		if d.r.Reason == health.ReasonHostKeyMismatch {
-			lvl = slog.LevelWarn
-		}
-		l.log.Log(context.Background(), lvl, "checked", "builder", m.Name, "kind", d.kind.String(), "ok", d.r.OK,
-			"reason", string(d.r.Reason), "detail", d.r.Detail, "rtt", d.r.RTT, "took", d.r.Took)
-	} else {
+	if m == nil {
+		// Removed while being checked: the check may have cached a new
+		// connection after the removal dropped the old one.
 		l.c.Checker.Forget(d.key)
+		return
 	}
-	l.changes(now, l.mem.Result(now, d.key, d.r))
-	// A builder whose agent reports its sshd and whose connection the
-	// kernel watches needs only the periodic probe and full check.
-	if m := l.mem.Member(d.key); m != nil && d.r.OK && m.InFile && m.Advert != nil && l.watcher != nil && l.watcher.Watched(d.key) {
-		fullEvery, probeEvery := l.c.FullEvery, l.c.ProbeEvery
-		if fullEvery <= 0 {
-			fullEvery = DefaultFullEvery
-		}
-		if probeEvery <= 0 {
-			probeEvery = DefaultProbeEvery
-		}
-		l.mem.Postpone(d.key, minTime(l.lastProbe[d.key].Add(probeEvery), l.lastFull[d.key].Add(fullEvery)))
+	lvl := slog.LevelDebug
+	if d.r.Reason == health.ReasonHostKeyMismatch {
+		lvl = slog.LevelWarn
 	}
+	l.log.Log(context.Background(), lvl, "checked", "builder", m.Name, "kind", d.kind.String(), "ok", d.r.OK,
+		"reason", string(d.r.Reason), "detail", d.r.Detail, "rtt", d.r.RTT, "took", d.r.Took)
+	watched := l.watcher != nil && l.watcher.Watched(d.key)
+	l.changes(now, l.mem.result(now, d.key, checkOutcome{kind: d.kind, r: d.r, enrolled: d.enrolled, watched: watched}))
 }
 
-func (l *loop) changes(now time.Time, ch []Change) {
+// changes logs builders entering and leaving the file, drops the
+// connections of those that left, and schedules a render.
+func (l *loop) changes(now time.Time, ch []change) {
 	for _, c := range ch {
 		if c.Joined {
 			l.log.Info("builder joins", "builder", c.Name, "key", c.Key, "reason", c.Reason)
@@ -359,50 +285,28 @@ func (l *loop) changes(now time.Time, ch []Change) {
 		}
 	}
 	if len(ch) > 0 {
-		l.markDirty(now)
+		l.quiet.tick(now)
 	}
 }
 
-func (l *loop) markDirty(now time.Time) {
-	if !l.dirty {
-		l.firstChange = now
-	}
-	l.dirty = true
-	l.lastChange = now
-}
-
+// dueRender says whether to render now: a failed write's retry is due,
+// or coalesced changes are. Before the first round is complete nothing
+// is written: a restart must not replace a good file with a
+// half-discovered one.
 func (l *loop) dueRender(now time.Time) bool {
 	if l.writeErr != nil && !now.Before(l.retryAt) {
 		return true
 	}
-	// Before the first round is complete nothing is written: a restart
-	// must not replace a good file with a half-discovered one.
-	if !l.dirty || !l.ready {
-		return false
-	}
-	lo, hi := l.c.waits()
-	// Leading edge: the first change after WaitMax without a render has
-	// nothing to be coalesced with yet, and a builder that joins or leaves
-	// should not wait WaitMin for company. Changes that follow within
-	// WaitMax of that render are coalesced as before, so the file is
-	// still written at most about twice per WaitMax.
-	if l.firstChange.Equal(l.lastChange) && l.firstChange.Sub(l.lastRender) >= hi {
-		return true
-	}
-	return !now.Before(l.lastChange.Add(lo)) || !now.Before(l.firstChange.Add(hi))
+	return l.ready && l.quiet.due(now)
 }
 
 // render writes the file from the current membership.
 func (l *loop) render(now time.Time) {
-	l.dirty = false
-	l.lastRender = now
+	l.quiet.fired(now)
 	content, probs, aliases := l.content()
-	for key, p := range probs {
-		if l.renderProbs[key] != p {
-			l.log.Warn("builder passes its checks but cannot be written to the machines file", "key", key, "err", p)
-		}
+	for key, p := range l.mem.setRenderProblems(probs) {
+		l.log.Warn("builder passes its checks but cannot be written to the machines file", "key", key, "err", p)
 	}
-	l.renderProbs = probs
 	if l.c.SSHConfigPath != "" {
 		if _, err := render.WriteAtomic(l.c.SSHConfigPath, aliases); err != nil {
 			l.log.Error("cannot write the ssh_config aliases", "path", l.c.SSHConfigPath, "err", err)
@@ -431,9 +335,9 @@ func (l *loop) render(now time.Time) {
 	l.written = content
 	if res.Changed {
 		l.lastWrite = now
-		l.log.Info("machines file written", "path", res.Path, "builders", len(l.mem.InFile()))
+		l.log.Info("machines file written", "path", res.Path, "builders", len(l.mem.inFile()))
 	}
-	text := fmt.Sprintf("%d builders healthy", len(l.mem.InFile()))
+	text := fmt.Sprintf("%d builders healthy", len(l.mem.inFile()))
 	if text != l.statusText {
 		l.statusText = text
 		if l.c.Hooks.Status != nil {

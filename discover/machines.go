@@ -24,7 +24,7 @@ func (l *loop) content() (file []byte, problems map[string]string, sshConfig []b
 	var static, discovered []render.Machine
 	var aliases strings.Builder
 	aliases.WriteString("# managed by nixrb-discover client: Host aliases for builders on a port other than 22\n")
-	for _, m := range l.mem.InFile() {
+	for _, m := range l.mem.inFile() {
 		if m.Machine != nil && m.Advert == nil {
 			static = append(static, *m.Machine)
 			continue
@@ -56,7 +56,7 @@ var aliasUnsafe = regexp.MustCompile(`[^A-Za-z0-9.-]+`)
 
 // machineFor turns a discovered builder into its machines-file line (and
 // an ssh_config alias when its port needs one for the local Nix).
-func (l *loop) machineFor(m Member) (render.Machine, string, error) {
+func (l *loop) machineFor(m member) (render.Machine, string, error) {
 	a := m.Advert
 	if a == nil {
 		return render.Machine{}, "", errors.New("no advert")
@@ -87,7 +87,7 @@ func (l *loop) machineFor(m Member) (render.Machine, string, error) {
 }
 
 // targetFor is what the health check dials and expects.
-func targetFor(m Member) (health.Target, error) {
+func targetFor(m member) (health.Target, error) {
 	t := health.Target{Key: m.Key}
 	var keyLine string
 	switch {

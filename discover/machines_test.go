@@ -12,7 +12,7 @@ import (
 // (Nix >= 2.31) or an ssh_config Host alias (older Nix), and says so when
 // neither is possible.
 func TestMachineForPort(t *testing.T) {
-	m := Member{Candidate: Candidate{Key: "mdns:x", Name: "b1.lan", Address: "10.0.0.5", Advert: &wire.Advert{
+	m := member{Candidate: Candidate{Key: "mdns:x", Name: "b1.lan", Address: "10.0.0.5", Advert: &wire.Advert{
 		Hostname: "b1", SSHUser: "nix-ssh", SSHPort: 2222, Protocol: "ssh-ng", HostKey: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIES7pfa2S97qRyd63h3rbGp4cXJVx+WgOpAqVCoFqE9u",
 		Systems: []string{"x86_64-linux"}, MaxJobs: 2, SpeedFactor: 1}}}
 	newNix := &loop{c: &Client{NixVersion: render.NixVersion{Major: 2, Minor: 31}, SSHKeyPath: "/k"}}

@@ -38,18 +38,33 @@ type MembershipConfig struct {
 	Backoff func(failures int) time.Duration
 	// CheckStatic health-gates static entries too.
 	CheckStatic bool
+	// FullEvery is how often a builder in the file gets the full check
+	// (SSH login + Nix handshake). Zero means DefaultFullEvery.
+	FullEvery time.Duration
+	// ProbeEvery is how often a discovered builder in the file gets a
+	// probe (fresh TCP connection + banner); the checks between are pings
+	// on the cached connection, and its agent reports a dead or hung sshd
+	// in its advert. Static builders have no agent: every check between
+	// full ones is a probe. Zero means DefaultProbeEvery.
+	ProbeEvery time.Duration
+	// Enroll says the client can enrol its key with tailnet builders
+	// whose advert says enrolment is open: before their first check, and
+	// again after a check fails with "auth refused".
+	Enroll bool
 }
 
 // Defaults for the zero fields of a MembershipConfig.
 const (
-	DefaultRise     = 1
-	DefaultFall     = 2
-	DefaultInterval = time.Second
-	DefaultRetry    = 100 * time.Millisecond
+	DefaultRise       = 1
+	DefaultFall       = 2
+	DefaultInterval   = time.Second
+	defaultRetry      = 100 * time.Millisecond
+	DefaultFullEvery  = 60 * time.Second
+	DefaultProbeEvery = 30 * time.Second
 )
 
-// DefaultBackoff doubles from 1 s to at most 30 s.
-func DefaultBackoff(failures int) time.Duration {
+// defaultBackoff doubles from 1 s to at most 30 s.
+func defaultBackoff(failures int) time.Duration {
 	d := time.Second
 	for i := 1; i < failures && d < 30*time.Second; i++ {
 		d *= 2
@@ -57,8 +72,9 @@ func DefaultBackoff(failures int) time.Duration {
 	return min(d, 30*time.Second)
 }
 
-// Member is one builder the client knows of.
-type Member struct {
+// member is one builder the client knows of: everything the client keeps
+// about it lives here, owned by the membership.
+type member struct {
 	Candidate
 	// Source is the source that reported it.
 	Source string
@@ -78,23 +94,31 @@ type Member struct {
 	Since time.Time
 	// checking is set while a check is running.
 	checking bool
+	// lastFull and lastProbe are when it last passed a full check and a
+	// fresh TCP probe (a full check is one); zero after a failure.
+	lastFull, lastProbe time.Time
+	// enrolled says it accepted our key.
+	enrolled bool
+	// renderProblem says why it passes its checks but has no line.
+	renderProblem string
 }
 
-// Change is a builder entering or leaving the machines file.
-type Change struct {
+// change is a builder entering or leaving the machines file.
+type change struct {
 	Key    string
 	Name   string
 	Joined bool   // true: entered the file; false: left it
 	Reason string // why, for the log
 }
 
-// Membership is the client's state machine: which builders exist, which
-// pass their checks, and which are in the machines file. It is pure: its
-// methods take the time and an event and return the changes; it has no
-// goroutines, clock or I/O. Only the client loop uses it.
-type Membership struct {
+// membership is the client's state machine: which builders exist, which
+// pass their checks, which are in the machines file, and which check each
+// gets next and when. It is pure: its methods take the time and an event
+// and return the changes; it has no goroutines, clock or I/O. Only the
+// client loop uses it.
+type membership struct {
 	cfg     MembershipConfig
-	members map[string]*Member
+	members map[string]*member
 	// bySource holds each source's last good set of keys, kept while the
 	// source is down: a tailscaled restart is not "all builders gone".
 	bySource map[string]map[string]bool
@@ -102,9 +126,9 @@ type Membership struct {
 	sourceErr map[string]error
 }
 
-// NewMembership returns an empty membership with cfg's zero fields set to
+// newMembership returns an empty membership with cfg's zero fields set to
 // the defaults.
-func NewMembership(cfg MembershipConfig) *Membership {
+func newMembership(cfg MembershipConfig) *membership {
 	if cfg.Rise <= 0 {
 		cfg.Rise = DefaultRise
 	}
@@ -115,25 +139,33 @@ func NewMembership(cfg MembershipConfig) *Membership {
 		cfg.Interval = DefaultInterval
 	}
 	if cfg.Retry <= 0 {
-		cfg.Retry = DefaultRetry
+		cfg.Retry = defaultRetry
 	}
 	if cfg.Backoff == nil {
-		cfg.Backoff = DefaultBackoff
+		cfg.Backoff = defaultBackoff
 	}
-	return &Membership{cfg: cfg, members: map[string]*Member{}, bySource: map[string]map[string]bool{}, sourceErr: map[string]error{}}
+	if cfg.FullEvery <= 0 {
+		cfg.FullEvery = DefaultFullEvery
+	}
+	if cfg.ProbeEvery <= 0 {
+		cfg.ProbeEvery = DefaultProbeEvery
+	}
+	return &membership{cfg: cfg, members: map[string]*member{}, bySource: map[string]map[string]bool{}, sourceErr: map[string]error{}}
 }
 
-// Apply takes a source's snapshot. Builders it no longer lists leave at
-// once (withdrawn, offline, expired); new ones wait for their checks; a
-// draining advert takes a builder out at once. A snapshot with Err keeps
-// the source's last set. Keys in Recheck are made due now.
-func (m *Membership) Apply(now time.Time, s Snapshot) []Change {
+// apply takes a source's snapshot. Builders it no longer lists leave at
+// once (withdrawn, offline, expired) and are removed: their keys are
+// returned in removed, and whatever is cached for them (an SSH connection)
+// must be dropped, whether they were in the file or still pending. New
+// ones wait for their checks; a draining advert takes a builder out at
+// once. A snapshot with Err keeps the source's last set. Keys in Recheck
+// are made due now.
+func (m *membership) apply(now time.Time, s Snapshot) (changes []change, removed []string) {
 	if s.Err != nil {
 		m.sourceErr[s.Source] = s.Err
-		return nil
+		return nil, nil
 	}
 	delete(m.sourceErr, s.Source)
-	var changes []Change
 	seen := make(map[string]bool, len(s.Candidates))
 	for _, c := range s.Candidates {
 		seen[c.Key] = true
@@ -146,6 +178,7 @@ func (m *Membership) Apply(now time.Time, s Snapshot) []Change {
 		if mem := m.members[key]; mem != nil && mem.Source == s.Source {
 			changes = append(changes, m.leave(now, mem, "withdrawn by "+s.Source)...)
 			delete(m.members, key)
+			removed = append(removed, key)
 		}
 	}
 	m.bySource[s.Source] = seen
@@ -154,11 +187,12 @@ func (m *Membership) Apply(now time.Time, s Snapshot) []Change {
 			mem.Next = now
 		}
 	}
-	return changes
+	sort.Strings(removed)
+	return changes, removed
 }
 
-// SourceErrors returns the sources that are down now, with their errors.
-func (m *Membership) SourceErrors() map[string]error {
+// sourceErrors returns the sources that are down now, with their errors.
+func (m *membership) sourceErrors() map[string]error {
 	out := make(map[string]error, len(m.sourceErr))
 	for k, v := range m.sourceErr {
 		out[k] = v
@@ -166,10 +200,10 @@ func (m *Membership) SourceErrors() map[string]error {
 	return out
 }
 
-func (m *Membership) upsert(now time.Time, source string, c Candidate) []Change {
+func (m *membership) upsert(now time.Time, source string, c Candidate) []change {
 	mem := m.members[c.Key]
 	if mem == nil {
-		mem = &Member{Source: source, Since: now}
+		mem = &member{Source: source, Since: now}
 		m.members[c.Key] = mem
 	}
 	old := mem.Candidate
@@ -189,7 +223,7 @@ func (m *Membership) upsert(now time.Time, source string, c Candidate) []Change 
 		mem.State, mem.Reason = StateStatic, "static entry"
 		if !mem.InFile {
 			mem.InFile = true
-			return []Change{{Key: c.Key, Name: c.Name, Joined: true, Reason: "static entry"}}
+			return []change{{Key: c.Key, Name: c.Name, Joined: true, Reason: "static entry"}}
 		}
 		return nil
 	}
@@ -229,39 +263,71 @@ func identityChanged(a, b Candidate) bool {
 }
 
 // leaveAs sets a terminal state and takes the member out of the file.
-func (m *Membership) leaveAs(now time.Time, mem *Member, st State, reason string) []Change {
+func (m *membership) leaveAs(now time.Time, mem *member, st State, reason string) []change {
 	ch := m.leave(now, mem, reason)
 	mem.State, mem.Reason, mem.Good, mem.Bad = st, reason, 0, 0
 	return ch
 }
 
-func (m *Membership) leave(now time.Time, mem *Member, reason string) []Change {
+func (m *membership) leave(now time.Time, mem *member, reason string) []change {
 	if !mem.InFile {
 		return nil
 	}
 	mem.InFile, mem.Since = false, now
-	return []Change{{Key: mem.Key, Name: mem.Name, Joined: false, Reason: reason}}
+	return []change{{Key: mem.Key, Name: mem.Name, Joined: false, Reason: reason}}
 }
 
-// Due returns the keys whose check is due at now and marks them as being
-// checked; each must be answered with Result.
-func (m *Membership) Due(now time.Time) []string {
-	var keys []string
+// dueCheck is a check the membership wants run now.
+type dueCheck struct {
+	key  string
+	kind checkKind
+	// enrol: send the client's key to the builder before the check.
+	enrol bool
+}
+
+// due returns the checks due at now, cheapest kind that still proves
+// what must be proved, and marks their builders as being checked; each
+// must be answered with result.
+func (m *membership) due(now time.Time) []dueCheck {
+	var out []dueCheck
 	for k, mem := range m.members {
 		if !mem.checking && !mem.Next.IsZero() && !mem.Next.After(now) {
 			mem.checking = true
-			keys = append(keys, k)
+			out = append(out, dueCheck{key: k, kind: m.kindFor(mem, now), enrol: m.enrolFirst(mem)})
 		}
 	}
-	sort.Strings(keys)
-	return keys
+	sort.Slice(out, func(i, j int) bool { return out[i].key < out[j].key })
+	return out
 }
 
-// Member returns the member with key, or nil.
-func (m *Membership) Member(key string) *Member { return m.members[key] }
+// kindFor picks the cheapest check that still proves what must be proved:
+// a full one to enter the file and every FullEvery, a probe every
+// ProbeEvery (every time for static builders, which have no agent to
+// report a dead sshd), and pings between.
+func (m *membership) kindFor(mem *member, now time.Time) checkKind {
+	switch {
+	case !mem.InFile || mem.State != StateHealthy || now.Sub(mem.lastFull) >= m.cfg.FullEvery:
+		return checkFull
+	case mem.Advert == nil || now.Sub(mem.lastProbe) >= m.cfg.ProbeEvery:
+		return checkProbe
+	default:
+		return checkPing
+	}
+}
 
-// NextDue returns the earliest time a check is due (zero if none is).
-func (m *Membership) NextDue() time.Time {
+// enrolFirst says whether to enrol with a tailnet builder before checking
+// it: its advert offers enrolment and it has not accepted our key yet, or
+// its last check was refused.
+func (m *membership) enrolFirst(mem *member) bool {
+	return m.cfg.Enroll && mem.Source == SourceTailnet && mem.Advert != nil && mem.Advert.Enroll &&
+		(!mem.enrolled || mem.Last.Reason == health.ReasonAuthRefused)
+}
+
+// get returns the member with key, or nil.
+func (m *membership) get(key string) *member { return m.members[key] }
+
+// nextDue returns the earliest time a check is due (zero if none is).
+func (m *membership) nextDue() time.Time {
 	var next time.Time
 	for _, mem := range m.members {
 		if mem.checking || mem.Next.IsZero() {
@@ -274,16 +340,57 @@ func (m *Membership) NextDue() time.Time {
 	return next
 }
 
-// Result takes the outcome of a check of key started by Due.
-func (m *Membership) Result(now time.Time, key string, r health.Result) []Change {
+// checkOutcome is what a check started by due found.
+type checkOutcome struct {
+	// kind is the check that ran (a ping without a cached connection
+	// runs as a probe, an enrolment makes it a full check).
+	kind checkKind
+	r    health.Result
+	// enrolled: the builder accepted our key just before the check.
+	enrolled bool
+	// watched: the checker watches the builder's connection between
+	// checks (kernel TCP keepalive).
+	watched bool
+}
+
+// result takes the outcome of a check of key started by due.
+func (m *membership) result(now time.Time, key string, o checkOutcome) []change {
 	mem := m.members[key]
 	if mem == nil {
 		return nil // left while being checked
 	}
 	mem.checking = false
+	if o.enrolled {
+		mem.enrolled = true
+	}
 	if mem.Next.IsZero() {
 		return nil // became untrusted or draining meanwhile
 	}
+	r := o.r
+	switch {
+	case !r.OK:
+		mem.lastFull, mem.lastProbe = time.Time{}, time.Time{}
+	case o.kind == checkFull:
+		mem.lastFull, mem.lastProbe = now, now
+	default:
+		if o.kind == checkProbe {
+			mem.lastProbe = now
+		}
+		// Keep what only a full check learns.
+		r.NixVersion, r.ProtocolVersion, r.Trusted = mem.Last.NixVersion, mem.Last.ProtocolVersion, mem.Last.Trusted
+	}
+	ch := m.record(now, mem, r)
+	// A builder whose agent reports its sshd and whose connection the
+	// checker watches needs only the periodic probe and full check.
+	if r.OK && mem.InFile && mem.Advert != nil && o.watched {
+		m.postpone(key, minTime(mem.lastProbe.Add(m.cfg.ProbeEvery), mem.lastFull.Add(m.cfg.FullEvery)))
+	}
+	return ch
+}
+
+// record applies a check result r to mem: hysteresis in, hysteresis out.
+func (m *membership) record(now time.Time, mem *member, r health.Result) []change {
+	key := mem.Key
 	mem.Last = r
 	if r.OK {
 		mem.Good++
@@ -296,7 +403,7 @@ func (m *Membership) Result(now time.Time, key string, r health.Result) []Change
 		}
 		if mem.Good >= m.cfg.Rise {
 			mem.State, mem.InFile, mem.Since = StateHealthy, true, now
-			return []Change{{Key: key, Name: mem.Name, Joined: true, Reason: "passed its check"}}
+			return []change{{Key: key, Name: mem.Name, Joined: true, Reason: "passed its check"}}
 		}
 		mem.State = StatePending
 		return nil
@@ -323,15 +430,18 @@ func (m *Membership) Result(now time.Time, key string, r health.Result) []Change
 	return nil
 }
 
-// Lost takes news that a builder's connection died between checks. With
+// lost takes news that a builder's connection died between checks. With
 // r.ConnectionLost (its TCP keepalive went unanswered: packets dropped,
 // host down) a builder in the file leaves at once; otherwise it is
-// re-checked at once.
-func (m *Membership) Lost(now time.Time, key string, r health.Result) []Change {
+// re-checked at once. Either way the next check logs in afresh: only a
+// new login proves the builder still lets us in (it may have been
+// reinstalled).
+func (m *membership) lost(now time.Time, key string, r health.Result) []change {
 	mem := m.members[key]
 	if mem == nil || mem.Next.IsZero() {
 		return nil
 	}
+	mem.lastFull = time.Time{}
 	if !mem.checking {
 		mem.Next = now
 	}
@@ -343,17 +453,33 @@ func (m *Membership) Lost(now time.Time, key string, r health.Result) []Change {
 	return m.leave(now, mem, mem.Reason)
 }
 
-// Postpone moves key's next check to t if it is not being checked (a
+// postpone moves key's next check to t if it is not being checked (a
 // builder watched by other means needs fewer checks).
-func (m *Membership) Postpone(key string, t time.Time) {
+func (m *membership) postpone(key string, t time.Time) {
 	if mem := m.members[key]; mem != nil && !mem.checking && !mem.Next.IsZero() && t.After(mem.Next) {
 		mem.Next = t
 	}
 }
 
-// Members returns copies of every member, sorted by name then key.
-func (m *Membership) Members() []Member {
-	out := make([]Member, 0, len(m.members))
+// setRenderProblems records why builders that pass their checks have no
+// line (keyed by member), and returns those whose problem is new.
+func (m *membership) setRenderProblems(probs map[string]string) (news map[string]string) {
+	for key, mem := range m.members {
+		p := probs[key]
+		if p != "" && p != mem.renderProblem {
+			if news == nil {
+				news = map[string]string{}
+			}
+			news[key] = p
+		}
+		mem.renderProblem = p
+	}
+	return news
+}
+
+// all returns copies of every member, sorted by name then key.
+func (m *membership) all() []member {
+	out := make([]member, 0, len(m.members))
 	for _, mem := range m.members {
 		out = append(out, *mem)
 	}
@@ -366,10 +492,10 @@ func (m *Membership) Members() []Member {
 	return out
 }
 
-// InFile returns copies of the members in the machines file, sorted.
-func (m *Membership) InFile() []Member {
-	var out []Member
-	for _, mem := range m.Members() {
+// inFile returns copies of the members in the machines file, sorted.
+func (m *membership) inFile() []member {
+	var out []member
+	for _, mem := range m.all() {
 		if mem.InFile {
 			out = append(out, mem)
 		}

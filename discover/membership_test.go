@@ -42,16 +42,16 @@ type step struct {
 
 func runStory(t *testing.T, cfg MembershipConfig, steps []step) {
 	t.Helper()
-	m := NewMembership(cfg)
+	m := newMembership(cfg)
 	for i, s := range steps {
 		now := t0.Add(s.at)
-		var ch []Change
+		var ch []change
 		if s.snap != nil {
-			ch = m.Apply(now, *s.snap)
+			ch, _ = m.apply(now, *s.snap)
 		}
 		if s.check != "" {
-			m.Due(now) // a check can complete only after it was started
-			ch = append(ch, m.Result(now, s.check, s.result)...)
+			m.due(now) // a check can complete only after it was started
+			ch = append(ch, m.result(now, s.check, checkOutcome{kind: checkFull, r: s.result})...)
 		}
 		var joined, left []string
 		for _, c := range ch {
@@ -66,7 +66,7 @@ func runStory(t *testing.T, cfg MembershipConfig, steps []step) {
 		}
 		if s.inFile != nil {
 			var in []string
-			for _, mem := range m.InFile() {
+			for _, mem := range m.inFile() {
 				in = append(in, mem.Key)
 			}
 			if in == nil {
@@ -77,10 +77,7 @@ func runStory(t *testing.T, cfg MembershipConfig, steps []step) {
 			}
 		}
 		if s.dueKeys != nil {
-			due := m.Due(now)
-			if due == nil {
-				due = []string{}
-			}
+			due := dueKeys(m.due(now))
 			if !reflect.DeepEqual(due, s.dueKeys) {
 				t.Fatalf("step %d: due %v; want %v", i, due, s.dueKeys)
 			}
@@ -89,6 +86,15 @@ func runStory(t *testing.T, cfg MembershipConfig, steps []step) {
 			}
 		}
 	}
+}
+
+// dueKeys returns the keys of due checks, never nil.
+func dueKeys(ds []dueCheck) []string {
+	keys := []string{}
+	for _, d := range ds {
+		keys = append(keys, d.key)
+	}
+	return keys
 }
 
 func snap(src string, cs ...Candidate) *Snapshot { return &Snapshot{Source: src, Candidates: cs} }
@@ -183,36 +189,36 @@ func TestMembershipStories(t *testing.T) {
 }
 
 func TestMembershipLostConnection(t *testing.T) {
-	m := NewMembership(MembershipConfig{Interval: time.Second})
-	m.Apply(t0, *snap("tailnet", cand("b1"), cand("b2")))
-	m.Due(t0)
-	m.Result(t0, "b1", ok)
-	m.Result(t0, "b2", ok)
+	m := newMembership(MembershipConfig{Interval: time.Second})
+	m.apply(t0, *snap("tailnet", cand("b1"), cand("b2")))
+	m.due(t0)
+	m.result(t0, "b1", checkOutcome{kind: checkFull, r: ok})
+	m.result(t0, "b2", checkOutcome{kind: checkFull, r: ok})
 	// Keepalive unanswered: packets dropped, out at once.
-	ch := m.Lost(t0.Add(time.Second), "b1", health.Result{Reason: health.ReasonTimeout, ConnectionLost: true, Detail: "no answer"})
+	ch := m.lost(t0.Add(time.Second), "b1", health.Result{Reason: health.ReasonTimeout, ConnectionLost: true, Detail: "no answer"})
 	if len(ch) != 1 || ch[0].Joined || ch[0].Key != "b1" {
 		t.Fatalf("lost connection: changes %v, want b1 to leave", ch)
 	}
 	// Ended otherwise (closed by the server): only re-checked at once.
-	m.Postpone("b2", t0.Add(time.Minute))
-	if ch := m.Lost(t0.Add(time.Second), "b2", health.Result{Reason: health.ReasonUnreachable}); len(ch) != 0 {
+	m.postpone("b2", t0.Add(time.Minute))
+	if ch := m.lost(t0.Add(time.Second), "b2", health.Result{Reason: health.ReasonUnreachable}); len(ch) != 0 {
 		t.Fatalf("closed connection: changes %v, want none", ch)
 	}
-	if due := m.Due(t0.Add(time.Second)); len(due) != 2 {
+	if due := m.due(t0.Add(time.Second)); len(due) != 2 {
 		t.Errorf("due after losses = %v, want both re-checked at once", due)
 	}
 }
 
 func TestMembershipPostpone(t *testing.T) {
-	m := NewMembership(MembershipConfig{Interval: time.Second})
-	m.Apply(t0, *snap("tailnet", cand("b1")))
-	m.Due(t0)
-	m.Result(t0, "b1", ok)
-	m.Postpone("b1", t0.Add(15*time.Second))
-	if due := m.Due(t0.Add(5 * time.Second)); len(due) != 0 {
+	m := newMembership(MembershipConfig{Interval: time.Second})
+	m.apply(t0, *snap("tailnet", cand("b1")))
+	m.due(t0)
+	m.result(t0, "b1", checkOutcome{kind: checkFull, r: ok})
+	m.postpone("b1", t0.Add(15*time.Second))
+	if due := m.due(t0.Add(5 * time.Second)); len(due) != 0 {
 		t.Errorf("postponed builder checked at 5s: %v", due)
 	}
-	if due := m.Due(t0.Add(15 * time.Second)); len(due) != 1 {
+	if due := m.due(t0.Add(15 * time.Second)); len(due) != 1 {
 		t.Errorf("postponed builder not checked at 15s: %v", due)
 	}
 }
@@ -220,8 +226,8 @@ func TestMembershipPostpone(t *testing.T) {
 func TestBackoffIsCapped(t *testing.T) {
 	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}
 	for i, w := range want {
-		if got := DefaultBackoff(i + 1); got != w {
-			t.Errorf("DefaultBackoff(%d) = %v, want %v", i+1, got, w)
+		if got := defaultBackoff(i + 1); got != w {
+			t.Errorf("defaultBackoff(%d) = %v, want %v", i+1, got, w)
 		}
 	}
 }

@@ -79,7 +79,7 @@ func (l *loop) status(now time.Time) *Status {
 	if l.writeErr != nil {
 		s.WriteError = l.writeErr.Error()
 	}
-	errs := l.mem.SourceErrors()
+	errs := l.mem.sourceErrors()
 	for _, src := range l.c.Sources {
 		ss := SourceStatus{Name: src.Name(), OK: true}
 		if err, down := errs[src.Name()]; down {
@@ -87,13 +87,13 @@ func (l *loop) status(now time.Time) *Status {
 		}
 		s.Sources = append(s.Sources, ss)
 	}
-	for _, m := range l.mem.Members() {
+	for _, m := range l.mem.all() {
 		b := BuilderStatus{
 			Key: m.Key, Name: m.Name, Source: m.Source, Address: m.Address,
 			State: m.State, Reason: m.Reason, InFile: m.InFile,
 			Trusted: m.Trusted, Trust: m.TrustReason, TrustHint: m.TrustHint,
 		}
-		if p, ok := l.renderProbs[m.Key]; ok && m.InFile {
+		if p := m.renderProblem; p != "" && m.InFile {
 			b.InFile, b.Reason = false, "not written: "+p
 		}
 		if a := m.Advert; a != nil {

@@ -5,13 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/nixrb-discover/nixrb-discover/internal/unixhttp"
 )
 
 // DefaultSocket is where the client serves its status.
@@ -72,30 +73,10 @@ func ServeStatus(ctx context.Context, path string, get func(context.Context) (*S
 
 // FetchStatus reads a running client's Status from its socket.
 func FetchStatus(ctx context.Context, path string) (*Status, error) {
-	hc := &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}, Timeout: 10 * time.Second}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://client/v1/status", nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("read client status from %s: %w", path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatusSize))
-	if err != nil {
-		return nil, fmt.Errorf("read client status from %s: %w", path, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("read client status from %s: %s: %s", path, resp.Status, body)
-	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	var s Status
-	if err := json.Unmarshal(body, &s); err != nil {
+	if err := unixhttp.GetJSON(ctx, path, "/v1/status", maxStatusSize, &s); err != nil {
 		return nil, fmt.Errorf("read client status from %s: %w", path, err)
 	}
 	return &s, nil

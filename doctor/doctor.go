@@ -4,11 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/internal/localnix"
 	"github.com/nixrb-discover/nixrb-discover/render"
 )
 
@@ -142,7 +141,7 @@ func Run(ctx context.Context, opts Options) Report {
 	if !v.Known() {
 		v = nixVersion(ctx, &r, opts)
 	}
-	checkBuildersSetting(ctx, &r, opts, v)
+	checkBuildersSetting(ctx, &r, opts)
 	machines := checkMachinesFile(&r, opts, v)
 	aliases := checkAliases(&r, opts, v, machines)
 	checkBuilders(ctx, &r, opts, machines, aliases)
@@ -166,39 +165,8 @@ func nixVersion(ctx context.Context, r *Report, opts Options) render.NixVersion 
 	return v
 }
 
-// runNix runs the local nix with args, bounded by the timeout.
+// runNix runs the local nix with args, bounded by twice the timeout.
 func runNix(ctx context.Context, opts Options, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*opts.Timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, opts.NixPath, args...)
-	cmd.WaitDelay = time.Second
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if len(msg) > 400 {
-			msg = msg[:400] + "…"
-		}
-		if msg != "" {
-			return "", &cmdError{cmd: opts.NixPath + " " + strings.Join(args, " "), err: err, stderr: msg}
-		}
-		return "", &cmdError{cmd: opts.NixPath + " " + strings.Join(args, " "), err: err}
-	}
-	return string(out), nil
+	out, err := localnix.Run(ctx, opts.NixPath, 2*opts.Timeout, args...)
+	return string(out), err
 }
-
-type cmdError struct {
-	cmd    string
-	err    error
-	stderr string
-}
-
-func (e *cmdError) Error() string {
-	if e.stderr != "" {
-		return e.cmd + ": " + e.err.Error() + ": " + e.stderr
-	}
-	return e.cmd + ": " + e.err.Error()
-}
-
-func (e *cmdError) Unwrap() error { return e.err }

@@ -3,9 +3,9 @@ package doctor
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"strings"
 
+	"github.com/nixrb-discover/nixrb-discover/internal/localnix"
 	"github.com/nixrb-discover/nixrb-discover/render"
 )
 
@@ -15,7 +15,7 @@ import (
 // rejects is still diagnosed.
 func checkMachinesFile(r *Report, opts Options, v render.NixVersion) []render.Entry {
 	name := fmt.Sprintf("machines file %s parses for Nix %s", opts.MachinesPath, v)
-	parse := render.ParseOptions{NixVersion: v, LocalSystem: localSystem()}
+	parse := render.ParseOptions{NixVersion: v, LocalSystem: localnix.System()}
 	entries, err := render.ParseFile(opts.MachinesPath, parse)
 	var problems render.ParseErrors
 	if err != nil && !errors.As(err, &problems) {
@@ -53,13 +53,4 @@ func checkMachinesFile(r *Report, opts Options, v render.NixVersion) []render.En
 			"check that the client runs and sees builders (nixrb-discover list says why each one is left out)")
 	}
 	return lenient
-}
-
-// localSystem is Nix's name for this platform, used for "-" systems.
-func localSystem() string {
-	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "riscv64": "riscv64"}[runtime.GOARCH]
-	if arch == "" {
-		arch = runtime.GOARCH
-	}
-	return arch + "-" + runtime.GOOS
 }

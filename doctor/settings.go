@@ -3,23 +3,24 @@ package doctor
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
-	"github.com/nixrb-discover/nixrb-discover/render"
+	"github.com/nixrb-discover/nixrb-discover/internal/localnix"
 )
 
 // checkBuildersSetting reads Nix's effective `builders` setting from the
 // real nix and checks that it reaches our machines file.
-func checkBuildersSetting(ctx context.Context, r *Report, opts Options, v render.NixVersion) {
+func checkBuildersSetting(ctx context.Context, r *Report, opts Options) {
 	name := fmt.Sprintf("Nix's builders setting includes @%s", opts.MachinesPath)
 	fix := fmt.Sprintf("on NixOS set nix.settings.builders = \"@%s\" (the nixrb-discover client module does); "+
 		"elsewhere put the line `builders = @%s` in /etc/nix/nix.conf and restart nix-daemon", opts.MachinesPath, opts.MachinesPath)
-	value, err := buildersSetting(ctx, opts, v)
+	value, err := buildersSetting(ctx, opts)
 	if err != nil {
-		r.fail(name, err.Error(), "make `nix show-config` work for root (or pass --nix PATH); then "+fix)
+		r.fail(name, err.Error(), "make `nix config show` (`nix show-config` before Nix 2.20) work for root (or pass --nix PATH); then "+fix)
 		return
 	}
 	if via, ok := reaches(value, opts.MachinesPath, 0); ok {
@@ -30,42 +31,21 @@ func checkBuildersSetting(ctx context.Context, r *Report, opts Options, v render
 }
 
 // buildersSetting returns the value of `builders` as the local Nix
-// computes it. Nix 2.20 renamed `nix show-config` to `nix config show`;
-// the older name is tried when the newer fails, and the other way round.
-func buildersSetting(ctx context.Context, opts Options, v render.NixVersion) (string, error) {
-	cmds := [][]string{{"show-config", "--json"}, {"config", "show", "--json"}}
-	if v.AtLeast(2, 20) {
-		cmds[0], cmds[1] = cmds[1], cmds[0]
+// computes it.
+func buildersSetting(ctx context.Context, opts Options) (string, error) {
+	settings, err := localnix.Config(ctx, opts.NixPath, 2*opts.Timeout)
+	if err != nil {
+		return "", err
 	}
-	var firstErr error
-	for _, c := range cmds {
-		out, err := runNix(ctx, opts, append([]string{"--extra-experimental-features", "nix-command"}, c...)...)
-		if err != nil {
-			if firstErr == nil {
-				firstErr = err
-			}
-			if ctx.Err() != nil {
-				break
-			}
-			continue
-		}
-		var settings map[string]struct {
-			Value json.RawMessage `json:"value"`
-		}
-		if err := json.Unmarshal([]byte(out), &settings); err != nil {
-			return "", fmt.Errorf("nix %s: %w", strings.Join(c, " "), err)
-		}
-		s, ok := settings["builders"]
-		if !ok {
-			return "", fmt.Errorf("nix %s: no builders setting in its output", strings.Join(c, " "))
-		}
-		var value string
-		if err := json.Unmarshal(s.Value, &value); err != nil {
-			return "", fmt.Errorf("nix %s: builders: %w", strings.Join(c, " "), err)
-		}
-		return value, nil
+	raw, ok := settings["builders"]
+	if !ok {
+		return "", errors.New("nix config: no builders setting in its output")
 	}
-	return "", firstErr
+	var value string
+	if err := json.Unmarshal(raw, &value); err != nil {
+		return "", fmt.Errorf("nix config: builders: %w", err)
+	}
+	return value, nil
 }
 
 // reaches reports whether the builders text (the setting, or a file's

@@ -40,7 +40,9 @@ func TestAvahiSeesRealAdvert(t *testing.T) {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(q.dir, "avahi-daemon.conf")
-	os.WriteFile(conf, []byte(strings.ReplaceAll(string(tmpl), "@IFACE@", netnstest.HostIface)), 0o644)
+	if err := os.WriteFile(conf, []byte(strings.ReplaceAll(string(tmpl), "@IFACE@", netnstest.HostIface)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	script, _ := filepath.Abs("../advertise/testdata/mdns/avahi-browse.sh")
 	cmd := q.Command("unshare", "-m", "--propagation", "private", "sh", script, conf, "_nix-builder._tcp")
 	var out, stderr strings.Builder

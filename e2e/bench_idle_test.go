@@ -45,7 +45,9 @@ func idleFleet(b *testing.B, n int) {
 	for i := range n {
 		h := newHostTB(b, topo, fmt.Sprintf("b%d", i))
 		signKey := filepath.Join(h.dir, "fleet")
-		os.WriteFile(signKey, priv, 0o600)
+		if err := os.WriteFile(signKey, priv, 0o600); err != nil {
+			b.Fatal(err)
+		}
 		hostKey := h.startSSHD(b, strings.TrimSpace(string(clientPub)))
 		agent = h.start(b, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
 			"--sign-key", signKey, "--ssh-user", "root", "--ssh-host-key", hostKey, "--hostname", fmt.Sprintf("b%d", i), "--log-level", "warn")

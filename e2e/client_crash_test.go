@@ -24,7 +24,9 @@ func TestClientKill9WhileWriting(t *testing.T) {
 		"ssh-ng://builder@alpha x86_64-linux - 4 1 kvm\n",
 		"ssh-ng://builder@beta aarch64-linux - 2 1 -\nssh://root@gamma x86_64-linux,i686-linux - 8 2 big-parallel\n",
 	}
-	os.WriteFile(static, []byte(lines[0]), 0o644)
+	if err := os.WriteFile(static, []byte(lines[0]), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	args := []string{"client", "--tailnet=false", "--static", static, "--machines", machines,
 		"--ssh-key", filepath.Join(dir, "id"), "--socket", filepath.Join(dir, "sock"), "--nix-version", "2.8", "--log-level", "error"}
 	stopEditing := make(chan struct{})
@@ -38,8 +40,14 @@ func TestClientKill9WhileWriting(t *testing.T) {
 			case <-time.After(time.Duration(110+rand.IntN(50)) * time.Millisecond): // just past the static file's 100 ms settle
 			}
 			tmp := static + ".tmp"
-			os.WriteFile(tmp, []byte(lines[i%2]), 0o644)
-			os.Rename(tmp, static)
+			if err := os.WriteFile(tmp, []byte(lines[i%2]), 0o644); err != nil {
+				t.Error(err)
+				return
+			}
+			if err := os.Rename(tmp, static); err != nil {
+				t.Error(err)
+				return
+			}
 		}
 	}()
 	for round := range 15 {

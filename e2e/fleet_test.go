@@ -19,7 +19,7 @@ import (
 	"github.com/nixrb-discover/nixrb-discover/internal/nixtest"
 )
 
-// Bounds of the fleet scenarios. The goals (DESIGN.md, the README) are far
+// Bounds of the fleet scenarios. The goals (docs/BENCHMARKS.md, the README) are far
 // tighter; these only keep a broken run from hanging.
 const (
 	joinWithin  = 30 * time.Second

@@ -107,9 +107,11 @@ func (h *host) startSSHD(t testing.TB, clientPub string) string {
 		t.Fatalf("ssh-keygen: %v %s", err, out)
 	}
 	ak := filepath.Join(h.dir, "authorized_keys")
-	os.WriteFile(ak, []byte(clientPub+"\n"), 0o644)
+	if err := os.WriteFile(ak, []byte(clientPub+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	cfg := filepath.Join(h.dir, "sshd_config")
-	os.WriteFile(cfg, []byte(fmt.Sprintf(`ListenAddress %s:22
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`ListenAddress %s:22
 HostKey %s
 AuthorizedKeysFile %s
 PermitRootLogin prohibit-password
@@ -119,7 +121,9 @@ UsePAM no
 PidFile none
 StrictModes no
 SetEnv TMPDIR=%s
-`, h.IP, key, ak, h.dir)), 0o644)
+`, h.IP, key, ak, h.dir)), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	h.start(t, "sshd", "/usr/sbin/sshd", "-D", "-e", "-f", cfg)
 	return key + ".pub"
 }
@@ -188,7 +192,9 @@ func TestMDNSFleet(t *testing.T) {
 	// The builders get the private half; the laptop trusts the public one.
 	signKey := filepath.Join(b1.dir, "fleet")
 	k, _ := os.ReadFile(fleet)
-	os.WriteFile(signKey, k, 0o600)
+	if err := os.WriteFile(signKey, k, 0o600); err != nil {
+		t.Fatal(err)
+	}
 
 	clientKey := filepath.Join(laptop.dir, "id_ed25519")
 	machines := filepath.Join(laptop.dir, "machines")

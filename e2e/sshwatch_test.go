@@ -36,7 +36,9 @@ func TestSSHWatchLeave(t *testing.T) {
 	}
 	signKey := filepath.Join(b1.dir, "fleet")
 	k, _ := os.ReadFile(fleet)
-	os.WriteFile(signKey, k, 0o600)
+	if err := os.WriteFile(signKey, k, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	clientKey := filepath.Join(laptop.dir, "id_ed25519")
 	machines := filepath.Join(laptop.dir, "machines")
 	if out, err := exec.Command(bin, "client", "--once", "--tailnet=false", "--static", "/dev/null", "--ssh-key", clientKey, "--machines", filepath.Join(laptop.dir, "first")).CombinedOutput(); err != nil {

@@ -15,10 +15,11 @@ const (
 	// DefaultCheckTimeout bounds each step of a check: the TCP connect,
 	// the authenticated SSH handshake, and the Nix handshake.
 	DefaultCheckTimeout = 3 * time.Second
-	// DefaultBannerTimeout bounds the wait for the SSH banner on the fresh
-	// connection every check makes. A hung sshd accepts TCP (the kernel
-	// does) but never sends its banner; this is how fast we notice.
-	DefaultBannerTimeout = time.Second
+	// DefaultBannerTimeout bounds the wait for the SSH banner on each new
+	// connection (a probe, or a full check's login). A hung sshd accepts
+	// TCP (the kernel does) but never sends its banner; this is how fast
+	// we notice. A ping on the kept connection reads no banner.
+	DefaultBannerTimeout = 500 * time.Millisecond
 	// DefaultRefreshChecks is how many checks may reuse one authenticated
 	// connection before a check makes a new one.
 	DefaultRefreshChecks = 10
@@ -79,6 +80,14 @@ type Checker struct {
 	// RefreshAfter is how long a connection may be reused; zero means
 	// DefaultRefreshAfter.
 	RefreshAfter time.Duration
+	// UntrustedBuilds says the local Nix builds on a daemon that does not
+	// trust its SSH user: Nix 2.26 and later (tested; maybe earlier) sees
+	// from the handshake that it is not trusted and sends the .drv by
+	// path, which an untrusted user may build. A "not trusted" answer then
+	// passes the check (Result.Trusted stays TrustedNo, so `list` still
+	// says so). Older Nix gets "not privileged to build input-addressed
+	// derivations": leave it false.
+	UntrustedBuilds bool
 	// Logger gets a debug line per check and a warning per host key
 	// mismatch; nil discards.
 	Logger *slog.Logger

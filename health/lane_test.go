@@ -77,11 +77,14 @@ func (h *laneHarness) check(t *testing.T) Result {
 }
 
 type laneRow struct {
-	name         string
-	protocol     string // default ssh-ng
-	user         string // default laneUser
-	untrusted    bool   // the user is not in the builder's trusted-users
-	wrongHostKey bool   // the Target pins another key
+	name      string
+	protocol  string // default ssh-ng
+	user      string // default laneUser
+	untrusted bool   // the user is not in the builder's trusted-users
+	// untrustedBuilds is Checker.UntrustedBuilds: the local Nix (2.26
+	// and later) builds as an untrusted user.
+	untrustedBuilds bool
+	wrongHostKey    bool // the Target pins another key
 	// run drives the scenario and returns the Result under test; nil
 	// means one Check.
 	run    func(t *testing.T, h *laneHarness) Result
@@ -171,6 +174,23 @@ func laneRows() []laneRow {
 					if again := h.check(t); again.Reason != ReasonNotTrusted || again.Reused {
 						t.Errorf("second check: %q reused=%v, want not trusted on a new connection", again.Reason, again.Reused)
 					}
+				}
+			},
+		},
+		{
+			// The same user, for a local Nix that builds as an untrusted
+			// user (Checker.UntrustedBuilds): the checker alone decides it
+			// is healthy, says it is not trusted, and keeps the connection.
+			name:            "ssh-ng-untrusted-user-local-nix-builds-untrusted",
+			untrusted:       true,
+			untrustedBuilds: true,
+			want:            wantReason(ReasonOK),
+			verify: func(t *testing.T, l laneSpec, h *laneHarness, r Result) {
+				if r.Trusted != l.untrusted {
+					t.Errorf("Trusted = %v, want %v", r.Trusted, l.untrusted)
+				}
+				if again := h.check(t); again.Reason != ReasonOK || !again.Reused || again.Trusted != l.untrusted {
+					t.Errorf("second check: %q reused=%v trusted=%v, want OK on the kept connection, trusted %v", again.Reason, again.Reused, again.Trusted, l.untrusted)
 				}
 			},
 		},
@@ -344,7 +364,7 @@ func runLaneRow(t *testing.T, l laneSpec, row laneRow) {
 	t.Logf("builder %s (%s) started in %v", b.Hostname, b.Version, time.Since(start).Round(time.Millisecond))
 	// A generous step timeout: builders share two cores with other tests.
 	// Rows about timeouts rely on BannerTimeout, which stays the default.
-	c := &Checker{Signer: signer, Timeout: 10 * time.Second}
+	c := &Checker{Signer: signer, Timeout: 10 * time.Second, UntrustedBuilds: row.untrustedBuilds}
 	t.Cleanup(func() { _ = c.Close() })
 	proto := row.protocol
 	if proto == "" {

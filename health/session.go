@@ -103,7 +103,7 @@ func (c *Checker) nixHandshake(ctx context.Context, cl *ssh.Client, t Target) Re
 		// explains a failure, so a passed check does not wait for it:
 		// the remote program ends on the EOF just sent, and the deferred
 		// Close ends the session.
-		if r.Trusted == TrustedNo {
+		if r.Trusted == TrustedNo && !c.UntrustedBuilds {
 			r.Reason = ReasonNotTrusted
 			r.Detail = fmt.Sprintf("the nix-daemon on %s does not trust user %q: Nix cannot build "+
 				"input-addressed derivations there; add %q to trusted-users in the builder's nix.conf",

@@ -1,4 +1,4 @@
-package nixfiles
+package nix
 
 import (
 	"bufio"

@@ -39,25 +39,27 @@ fi
 
 # package | benchmark | -benchtime ("runs": the latency run count)
 benches=(
-	"./discover|BenchmarkDeadBuilderStall|runs"
-	"./discover|BenchmarkClientTailnetLatency|runs"
+	"./discover/tailnet|BenchmarkDeadBuilderStall|runs"
+	"./discover/tailnet|BenchmarkClientTailnetLatency|runs"
 	"./e2e|BenchmarkMDNSJoinLeave|runs"
 	"./e2e|BenchmarkFleetFaults|runs"
-	"./discover|BenchmarkTailnetCleanStop|runs"
-	"./discover|BenchmarkTailnetDrain|runs"
-	"./discover|BenchmarkTailnetJoinScale|runs"
+	"./discover/tailnet|BenchmarkTailnetCleanStop|runs"
+	"./discover/tailnet|BenchmarkTailnetDrain|runs"
+	"./discover/tailnet|BenchmarkTailnetJoinScale|runs"
 	"./e2e|BenchmarkIdleFleet|1x"
 	"./discover|BenchmarkClientIdle|1x"
-	"./discover|BenchmarkTailnetIdleScale|1x"
+	"./discover/tailnet|BenchmarkTailnetIdleScale|1x"
 	"./e2e|BenchmarkSSHWatchIdle|1x"
-	"./discover|BenchmarkCheck|100x"
+	"./health|BenchmarkCheck|100x"
 	"./render|BenchmarkFormatCompare|1s"
 	"./render|BenchmarkWriteAtomic|1s"
+	"./discover/slots|BenchmarkSetUnchanged|1s"
+	"./discover/slots|BenchmarkScan|1s"
 )
 fuzzers=(
 	"./render|FuzzParse" "./render|FuzzFormat"
-	"./advertise|FuzzDecodeJSON" "./advertise|FuzzDecodeTXT" "./advertise|FuzzVerify" "./advertise|FuzzEnrollRequest"
-	"./discover|FuzzHandlePacket" "./discover|FuzzParseKnownHosts" "./discover|FuzzReadWorkerHello" "./discover|FuzzReadServeHello"
+	"./wire|FuzzDecodeJSON" "./wire|FuzzDecodeTXT" "./wire|FuzzVerify" "./wire|FuzzEnrollRequest"
+	"./discover/mdns|FuzzHandlePacket" "./discover/mdns|FuzzParseKnownHosts" "./health|FuzzReadWorkerHello" "./health|FuzzReadServeHello"
 )
 
 out=$(mktemp -d)

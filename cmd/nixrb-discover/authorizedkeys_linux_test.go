@@ -305,7 +305,9 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 		}
 		cfg := filepath.Join(dir, "laptop2-ssh_config")
-		os.WriteFile(cfg, []byte(fmt.Sprintf("Host %s\n  HostName %s\n  HostKeyAlias %s\n", bnode.FQDN, b.Addr, bnode.FQDN)), 0o644)
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf("Host %s\n  HostName %s\n  HostKeyAlias %s\n", bnode.FQDN, b.Addr, bnode.FQDN)), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		bctx, bcancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer bcancel()
 		out, stderr, err := nixtest.NixBuild(t, bctx, nixtest.ClientOptions{Version: nixtest.V28, MachinesFile: machines, SSHOpts: "-F " + cfg,
@@ -408,7 +410,9 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 		}
 		healthy("after the re-enrolment")
 		cfg := filepath.Join(dir, "laptop3-ssh_config")
-		os.WriteFile(cfg, []byte(fmt.Sprintf("Host %s\n  HostName %s\n  HostKeyAlias %s\n", bnode.FQDN, b.Addr, bnode.FQDN)), 0o644)
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf("Host %s\n  HostName %s\n  HostKeyAlias %s\n", bnode.FQDN, b.Addr, bnode.FQDN)), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		bctx, bcancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer bcancel()
 		out, stderr, err := nixtest.NixBuild(t, bctx, nixtest.ClientOptions{Version: nixtest.V28, MachinesFile: machines, SSHOpts: "-F " + cfg,

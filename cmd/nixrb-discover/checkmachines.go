@@ -5,11 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"os/exec"
-	"runtime"
 	"strings"
 	"time"
 
+	"github.com/nixrb-discover/nixrb-discover/internal/localnix"
 	"github.com/nixrb-discover/nixrb-discover/render"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
@@ -51,7 +50,7 @@ Example:
 			log.Debug("checking machines files", "nix_version", v.String())
 			opts := render.ParseOptions{
 				NixVersion:  v,
-				LocalSystem: localSystem(),
+				LocalSystem: localnix.System(),
 				Warn: func(path string, line int, msg string) {
 					fmt.Fprintf(e.stderr, "%s:%d: warning: %s\n", path, line, msg)
 				},
@@ -100,21 +99,10 @@ func checkVersion(ctx context.Context, flagValue string) (render.NixVersion, err
 
 // localNixVersion runs `nix --version`; unknown if nix is missing.
 func localNixVersion(ctx context.Context) render.NixVersion {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "nix", "--version").Output()
+	out, err := localnix.Version(ctx, "nix", 5*time.Second)
 	if err != nil {
 		return render.NixVersion{}
 	}
-	v, _ := render.ParseNixVersion(string(out))
+	v, _ := render.ParseNixVersion(out)
 	return v
-}
-
-// localSystem is Nix's name for this platform, used for "-" systems.
-func localSystem() string {
-	arch := map[string]string{"amd64": "x86_64", "arm64": "aarch64", "386": "i686", "riscv64": "riscv64"}[runtime.GOARCH]
-	if arch == "" {
-		arch = runtime.GOARCH
-	}
-	return arch + "-" + runtime.GOOS
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/nixrb-discover/nixrb-discover/discover/static"
 	"github.com/nixrb-discover/nixrb-discover/discover/tailnet"
 	"github.com/nixrb-discover/nixrb-discover/health"
+	"github.com/nixrb-discover/nixrb-discover/internal/localnix"
 	"github.com/nixrb-discover/nixrb-discover/render"
 	"github.com/nixrb-discover/nixrb-discover/systemd"
 	"github.com/nixrb-discover/nixrb-discover/wire"
@@ -65,10 +66,10 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.pinFile, "pin-file", "", "known_hosts-format file of pinned mDNS builder host keys")
 	fs.IntVar(&f.rise, "rise", discover.DefaultRise, "good checks in a row before a builder enters the file")
 	fs.IntVar(&f.fall, "fall", discover.DefaultFall, "failed checks in a row before a builder leaves the file")
-	fs.StringVar(&f.interval, "interval", discover.DefaultInterval.String(), "how often each builder is probed (fresh TCP connection and SSH banner)")
+	fs.StringVar(&f.interval, "interval", discover.DefaultInterval.String(), "how often each builder is checked: a keepalive on its kept SSH connection, a fresh TCP connection and SSH banner every 30s (every check for static builders), the full check every --full-check-every")
 	fs.StringVar(&f.fullEvery, "full-check-every", discover.DefaultFullEvery.String(), "how often each builder gets the full check (SSH login and Nix handshake)")
 	fs.StringVar(&f.checkTimeout, "check-timeout", health.DefaultCheckTimeout.String(), "bound on each step of a check")
-	fs.StringVar(&f.banner, "banner-timeout", "500ms", "bound on the wait for the SSH banner (a hung sshd accepts TCP but never answers)")
+	fs.StringVar(&f.banner, "banner-timeout", health.DefaultBannerTimeout.String(), "bound on the wait for the SSH banner on each new connection (a hung sshd accepts TCP but never answers)")
 	fs.Var(&f.wait, "wait", "MIN:MAX coalescing of changes before the file is written (a change after MAX without a write is written at once)")
 	fs.StringVar(&f.nixVersion, "nix-version", "", "format for this Nix version (default: what the local nix reports)")
 	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written)")
@@ -178,7 +179,7 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		if _, err := os.Stat(f.static); err != nil {
 			return nil, nil, usageError("--static: %v", err)
 		}
-		sources = append(sources, &static.Source{Path: f.static, NixVersion: v, LocalSystem: localSystem(), Logger: log})
+		sources = append(sources, &static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System(), Logger: log})
 	}
 	if len(sources) == 0 {
 		return nil, nil, usageError("no source of builders: enable the tailnet (default), --mdns or --static")
@@ -190,11 +191,16 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		var d net.Dialer
 		enroll = (&tailnet.Enroller{Dial: d.DialContext, PublicKey: id.AuthorizedKey}).Enroll
 	}
-	checker := &health.Checker{Signer: id.Signer, Timeout: checkTimeout, BannerTimeout: banner, RefreshChecks: 3, Logger: log}
+	// A full check (every --full-check-every) reuses the kept connection
+	// at most 3 times before it logs in afresh: a reinstalled builder that
+	// no longer accepts our key is noticed within minutes.
+	checker := &health.Checker{Signer: id.Signer, Timeout: checkTimeout, BannerTimeout: banner, RefreshChecks: 3,
+		UntrustedBuilds: v.AtLeast(2, 26), Logger: log}
 	c := &discover.Client{
-		Sources:              sources,
-		Checker:              checker,
-		Membership:           discover.MembershipConfig{Rise: f.rise, Fall: f.fall, Interval: interval, CheckStatic: f.checkStatic},
+		Sources: sources,
+		Checker: checker,
+		Membership: discover.MembershipConfig{Rise: f.rise, Fall: f.fall, Interval: interval, CheckStatic: f.checkStatic,
+			FullEvery: fullEvery},
 		MachinesPath:         f.machines,
 		SSHKeyPath:           f.sshKey,
 		ClientKeyFingerprint: id.Fingerprint,
@@ -202,7 +208,6 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		SSHConfigPath:        f.sshConfig,
 		WaitMin:              f.wait.min,
 		WaitMax:              f.wait.max,
-		FullEvery:            fullEvery,
 		Enroll:               enroll,
 		Once:                 f.once,
 		Logger:               log,

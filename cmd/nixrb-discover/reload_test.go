@@ -20,13 +20,19 @@ func TestClientRestartsOnConfigChange(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	a, b := filepath.Join(dir, "static-a"), filepath.Join(dir, "static-b")
-	os.WriteFile(a, []byte("ssh-ng://builder@alpha x86_64-linux\n"), 0o644)
-	os.WriteFile(b, []byte("ssh-ng://builder@beta aarch64-linux\n"), 0o644)
+	if err := os.WriteFile(a, []byte("ssh-ng://builder@alpha x86_64-linux\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b, []byte("ssh-ng://builder@beta aarch64-linux\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	machines, conf := filepath.Join(dir, "machines"), filepath.Join(dir, "client.json")
 	write := func(static string) {
 		js := `{"tailnet": false, "static": "` + static + `", "machines": "` + machines + `", "ssh-key": "` + filepath.Join(dir, "id") + `", "socket": "` + filepath.Join(dir, "sock") + `", "nix-version": "2.8"}`
 		tmp := conf + ".tmp"
-		os.WriteFile(tmp, []byte(js), 0o644)
+		if err := os.WriteFile(tmp, []byte(js), 0o644); err != nil {
+			t.Fatal(err)
+		}
 		os.Rename(tmp, conf)
 	}
 	write(a)

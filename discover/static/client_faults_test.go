@@ -34,26 +34,38 @@ func (n noChecks) Ping(context.Context, health.Target) (health.Result, bool) {
 }
 func (noChecks) Forget(string) {}
 
-// staticClient runs a client whose only source is a static file.
-func staticClient(t *testing.T, dir, machines string, logs *clienttest.SyncBuffer) (staticPath string, stop func()) {
+// staticRun is a running client whose only source is a static file.
+type staticRun struct {
+	c          *discover.Client
+	staticPath string
+	ready      chan struct{} // closed after the first round
+}
+
+// staticClient runs a client whose only source is a static file, which
+// it creates with one builder unless it exists.
+func staticClient(t *testing.T, dir, machines string, logs *clienttest.SyncBuffer) (run *staticRun, stop func()) {
 	t.Helper()
-	staticPath = filepath.Join(dir, "static")
-	os.WriteFile(staticPath, []byte("ssh-ng://builder@b1 x86_64-linux - 4 1 kvm\n"), 0o644)
+	run = &staticRun{staticPath: filepath.Join(dir, "static"), ready: make(chan struct{})}
+	if _, err := os.Stat(run.staticPath); err != nil {
+		clienttest.WriteFile(t, run.staticPath, "ssh-ng://builder@b1 x86_64-linux - 4 1 kvm\n")
+	}
 	w := logs
 	if w == nil {
 		w = &clienttest.SyncBuffer{}
 	}
-	c := &discover.Client{
-		Sources:      []discover.Source{&static.Source{Path: staticPath}},
+	run.c = &discover.Client{
+		Sources:      []discover.Source{&static.Source{Path: run.staticPath}},
 		Checker:      noChecks{t},
 		MachinesPath: machines,
 		NixVersion:   render.NixVersion{Major: 2, Minor: 8},
 		Logger:       slog.New(slog.NewTextHandler(w, nil)),
+		Hooks:        discover.Hooks{Ready: func() { close(run.ready) }},
 	}
+	run.c.Init()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	return staticPath, func() {
+	go func() { done <- run.c.Run(ctx) }()
+	return run, func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("client: %v", err)
@@ -61,25 +73,64 @@ func staticClient(t *testing.T, dir, machines string, logs *clienttest.SyncBuffe
 	}
 }
 
+// waitReady waits (bounded) for the client's first round to end.
+func (r *staticRun) waitReady(t *testing.T) {
+	t.Helper()
+	select {
+	case <-r.ready:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client's first round did not end within 10 s")
+	}
+}
+
+// waitSourceError waits (bounded) until the client reports its static
+// source down with an error containing want, and returns the error.
+func (r *staticRun) waitSourceError(t *testing.T, want string) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := r.c.Status(ctx)
+		cancel()
+		if err == nil {
+			for _, src := range st.Sources {
+				if src.Name == discover.SourceStatic && !src.OK && strings.Contains(src.Error, want) {
+					return src.Error
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the client never reported the static file's error %q (last status err %v: %+v)", want, err, st)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestClientFollowsStaticFileEdits(t *testing.T) {
 	dir := t.TempDir()
 	machines := filepath.Join(dir, "machines")
-	staticPath, stop := staticClient(t, dir, machines, nil)
+	run, stop := staticClient(t, dir, machines, nil)
 	defer stop()
 	clienttest.WaitFile(t, machines, "listed b1", clienttest.Contains("ssh-ng://builder@b1 "))
 	// An editor replaces the file (write to a temp name, rename over).
-	tmp := staticPath + ".swp"
-	os.WriteFile(tmp, []byte("ssh-ng://builder@b2 aarch64-linux - 2 1 -\n"), 0o644)
-	os.Rename(tmp, staticPath)
+	tmp := run.staticPath + ".swp"
+	clienttest.WriteFile(t, tmp, "ssh-ng://builder@b2 aarch64-linux - 2 1 -\n")
+	if err := os.Rename(tmp, run.staticPath); err != nil {
+		t.Fatal(err)
+	}
 	_, took := clienttest.WaitFile(t, machines, "followed the edit", func(f string) bool {
 		return strings.Contains(f, "@b2 aarch64-linux") && !strings.Contains(f, "@b1 ")
 	})
 	t.Logf("static file edit re-rendered after %v", took)
-	// A broken edit keeps the last good set.
-	os.WriteFile(staticPath, []byte("ssh-ng://builder@b3 x86_64-linux - many\n"), 0o644)
-	time.Sleep(300 * time.Millisecond)
-	if f, _ := os.ReadFile(machines); !bytes.Contains(f, []byte("@b2 ")) {
-		t.Errorf("an invalid static file dropped the builders:\n%s", f)
+	// A broken edit keeps the last good set: once the client has read
+	// it (and says what is wrong, naming the line), b2 is still listed.
+	clienttest.WriteFile(t, run.staticPath, "ssh-ng://builder@b3 x86_64-linux - many\n")
+	msg := run.waitSourceError(t, "many")
+	if !strings.Contains(msg, run.staticPath+":1") {
+		t.Errorf("the static file's error does not name FILE:LINE: %s", msg)
+	}
+	if f, _ := os.ReadFile(machines); !bytes.Contains(f, []byte("@b2 ")) || bytes.Contains(f, []byte("@b3 ")) {
+		t.Errorf("an invalid static file changed the builders:\n%s", f)
 	}
 }
 
@@ -89,7 +140,7 @@ func TestClientRestoresExternallyEditedFile(t *testing.T) {
 	_, stop := staticClient(t, dir, machines, nil)
 	defer stop()
 	want, _ := clienttest.WaitFile(t, machines, "listed b1", clienttest.Contains("@b1 "))
-	os.WriteFile(machines, []byte("evil x86_64-linux\n"), 0o644)
+	clienttest.WriteFile(t, machines, "evil x86_64-linux\n")
 	_, took := clienttest.WaitFile(t, machines, "restored", func(f string) bool { return f == want })
 	t.Logf("external overwrite corrected after %v", took)
 }
@@ -101,10 +152,17 @@ func TestClientRestartDoesNotRewriteUnchangedFile(t *testing.T) {
 	clienttest.WaitFile(t, machines, "listed b1", clienttest.Contains("@b1 "))
 	stop()
 	old := time.Now().Add(-time.Hour)
-	os.Chtimes(machines, old, old)
-	before, _ := os.Stat(machines)
-	_, stop = staticClient(t, dir, machines, nil)
-	time.Sleep(500 * time.Millisecond)
+	if err := os.Chtimes(machines, old, old); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.Stat(machines)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The restarted client's first round ends with a render: it is the
+	// moment it would rewrite the file.
+	run, stop := staticClient(t, dir, machines, nil)
+	run.waitReady(t)
 	stop()
 	after, _ := os.Stat(machines)
 	if !after.ModTime().Equal(before.ModTime()) || !os.SameFile(before, after) {
@@ -126,7 +184,7 @@ func TestClientKeepsRunningWhenFileUnwritable(t *testing.T) {
 	machines := filepath.Join(ro, "machines")
 	var logs clienttest.SyncBuffer
 	staticPath := filepath.Join(dir, "static")
-	os.WriteFile(staticPath, []byte("ssh-ng://builder@b1 x86_64-linux - 4 1 kvm\n"), 0o644)
+	clienttest.WriteFile(t, staticPath, "ssh-ng://builder@b1 x86_64-linux - 4 1 kvm\n")
 	c := &discover.Client{
 		Sources:      []discover.Source{&static.Source{Path: staticPath}},
 		Checker:      noChecks{t},

@@ -180,7 +180,9 @@ func BenchmarkTailnetIdleScale(b *testing.B) {
 	n1, p1 := bus.counts()
 	if keep := os.Getenv("NIXRB_SCALE_LOG"); keep != "" {
 		if log, err := os.ReadFile(logPath); err == nil {
-			os.WriteFile(keep, log, 0o644)
+			if err := os.WriteFile(keep, log, 0o644); err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 	// What the client logged while it should have been quiet.

@@ -58,13 +58,17 @@ func BenchmarkDeadBuilderStall(b *testing.B) {
 	for _, tb := range []*tailnetBuilder{good, bad} {
 		fmt.Fprintf(&sb, "Host %s\n  HostName %s\n  HostKeyAlias %s\n", tb.node.FQDN, tb.nix.Addr, tb.node.FQDN)
 	}
-	os.WriteFile(cfg, []byte(sb.String()), 0o644)
+	if err := os.WriteFile(cfg, []byte(sb.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
 	// The hand-written file: both builders, the broken one ranked first.
 	static := filepath.Join(dir, "static")
 	line := func(tb *tailnetBuilder, speed int) string {
 		return fmt.Sprintf("ssh-ng://root@%s %s %s 1 %d - - %s", tb.node.FQDN, nixtest.System, id.Path, speed, tb.nix.HostKeyBase64())
 	}
-	os.WriteFile(static, []byte(line(bad, 10)+"\n"+line(good, 1)+"\n"), 0o644)
+	if err := os.WriteFile(static, []byte(line(bad, 10)+"\n"+line(good, 1)+"\n"), 0o644); err != nil {
+		b.Fatal(err)
+	}
 
 	build := func(file string, limit time.Duration) (time.Duration, string, error) {
 		bctx, bcancel := context.WithTimeout(context.Background(), limit)

@@ -94,8 +94,7 @@ func TestClientOnTailnet(t *testing.T) {
 		c = &discover.Client{
 			Sources:      []discover.Source{&tailnet.Source{LocalAPI: cn.LocalClient, Dial: cn.Server.Dial, Refresh: time.Second}},
 			Checker:      &health.Checker{Signer: id.Signer, Dial: cn.Server.Dial, BannerTimeout: 500 * time.Millisecond, RefreshChecks: 3},
-			Membership:   discover.MembershipConfig{Interval: 500 * time.Millisecond},
-			FullEvery:    2 * time.Second,
+			Membership:   discover.MembershipConfig{Interval: 500 * time.Millisecond, FullEvery: 2 * time.Second},
 			MachinesPath: machines,
 			SSHKeyPath:   id.Path,
 			NixVersion:   render.NixVersion{Major: 2, Minor: 8},
@@ -154,7 +153,9 @@ func TestClientOnTailnet(t *testing.T) {
 	for _, b := range []*tailnetBuilder{b1, b2, b3} {
 		fmt.Fprintf(&sb, "Host %s\n  HostName %s\n  HostKeyAlias %s\n", b.node.FQDN, b.nix.Addr, b.node.FQDN)
 	}
-	os.WriteFile(cfg, []byte(sb.String()), 0o644)
+	if err := os.WriteFile(cfg, []byte(sb.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name    string
 		client  nixtest.Version
