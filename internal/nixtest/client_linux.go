@@ -52,6 +52,20 @@ type ClientOptions struct {
 	// nix-build runs in, such as a laptop host of an internal/netnstest
 	// topology. Default: the root namespace.
 	Netns string
+	// NixDir, if set, is an existing host directory (such as one from
+	// [WorkDir]) that nix-build uses as its /nix instead of a fresh one,
+	// so a test can watch or hold the build hook's slot locks in
+	// ClientStateDir(NixDir)/current-load before and while the build
+	// runs. Builds that share a NixDir share a store. Default: a fresh
+	// directory per build.
+	NixDir string
+}
+
+// ClientStateDir returns the Nix state directory (Nix's /nix/var/nix) of
+// a client whose ClientOptions.NixDir is nixDir, as seen from the host:
+// the build hook's slot locks are in its current-load subdirectory.
+func ClientStateDir(nixDir string) string {
+	return filepath.Join(nixDir, "var", "nix")
 }
 
 // NixBuild runs a real `nix-build --no-out-link --builders @FILE
@@ -80,7 +94,20 @@ func NixBuild(t testing.TB, ctx context.Context, opts ClientOptions) (out, stder
 		root = EnsureTrixie(t)
 	}
 	dir := newWorkDir(t, "client")
-	for _, d := range []string{"nix", "etc-nix", "tmp", "home"} {
+	nixDir := filepath.Join(dir, "nix")
+	subdirs := []string{"nix", "etc-nix", "tmp", "home"}
+	if opts.NixDir != "" {
+		fi, err := os.Stat(opts.NixDir)
+		if err != nil {
+			return "", "", fmt.Errorf("nix-build: NixDir: %w", err)
+		}
+		if !fi.IsDir() || !filepath.IsAbs(opts.NixDir) {
+			return "", "", fmt.Errorf("nix-build: NixDir %s: not an absolute directory path", opts.NixDir)
+		}
+		nixDir = filepath.Clean(opts.NixDir)
+		subdirs = subdirs[1:]
+	}
+	for _, d := range subdirs {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			return "", "", fmt.Errorf("nix-build: %w", err)
 		}
@@ -92,7 +119,7 @@ func NixBuild(t testing.TB, ctx context.Context, opts ClientOptions) (out, stder
 	if err := os.WriteFile(filepath.Join(dir, "etc-nix", "nix.conf"), []byte(conf), 0o644); err != nil {
 		return "", "", fmt.Errorf("nix-build: %w", err)
 	}
-	script, err := clientScript(opts, dir, root)
+	script, err := clientScript(opts, dir, nixDir, root)
 	if err != nil {
 		return "", "", fmt.Errorf("nix-build: %w", err)
 	}
@@ -158,7 +185,7 @@ func NixBuild(t testing.TB, ctx context.Context, opts ClientOptions) (out, stder
 	if !strings.HasPrefix(outPath, "/nix/store/") {
 		return "", stderr, fmt.Errorf("nix-build (%s): no store path on stdout: %q", opts.Version, so.String())
 	}
-	data, err := os.ReadFile(filepath.Join(dir, outPath))
+	data, err := os.ReadFile(filepath.Join(nixDir, strings.TrimPrefix(outPath, "/nix/")))
 	if err != nil {
 		if errors.Is(err, syscall.EISDIR) {
 			return "", stderr, nil
@@ -173,15 +200,16 @@ func lastLine(s string) string {
 	return strings.TrimSpace(lines[len(lines)-1])
 }
 
-// clientScript is run.sh: it mounts the client's own /nix (and, for V226,
-// the chroot's file systems and bind paths) and runs nix-build "$@".
-func clientScript(opts ClientOptions, dir, root string) (string, error) {
+// clientScript is run.sh: it mounts the client's own /nix (nixDir) (and,
+// for V226, the chroot's file systems and bind paths) and runs nix-build
+// "$@".
+func clientScript(opts ClientOptions, dir, nixDir, root string) (string, error) {
 	q := shellQuote
 	var s strings.Builder
-	fmt.Fprintf(&s, "set -eu\nD=%s\n", q(dir))
+	fmt.Fprintf(&s, "set -eu\nD=%s\nN=%s\n", q(dir), q(nixDir))
 	if opts.Version == V28 {
 		s.WriteString(`mkdir -p /nix
-mount --bind "$D/nix" /nix
+mount --bind "$N" /nix
 mount --bind "$D/tmp" /tmp
 nix-build "$@"
 `)
@@ -193,7 +221,7 @@ mount --rbind /dev "$R/dev"
 mount -t sysfs sysfs "$R/sys"
 mount -t tmpfs -o mode=0755 tmpfs "$R/run"
 mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
-mount --bind "$D/nix" "$R/nix"
+mount --bind "$N" "$R/nix"
 mount --bind "$D/etc-nix" "$R/etc/nix"
 `)
 	binds, err := bindPaths(opts)
