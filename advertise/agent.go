@@ -26,7 +26,8 @@ type Agent struct {
 	// SigningKey signs every advert when set (required for mDNS clients
 	// that trust a fleet key).
 	SigningKey *wire.SigningKey
-	// Interval is how often capacity is measured; zero means DefaultInterval.
+	// Interval is how often capacity is measured (at least every second
+	// while builds run); zero means DefaultInterval.
 	Interval time.Duration
 	// Tailnet serves the advert over the tailnet when set (its Advert
 	// field is set by Run).
@@ -168,7 +169,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if interval <= 0 {
 		interval = DefaultInterval
 	}
-	tick := time.NewTicker(interval)
+	current := buildsInterval(interval, facts.Capacity.RunningBuilds)
+	tick := time.NewTicker(current)
 	defer tick.Stop()
 	var watchdog <-chan time.Time
 	if a.Tick != nil && a.TickEvery > 0 {
@@ -232,6 +234,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			c, err := measureCapacity(a.Facts, facts.BuildUsers)
 			if err != nil && facts.CapacityErr == nil {
 				log.Warn("capacity measurement failed", "err", err)
+			}
+			// While builds run, their count is measured every second:
+			// clients hold the slots other clients' builds fill, so a
+			// finished build should free its slot there soon.
+			if next := buildsInterval(interval, c.RunningBuilds); next != current {
+				tick.Reset(next)
+				current = next
 			}
 			changed := meaningfullyDifferent(c, a.current.Load().advert.Capacity)
 			stale := a.SigningKey != nil && now.Sub(lastSigned) >= wire.ResignInterval
@@ -320,4 +329,16 @@ func (w *hostKeyWatch) changed(current string) (string, bool, error) {
 		return current, false, err
 	}
 	return k, k != current, nil
+}
+
+// runningBuildsEvery is how often capacity is measured while builds run.
+const runningBuildsEvery = time.Second
+
+// buildsInterval is the capacity tick: every interval, but at least
+// every runningBuildsEvery while builds run.
+func buildsInterval(interval time.Duration, running int) time.Duration {
+	if running > 0 {
+		return min(interval, runningBuildsEvery)
+	}
+	return interval
 }

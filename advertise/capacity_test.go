@@ -3,6 +3,7 @@ package advertise
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/wire"
 )
@@ -134,4 +135,23 @@ func TestMeaningfullyDifferent(t *testing.T) {
 			t.Error("a 7.0 load change on 64 cores must be published")
 		}
 	})
+}
+
+// TestBuildsIntervalWhileBuildsRun: capacity is measured every second
+// while builds run (clients hold the slots other clients' builds fill),
+// and at the configured interval otherwise.
+func TestBuildsIntervalWhileBuildsRun(t *testing.T) {
+	for _, tc := range []struct {
+		interval time.Duration
+		running  int
+		want     time.Duration
+	}{
+		{10 * time.Second, 0, 10 * time.Second},
+		{10 * time.Second, 1, time.Second},
+		{200 * time.Millisecond, 3, 200 * time.Millisecond},
+	} {
+		if got := buildsInterval(tc.interval, tc.running); got != tc.want {
+			t.Errorf("buildsInterval(%v, %d) = %v, want %v", tc.interval, tc.running, got, tc.want)
+		}
+	}
 }

@@ -82,6 +82,13 @@ type Client struct {
 	// those that follow it are coalesced. Zero means
 	// DefaultWaitMin/DefaultWaitMax.
 	WaitMin, WaitMax time.Duration
+	// Slots, when set, holds Nix's slot locks: a builder that fails its
+	// checks or drains keeps its line with all its slots held (Nix skips
+	// it without connecting; --max-jobs 0 builds wait for it instead of
+	// failing) until Membership.Hold, and a healthy builder's slots that
+	// other clients' builds fill are held too. Nil: such a builder
+	// leaves the file. The caller closes it (locks die with the process).
+	Slots SlotLocker
 	// Enroll, when set, is called before the first check of a tailnet
 	// builder whose advert says enrolment is open, and again after a
 	// check fails with "auth refused"; its error is shown as the reason.

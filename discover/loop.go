@@ -24,16 +24,23 @@ type loop struct {
 	watcher watcher // nil when the checker cannot watch connections
 	sem     chan struct{}
 
-	heard      map[string]bool // sources heard from
-	quiet      quiescence      // changes waiting for a render
-	written    []byte          // what we last wrote (or found) in the file
-	writeErr   error
-	lastWrite  time.Time
-	retryAt    time.Time // when to retry a failed write
-	ready      bool
-	started    time.Time
-	statusText string
-	lastSnap   time.Time
+	heard map[string]bool // sources heard from
+	// slotURIs are the Locker's entries by builder key (to release them
+	// when a builder leaves), slotErr the last error per builder.
+	slotURIs     map[string]string
+	slotErr      map[string]string
+	nextLoadScan time.Time  // when to count the local Nix's slots again
+	loadScans    bool       // some builder's slots are held for load
+	slotsDirty   bool       // membership changed since the last syncSlots
+	quiet        quiescence // changes waiting for a render
+	written      []byte     // what we last wrote (or found) in the file
+	writeErr     error
+	lastWrite    time.Time
+	retryAt      time.Time // when to retry a failed write
+	ready        bool
+	started      time.Time
+	statusText   string
+	lastSnap     time.Time
 }
 
 func newLoop(c *Client) *loop {
@@ -47,6 +54,7 @@ func newLoop(c *Client) *loop {
 	}
 	cfg := c.Membership
 	cfg.Enroll = c.Enroll != nil
+	cfg.HoldSlots = c.Slots != nil
 	lo, hi := c.WaitMin, c.WaitMax
 	if lo <= 0 {
 		lo = DefaultWaitMin
@@ -55,15 +63,17 @@ func newLoop(c *Client) *loop {
 		hi = DefaultWaitMax
 	}
 	return &loop{
-		c:     c,
-		log:   log.With("component", "client"),
-		mem:   newMembership(cfg),
-		snaps: make(chan Snapshot, 64),
-		done:  make(chan checkDone, maxChecks),
-		lost:  make(chan checkDone, 16),
-		sem:   make(chan struct{}, maxChecks),
-		heard: map[string]bool{},
-		quiet: quiescence{min: lo, max: max(lo, hi)},
+		c:        c,
+		log:      log.With("component", "client"),
+		mem:      newMembership(cfg),
+		snaps:    make(chan Snapshot, 64),
+		done:     make(chan checkDone, maxChecks),
+		lost:     make(chan checkDone, 16),
+		sem:      make(chan struct{}, maxChecks),
+		heard:    map[string]bool{},
+		slotURIs: map[string]string{},
+		slotErr:  map[string]string{},
+		quiet:    quiescence{min: lo, max: max(lo, hi)},
 	}
 }
 
@@ -88,6 +98,10 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 		for _, d := range l.mem.due(now) {
 			inflight++
 			l.startCheck(ctx, d)
+		}
+		if l.slotsDirty || (l.loadScans && !now.Before(l.nextLoadScan)) {
+			l.slotsDirty = false
+			l.syncSlots(now)
 		}
 		if l.dueRender(now) {
 			l.render(now)
@@ -127,6 +141,7 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 				}
 				l.log.Log(ctx, lvl, "connection to builder lost", "builder", m.Name, "detail", d.r.Detail)
 			}
+			l.slotsDirty = true
 			l.changes(time.Now(), l.mem.lost(time.Now(), d.key, d.r))
 		case <-fileEvents:
 			if b := readFileIfExists(l.c.MachinesPath); string(b) != string(l.written) {
@@ -167,6 +182,9 @@ func (l *loop) nextWake(now time.Time, firstRound time.Duration) time.Time {
 		}
 	}
 	consider(l.mem.nextDue())
+	if l.loadScans {
+		consider(l.nextLoadScan)
+	}
 	if l.ready { // before the first round, nothing is rendered
 		consider(l.quiet.deadline())
 	}
@@ -241,6 +259,7 @@ func (l *loop) onSnapshot(now time.Time, s Snapshot) {
 			l.c.Hooks.SourceError(s.Source, s.Err)
 		}
 	}
+	l.slotsDirty = true
 	ch, removed := l.mem.apply(now, s)
 	for _, key := range removed {
 		l.c.Checker.Forget(key)
@@ -269,6 +288,7 @@ func (l *loop) onResult(now time.Time, d checkDone) {
 	}
 	l.log.Log(context.Background(), lvl, "checked", "builder", m.Name, "kind", d.kind.String(), "ok", d.r.OK,
 		"reason", string(d.r.Reason), "detail", d.r.Detail, "rtt", d.r.RTT, "took", d.r.Took)
+	l.slotsDirty = true
 	watched := l.watcher != nil && l.watcher.Watched(d.key)
 	l.changes(now, l.mem.result(now, d.key, checkOutcome{kind: d.kind, r: d.r, enrolled: d.enrolled, watched: watched}))
 }
@@ -303,6 +323,7 @@ func (l *loop) dueRender(now time.Time) bool {
 // render writes the file from the current membership.
 func (l *loop) render(now time.Time) {
 	l.quiet.fired(now)
+	l.slotsDirty = true // a line written or not changes whose slots are held
 	content, probs, aliases := l.content()
 	for key, p := range l.mem.setRenderProblems(probs) {
 		l.log.Warn("builder passes its checks but cannot be written to the machines file", "key", key, "err", p)

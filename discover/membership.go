@@ -1,6 +1,7 @@
 package discover
 
 import (
+	"fmt"
 	"sort"
 	"time"
 
@@ -17,8 +18,8 @@ const (
 	StatePending   State = "pending"   // trusted, waiting to pass its first checks
 	StateHealthy   State = "healthy"   // in the machines file
 	StateFailing   State = "failing"   // in the file, but its last check failed (fewer than Fall in a row)
-	StateDown      State = "down"      // out of the file after failed checks; retried with backoff
-	StateDraining  State = "draining"  // the builder asked for no new builds
+	StateDown      State = "down"      // failed its checks: its slots held (its line kept up to the hold), or out of the file; retried
+	StateDraining  State = "draining"  // the builder asked for no new builds: its slots held, or out of the file
 	StateStatic    State = "static"    // from the static file, not health-gated
 )
 
@@ -47,6 +48,14 @@ type MembershipConfig struct {
 	// in its advert. Static builders have no agent: every check between
 	// full ones is a probe. Zero means DefaultProbeEvery.
 	ProbeEvery time.Duration
+	// HoldSlots says the client holds Nix's slot locks: a builder in the
+	// file that fails its checks or drains keeps its line (Nix skips it,
+	// seeing no free slot) up to Hold, instead of leaving the file at
+	// once. Without it, such a builder leaves the file.
+	HoldSlots bool
+	// Hold is how long a failing builder keeps its line while its slots
+	// are held; zero means DefaultHold.
+	Hold time.Duration
 	// Enroll says the client can enrol its key with tailnet builders
 	// whose advert says enrolment is open: before their first check, and
 	// again after a check fails with "auth refused".
@@ -61,7 +70,17 @@ const (
 	defaultRetry      = 100 * time.Millisecond
 	DefaultFullEvery  = 60 * time.Second
 	DefaultProbeEvery = 30 * time.Second
+	// DefaultHold is how long a failing builder keeps its line. Long
+	// enough to ride through a reboot or an sshd restart (builds wait, or
+	// go elsewhere, and resume on it without a rewrite); short enough that
+	// a builder that is really gone stops making --max-jobs 0 builds wait.
+	DefaultHold = 10 * time.Minute
 )
+
+// heldRetry bounds the backoff of a builder whose slots are held: it is
+// checked at least this often, so that it is released soon after it
+// comes back.
+const heldRetry = time.Second
 
 // defaultBackoff doubles from 1 s to at most 30 s.
 func defaultBackoff(failures int) time.Duration {
@@ -101,6 +120,24 @@ type member struct {
 	enrolled bool
 	// renderProblem says why it passes its checks but has no line.
 	renderProblem string
+	// downSince is when it started failing while in the file (zero while
+	// it passes).
+	downSince time.Time
+	// slots is what the client holds of its Nix build slots.
+	slots slotRecord
+}
+
+// slotRecord is what the client holds of one builder's Nix build slots.
+type slotRecord struct {
+	// uri is the machines-file URI the lock files are named after.
+	uri string
+	// max is its max-jobs: how many slots Nix has for it.
+	max int
+	// held is how many slots the client holds, and reason why.
+	held   int
+	reason string
+	// nixRunning is how many the local Nix's builds hold (last probe).
+	nixRunning int
 }
 
 // change is a builder entering or leaving the machines file.
@@ -149,6 +186,9 @@ func newMembership(cfg MembershipConfig) *membership {
 	}
 	if cfg.ProbeEvery <= 0 {
 		cfg.ProbeEvery = DefaultProbeEvery
+	}
+	if cfg.Hold <= 0 {
+		cfg.Hold = DefaultHold
 	}
 	return &membership{cfg: cfg, members: map[string]*member{}, bySource: map[string]map[string]bool{}, sourceErr: map[string]error{}}
 }
@@ -217,6 +257,11 @@ func (m *membership) upsert(now time.Time, source string, c Candidate) []change 
 		return m.leaveAs(now, mem, StateProblem, c.Problem)
 	case c.Advert != nil && c.Advert.Draining:
 		mem.Next = time.Time{}
+		if m.cfg.HoldSlots && mem.InFile && !identityChanged(old, c) {
+			// Its slots are held: Nix skips it, its line stays.
+			mem.State, mem.Reason, mem.Good, mem.Bad = StateDraining, "draining", 0, 0
+			return nil
+		}
 		return m.leaveAs(now, mem, StateDraining, "draining")
 	case c.Machine != nil && !m.cfg.CheckStatic:
 		mem.Next = time.Time{}
@@ -270,6 +315,7 @@ func (m *membership) leaveAs(now time.Time, mem *member, st State, reason string
 }
 
 func (m *membership) leave(now time.Time, mem *member, reason string) []change {
+	mem.downSince = time.Time{}
 	if !mem.InFile {
 		return nil
 	}
@@ -395,6 +441,7 @@ func (m *membership) record(now time.Time, mem *member, r health.Result) []chang
 	if r.OK {
 		mem.Good++
 		mem.Bad = 0
+		mem.downSince = time.Time{}
 		mem.Next = now.Add(m.cfg.Interval)
 		mem.Reason = ""
 		if mem.InFile {
@@ -417,6 +464,9 @@ func (m *membership) record(now time.Time, mem *member, r health.Result) []chang
 	// A host key mismatch is a security event, not flakiness: out at once.
 	if mem.InFile && (mem.Bad >= m.cfg.Fall || r.Reason == health.ReasonHostKeyMismatch) {
 		mem.State = StateDown
+		if m.cfg.HoldSlots && r.Reason != health.ReasonHostKeyMismatch {
+			return m.holdDown(now, mem)
+		}
 		mem.Next = now.Add(m.cfg.Backoff(mem.Bad))
 		return m.leave(now, mem, mem.Reason)
 	}
@@ -450,7 +500,46 @@ func (m *membership) lost(now time.Time, key string, r health.Result) []change {
 	}
 	mem.Last, mem.Good, mem.Bad = r, 0, max(mem.Bad, 1)
 	mem.State, mem.Reason = StateDown, string(r.Reason)+": "+r.Detail
+	if m.cfg.HoldSlots {
+		ch := m.holdDown(now, mem)
+		if !mem.checking {
+			mem.Next = now
+		}
+		return ch
+	}
 	return m.leave(now, mem, mem.Reason)
+}
+
+// holdDown keeps a failing builder's line while its slots are held, and
+// takes it out once it has failed for longer than the hold.
+func (m *membership) holdDown(now time.Time, mem *member) []change {
+	if mem.downSince.IsZero() {
+		mem.downSince = now
+	}
+	mem.Next = now.Add(min(m.cfg.Backoff(mem.Bad), heldRetry))
+	if failing := now.Sub(mem.downSince); failing >= m.cfg.Hold {
+		mem.Next = now.Add(m.cfg.Backoff(mem.Bad))
+		return m.leave(now, mem, fmt.Sprintf("%s (failing for %s, longer than the hold %s)", mem.Reason, failing.Round(time.Second), m.cfg.Hold))
+	}
+	return nil
+}
+
+// unheld takes a builder out of the file whose slots should be held but
+// cannot be: with its line and free slots, Nix would connect to a builder
+// known to be down.
+func (m *membership) unheld(now time.Time, key string, why string) []change {
+	mem := m.members[key]
+	if mem == nil || !mem.InFile {
+		return nil
+	}
+	return m.leave(now, mem, "its slots cannot be held: "+why)
+}
+
+// setSlots records what the client holds of key's slots.
+func (m *membership) setSlots(key string, s slotRecord) {
+	if mem := m.members[key]; mem != nil {
+		mem.slots = s
+	}
 }
 
 // postpone moves key's next check to t if it is not being checked (a

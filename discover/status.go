@@ -59,6 +59,24 @@ type BuilderStatus struct {
 	RTTMillis         float64        `json:"rtt_ms,omitempty"`
 	RemoteNix         string         `json:"remote_nix,omitempty"`
 	TrustedUser       string         `json:"trusted_user,omitempty"`
+	// Slots is what the client holds of the builder's Nix build slots
+	// (nil when it holds none and the local Nix uses none, or does not
+	// hold slots at all).
+	Slots *SlotsStatus `json:"slots,omitempty"`
+}
+
+// SlotsStatus is a builder's Nix build slots (one per job of its line) as
+// the client sees them in Nix's current-load directory.
+type SlotsStatus struct {
+	// Max is the builder's max-jobs: how many slots Nix has for it.
+	Max int `json:"max"`
+	// Held is how many the client holds, and Reason why: HoldDown,
+	// HoldDraining, HoldPending (Nix skips the builder when all are
+	// held) or HoldLoad (builds of other clients fill them).
+	Held   int    `json:"held"`
+	Reason string `json:"reason,omitempty"`
+	// NixRunning is how many the local Nix's builds use.
+	NixRunning int `json:"nix_running"`
 }
 
 // status builds the current Status (called by the loop only).
@@ -106,6 +124,9 @@ func (l *loop) status(now time.Time) *Status {
 			b.Protocol, b.SSHUser, b.SSHPort = mm.URI.Scheme, mm.URI.User, mm.URI.Port
 			b.Systems, b.SupportedFeatures, b.MandatoryFeatures = mm.Systems, mm.SupportedFeatures, mm.MandatoryFeatures
 			b.MaxJobs, b.SpeedFactor = int(mm.MaxJobs), mm.SpeedFactor
+		}
+		if sl := m.slots; sl.uri != "" && (sl.held > 0 || sl.nixRunning > 0) {
+			b.Slots = &SlotsStatus{Max: sl.max, Held: sl.held, Reason: sl.reason, NixRunning: sl.nixRunning}
 		}
 		if !m.Last.When.IsZero() {
 			t := m.Last.When

@@ -13,7 +13,7 @@ import (
 // a failed write, and the file and client key.
 func (s *Status) WriteTable(w io.Writer, all bool) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "BUILDER\tSTATE\tSOURCE\tSYSTEMS\tJOBS\tSPEED\tRTT\tIN FILE\tWHY")
+	fmt.Fprintln(tw, "BUILDER\tSTATE\tSOURCE\tSYSTEMS\tJOBS\tSPEED\tRTT\tIN FILE\tSLOTS\tWHY")
 	hidden := 0
 	for _, b := range s.Builders {
 		if !all && !b.InFile {
@@ -38,8 +38,8 @@ func (s *Status) WriteTable(w io.Writer, all bool) {
 		if b.InFile {
 			in = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%g\t%s\t%s\t%s\n", b.Name, b.State, b.Source,
-			strings.Join(b.Systems, ","), b.MaxJobs, b.SpeedFactor, rtt, in, why)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%g\t%s\t%s\t%s\t%s\n", b.Name, b.State, b.Source,
+			strings.Join(b.Systems, ","), b.MaxJobs, b.SpeedFactor, rtt, in, slotsColumn(b.Slots), why)
 	}
 	tw.Flush()
 	if hidden > 0 {
@@ -54,4 +54,23 @@ func (s *Status) WriteTable(w io.Writer, all bool) {
 		fmt.Fprintf(w, "cannot write %s: %s\n", s.MachinesFile, s.WriteError)
 	}
 	fmt.Fprintf(w, "machines file: %s (Nix %s); client key %s %s\n", s.MachinesFile, s.NixVersion, s.ClientKey, s.ClientKeyFingerprint)
+}
+
+// slotsColumn shows a builder's slots: "-" when none is held or used,
+// else how many are held and why, and how many the local Nix builds on.
+func slotsColumn(s *SlotsStatus) string {
+	if s == nil {
+		return "-"
+	}
+	var parts []string
+	if s.Held > 0 {
+		parts = append(parts, fmt.Sprintf("%d/%d held (%s)", s.Held, s.Max, s.Reason))
+	}
+	if s.NixRunning > 0 {
+		parts = append(parts, fmt.Sprintf("%d/%d building here", s.NixRunning, s.Max))
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ", ")
 }

@@ -18,6 +18,8 @@ const (
 	DefaultNixPath       = "nix"
 	DefaultUser          = "root"
 	DefaultTimeout       = 3 * time.Second
+	// DefaultNixStateDir is the daemon's state directory.
+	DefaultNixStateDir = "/nix/var/nix"
 )
 
 // DefaultRootSSHConfigs are the ssh_config files root's ssh reads, user
@@ -38,6 +40,10 @@ type Options struct {
 	RootSSHConfigs []string
 	// NixPath is the nix program; default "nix" from PATH.
 	NixPath string
+	// NixStateDir is the state directory of the Nix that reads the
+	// machines file, where the client holds slot locks in current-load/;
+	// default DefaultNixStateDir.
+	NixStateDir string
 	// NixVersion is the local Nix version; zero asks `NixPath --version`.
 	NixVersion render.NixVersion
 	// Builder, when set, limits the per-builder checks to the machines
@@ -78,6 +84,9 @@ func (o *Options) defaults() {
 	}
 	if o.User == "" {
 		o.User = DefaultUser
+	}
+	if o.NixStateDir == "" {
+		o.NixStateDir = DefaultNixStateDir
 	}
 	if o.RootHome == "" {
 		o.RootHome = "/root"
@@ -142,6 +151,7 @@ func Run(ctx context.Context, opts Options) Report {
 		v = nixVersion(ctx, &r, opts)
 	}
 	checkBuildersSetting(ctx, &r, opts)
+	checkSlotLocks(&r, opts)
 	machines := checkMachinesFile(&r, opts, v)
 	aliases := checkAliases(&r, opts, v, machines)
 	checkBuilders(ctx, &r, opts, machines, aliases)

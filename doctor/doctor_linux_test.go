@@ -44,6 +44,7 @@ func newFixture(t *testing.T, lines ...string) *fixture {
 		SSHConfigPath:  filepath.Join(dir, "ssh_config"),
 		RootSSHConfigs: []string{filepath.Join(dir, "root_ssh_config")},
 		NixPath:        nix,
+		NixStateDir:    dir,
 		RootHome:       filepath.Join(dir, "home"),
 		// Generous: builders share two cores with other tests.
 		Timeout: 5 * time.Second,

@@ -42,6 +42,10 @@ var knownStates = []discover.State{
 	discover.StateDraining, discover.StateStatic,
 }
 
+// knownHoldReasons get a slots_held series each, zero when no slot is held
+// for them.
+var knownHoldReasons = []string{discover.HoldDown, discover.HoldDraining, discover.HoldPending, discover.HoldLoad}
+
 // knownResults are the result labels of checks_total, created at zero.
 var knownResults = []health.Reason{
 	health.ReasonUnreachable, health.ReasonTimeout, health.ReasonAuthRefused,
@@ -65,6 +69,7 @@ type Client struct {
 	renders      *prometheus.CounterVec
 	sourceErrors *prometheus.CounterVec
 	reconnects   prometheus.Counter
+	slotsHeld    *prometheus.GaugeVec
 
 	mu    sync.Mutex                  // guards extra and the builders series
 	extra map[discover.State]struct{} // states outside knownStates now exported
@@ -100,9 +105,16 @@ func NewClient(reg prometheus.Registerer) *Client {
 			Namespace: namespace, Name: "tailnet_reconnects_total",
 			Help: "Errors the tailnet source reported (tailscaled's IPN bus lost, or its backend not Running); each is followed by a re-subscription.",
 		}),
+		slotsHeld: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "slots_held",
+			Help: `Nix build slots the client holds, by reason: "down", "draining", "pending" (Nix skips those builders without connecting) or "load" (other clients' builds fill them).`,
+		}, []string{"reason"}),
 		extra: map[discover.State]struct{}{},
 	}
-	reg.MustRegister(c.builders, c.checks, c.checkSeconds, c.renders, c.sourceErrors, c.reconnects)
+	reg.MustRegister(c.builders, c.checks, c.checkSeconds, c.renders, c.sourceErrors, c.reconnects, c.slotsHeld)
+	for _, r := range knownHoldReasons {
+		c.slotsHeld.WithLabelValues(r)
+	}
 	for _, st := range knownStates {
 		c.builders.WithLabelValues(string(st))
 	}
@@ -127,6 +139,18 @@ func (c *Client) ObserveStatus(s *discover.Status) {
 	}
 	for _, src := range s.Sources {
 		c.sourceErrors.WithLabelValues(src.Name)
+	}
+	held := make(map[string]int, len(knownHoldReasons))
+	for _, r := range knownHoldReasons {
+		held[r] = 0
+	}
+	for _, b := range s.Builders {
+		if b.Slots != nil && b.Slots.Held > 0 && b.Slots.Reason != "" {
+			held[b.Slots.Reason] += b.Slots.Held
+		}
+	}
+	for r, n := range held {
+		c.slotsHeld.WithLabelValues(r).Set(float64(n))
 	}
 	counts := make(map[discover.State]int, len(knownStates))
 	for _, st := range knownStates {

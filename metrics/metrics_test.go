@@ -270,6 +270,24 @@ func TestObserveStatus(t *testing.T) {
 		}
 	}
 
+	t.Run("slots-held-by-reason", func(t *testing.T) {
+		m.ObserveStatus(&discover.Status{Builders: []discover.BuilderStatus{
+			{Key: "tailnet:a", State: discover.StateDown, InFile: true, Slots: &discover.SlotsStatus{Max: 4, Held: 4, Reason: discover.HoldDown}},
+			{Key: "tailnet:b", State: discover.StateHealthy, InFile: true, Slots: &discover.SlotsStatus{Max: 4, Held: 1, Reason: discover.HoldLoad, NixRunning: 2}},
+			{Key: "tailnet:c", State: discover.StateHealthy, InFile: true, Slots: &discover.SlotsStatus{Max: 2, Held: 2, Reason: discover.HoldLoad}},
+		}})
+		s := gather(t, reg)
+		for name, want := range map[string]float64{
+			`nixrb_discover_slots_held{reason="down"}`:     4,
+			`nixrb_discover_slots_held{reason="load"}`:     3,
+			`nixrb_discover_slots_held{reason="draining"}`: 0,
+		} {
+			if got := s.get(t, name); got != want {
+				t.Errorf("%s = %v, want %v", name, got, want)
+			}
+		}
+	})
+
 	t.Run("builders-leave", func(t *testing.T) {
 		m.ObserveStatus(&discover.Status{Builders: []discover.BuilderStatus{{Key: "tailnet:a", State: discover.StateFailing}}})
 		s := gather(t, reg)

@@ -361,6 +361,25 @@ in
         default = false;
         description = "Health-gate the static builders too (they need `publicHostKey`).";
       };
+      hold = mkOption {
+        type = types.str;
+        default = "10m";
+        description = ''
+          How long a builder that fails its checks keeps its line in the
+          machines file, with all its Nix build slots held so that Nix never
+          connects to it (builds go to other builders, build locally where
+          allowed, or wait for it), before it leaves the file.
+        '';
+      };
+      nixStateDir = mkOption {
+        type = types.str;
+        default = "/nix/var/nix";
+        description = ''
+          The state directory of the Nix that reads the machines file (the
+          daemon's): the client holds its build hook's slot locks in
+          `current-load/` there.
+        '';
+      };
       openFirewall = mkOption {
         type = types.bool;
         default = false;
@@ -484,6 +503,9 @@ in
         # anything that reads /etc/nix/machines; the static builders are
         # in our file (static = config.nix.buildMachines).
         environment.etc."nix/machines" = mkIf (config.nix.buildMachines != [ ]) { enable = mkDefault false; };
+        # Nix creates current-load/ on its first remote build; the client
+        # holds slot locks there from its start (the unit may write it).
+        systemd.tmpfiles.rules = [ "d ${cfg.client.nixStateDir}/current-load 0755 root root -" ];
 
         systemd.services.nixrb-discover-client = service "nixrb-discover-client.service" cfg.client.package (
           [

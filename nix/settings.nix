@@ -83,6 +83,8 @@ in
       machines = paths.machines;
       static = paths.staticFile;
       check-static = orNull (paths.staticFile != null) cfg.checkStatic;
+      hold = cfg.hold or null;
+      nix-state-dir = cfg.nixStateDir or null;
       ssh-config = paths.sshConfig;
       ssh-key = cfg.sshKey;
       tailnet = cfg.tailnet.enable;

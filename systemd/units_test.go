@@ -112,7 +112,9 @@ func TestUnitDirectives(t *testing.T) {
 		{both, "Service", "NoNewPrivileges", "yes"},
 		// Everything read-only but the state directory (and /run/…).
 		{both, "Service", "ProtectSystem", "strict"},
-		{both, "Service", "ReadWritePaths", "/var/lib/nixrb-discover"},
+		{systemd.AdvertiseUnit, "Service", "ReadWritePaths", "/var/lib/nixrb-discover"},
+		// The client also holds Nix's slot locks in its current-load/.
+		{systemd.ClientUnit, "Service", "ReadWritePaths", "/var/lib/nixrb-discover -/nix/var/nix/current-load"},
 		{both, "Service", "ProtectHome", "yes"},
 		{both, "Service", "PrivateTmp", "yes"},
 		{both, "Service", "PrivateMounts", "yes"},

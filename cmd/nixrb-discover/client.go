@@ -14,6 +14,7 @@ import (
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
 	"github.com/nixrb-discover/nixrb-discover/discover/mdns"
+	"github.com/nixrb-discover/nixrb-discover/discover/slots"
 	"github.com/nixrb-discover/nixrb-discover/discover/static"
 	"github.com/nixrb-discover/nixrb-discover/discover/tailnet"
 	"github.com/nixrb-discover/nixrb-discover/health"
@@ -38,6 +39,7 @@ type clientFlags struct {
 	pinFile                                     string
 	rise, fall                                  int
 	interval, fullEvery, checkTimeout, banner   string
+	hold, nixStateDir                           string
 	wait                                        waitRange
 	nixVersion                                  string
 	once                                        bool
@@ -70,6 +72,8 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.fullEvery, "full-check-every", discover.DefaultFullEvery.String(), "how often each builder gets the full check (SSH login and Nix handshake)")
 	fs.StringVar(&f.checkTimeout, "check-timeout", health.DefaultCheckTimeout.String(), "bound on each step of a check")
 	fs.StringVar(&f.banner, "banner-timeout", health.DefaultBannerTimeout.String(), "bound on the wait for the SSH banner on each new connection (a hung sshd accepts TCP but never answers)")
+	fs.StringVar(&f.hold, "hold", discover.DefaultHold.String(), "how long a builder that fails its checks keeps its line, all its Nix slots held so Nix never connects to it (builds go elsewhere or wait for it), before it leaves the file")
+	fs.StringVar(&f.nixStateDir, "nix-state-dir", slots.DefaultStateDir, "state directory of the Nix that reads the machines file: the client holds its build hook's slot locks in current-load/ there; empty: hold none, a failing builder leaves the file at once")
 	fs.Var(&f.wait, "wait", "MIN:MAX coalescing of changes before the file is written (a change after MAX without a write is written at once)")
 	fs.StringVar(&f.nixVersion, "nix-version", "", "format for this Nix version (default: what the local nix reports)")
 	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written)")
@@ -126,11 +130,12 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	if err != nil {
 		return nil, nil, err
 	}
-	var interval, fullEvery, checkTimeout, banner time.Duration
+	var interval, fullEvery, checkTimeout, banner, hold time.Duration
 	for name, p := range map[string]struct {
 		v   string
 		out *time.Duration
-	}{"--interval": {f.interval, &interval}, "--full-check-every": {f.fullEvery, &fullEvery}, "--check-timeout": {f.checkTimeout, &checkTimeout}, "--banner-timeout": {f.banner, &banner}} {
+	}{"--interval": {f.interval, &interval}, "--full-check-every": {f.fullEvery, &fullEvery}, "--check-timeout": {f.checkTimeout, &checkTimeout},
+		"--banner-timeout": {f.banner, &banner}, "--hold": {f.hold, &hold}} {
 		d, err := parsePositiveDuration(name, p.v)
 		if err != nil {
 			return nil, nil, err
@@ -200,7 +205,7 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		Sources: sources,
 		Checker: checker,
 		Membership: discover.MembershipConfig{Rise: f.rise, Fall: f.fall, Interval: interval, CheckStatic: f.checkStatic,
-			FullEvery: fullEvery},
+			FullEvery: fullEvery, Hold: hold},
 		MachinesPath:         f.machines,
 		SSHKeyPath:           f.sshKey,
 		ClientKeyFingerprint: id.Fingerprint,
@@ -212,7 +217,24 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		Once:                 f.once,
 		Logger:               log,
 	}
-	return c, func() { checker.Close() }, nil
+	var locker *slots.Locker
+	if f.nixStateDir != "" && !f.once {
+		// Without the locks a failing builder must leave the file at
+		// once, or Nix would connect to it: say so, and go on.
+		if locker, err = slots.New(f.nixStateDir, slots.DialectFor(v.Major, v.Minor)); err != nil {
+			log.Warn("cannot hold Nix's build slots; a failing builder leaves the machines file instead",
+				"nix_state_dir", f.nixStateDir, "err", err, "fix", "pass --nix-state-dir of the Nix that reads the machines file (the daemon's: /nix/var/nix)")
+			locker = nil
+		} else {
+			c.Slots = locker
+		}
+	}
+	return c, func() {
+		checker.Close()
+		if locker != nil {
+			locker.Close()
+		}
+	}, nil
 }
 
 func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, configPath string) error {

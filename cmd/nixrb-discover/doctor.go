@@ -19,6 +19,7 @@ func newDoctorCmd(e *env) *ffcli.Command {
 	socket := fs.String("socket", discover.DefaultSocket, "the running client's status socket, to learn its machines file")
 	nixPath := fs.String("nix", doctor.DefaultNixPath, "nix program whose settings and version to check")
 	sshConfig := fs.String("ssh-config", doctor.DefaultSSHConfigPath, "ssh_config Host aliases the client writes for non-22 ports (the client's --ssh-config)")
+	nixStateDir := fs.String("nix-state-dir", doctor.DefaultNixStateDir, "state directory of the Nix that reads the machines file (the client's --nix-state-dir)")
 	user := fs.String("user", doctor.DefaultUser, "SSH user for a URI without one: the user nix-daemon builds as")
 	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "bound on each step: command, lookup, connect, SSH step")
 	return &ffcli.Command{
@@ -31,6 +32,8 @@ meets them, each printed as "✔ what" or "✘ what — fix: …":
 
   - Nix's effective builders setting (nix show-config / nix config show)
     includes the machines file;
+  - the client can hold Nix's build slots in <nix-state-dir>/current-load
+    (how it keeps Nix off a builder that is down);
   - the machines file parses for the local Nix (FILE:LINE for each problem);
   - a builder on a non-22 port has an ssh_config Host alias (Nix < 2.31)
     and root's ssh_config includes the alias file;
@@ -60,6 +63,7 @@ Example:
 				MachinesPath:  *machines,
 				SSHConfigPath: *sshConfig,
 				NixPath:       *nixPath,
+				NixStateDir:   *nixStateDir,
 				User:          *user,
 				Timeout:       *timeout,
 			}
