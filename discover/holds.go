@@ -18,6 +18,9 @@ type SlotLocker interface {
 	Scan(uri string, maxJobs int) (slots.State, error)
 	// Release lets go of every slot of uri's machine.
 	Release(uri string) error
+	// Changed says the locker took a slot by itself (one the local Nix's
+	// build held when all were wanted).
+	Changed() <-chan struct{}
 }
 
 // Why the client holds a builder's slots (SlotsStatus.Reason).

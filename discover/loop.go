@@ -93,6 +93,10 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	inflight := 0
+	var slotsChanged <-chan struct{}
+	if l.c.Slots != nil {
+		slotsChanged = l.c.Slots.Changed()
+	}
 	for {
 		now := time.Now()
 		for _, d := range l.mem.due(now) {
@@ -151,6 +155,8 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 			}
 		case reply := <-l.c.statusReq:
 			reply <- l.status(time.Now())
+		case <-slotsChanged:
+			l.slotsDirty = true
 		case <-tick.C:
 		case <-timer.C:
 		}

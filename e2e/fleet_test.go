@@ -54,14 +54,30 @@ type fleet struct {
 	client    *exec.Cmd
 	builders  []*fleetBuilder
 	rogue     *fleetBuilder
+	// nixDir is the laptop's /nix for every f.build: the client holds
+	// Nix's slot locks in its state dir (nixtest.ClientStateDir), so the
+	// locks are the ones the laptop's nix-build sees.
+	nixDir string
+	// agentArgs are more flags for every startAgent.
+	agentArgs []string
 }
 
-func newFleet(t testing.TB) *fleet {
+func newFleet(t testing.TB) *fleet { return newFleetOf(t, 3, true) }
+
+// newFleetOf is newFleet with n trusted builders (b1…bn, at most 3) and,
+// if rogue, the rogue.
+func newFleetOf(t testing.TB, n int, rogue bool) *fleet {
 	t.Helper()
 	nixtest.RequireTools(t)
 	netnstest.RequireRoot(t)
 	f := &fleet{bin: buildBinaryTB(t), topo: netnstest.New(t)}
 	f.laptop = newHostTB(t, f.topo, "laptop")
+	f.nixDir = nixtest.WorkDir(t, "e2e-laptop-nix")
+	// The client needs the state dir to exist (as Nix's does); Nix
+	// creates the rest of its /nix around it.
+	if err := os.MkdirAll(nixtest.ClientStateDir(f.nixDir), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	fleetKey := filepath.Join(f.laptop.dir, "fleet")
 	if out, err := exec.Command(f.bin, "keygen", "--out", fleetKey).CombinedOutput(); err != nil {
 		t.Fatalf("keygen: %v %s", err, out)
@@ -83,7 +99,11 @@ func newFleet(t testing.TB) *fleet {
 	// b2 alone has kvm; every builder sets its features, so that a
 	// machine with /dev/kvm does not give all of them kvm by default.
 	features := map[string][]string{"b1": {"big-parallel"}, "b2": {"big-parallel", "kvm"}, "b3": {"big-parallel"}, "rogue": {"big-parallel", "kvm"}}
-	for _, name := range []string{"b1", "b2", "b3", "rogue"} {
+	names := []string{"b1", "b2", "b3"}[:n]
+	if rogue {
+		names = append(names, "rogue")
+	}
+	for _, name := range names {
 		fb := &fleetBuilder{name: name, host: newHostTB(t, f.topo, name)}
 		fb.nix = nixtest.StartBuilder(t, nixtest.BuilderOptions{
 			Version: nixtest.V28, Hostname: name, Netns: fb.host.NS, Addr: fb.host.IP,
@@ -116,13 +136,15 @@ func (f *fleet) startAgent(t testing.TB, fb *fleetBuilder) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	cmd.Args = append(cmd.Args, f.agentArgs...)
 	fb.agent = fb.host.run(t, "advertise", cmd)
 }
 
 func (f *fleet) startClient(t testing.TB) {
 	t.Helper()
 	f.client = f.laptop.start(t, "client", f.bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
-		"--trust-key", f.fleetPub, "--ssh-key", f.key, "--machines", f.machines, "--socket", f.socket, "--log-level", "debug")
+		"--trust-key", f.fleetPub, "--ssh-key", f.key, "--machines", f.machines, "--socket", f.socket,
+		"--nix-state-dir", nixtest.ClientStateDir(f.nixDir), "--log-level", "debug")
 }
 
 // fault is one way to break a builder, and its repair.
@@ -136,23 +158,28 @@ type fault struct {
 // faults are the three the fleet is judged by: b1's sshd killed, b2's
 // sshd hung, b3's link down.
 func (f *fleet) faults() []fault {
-	b1, b2, b3 := f.builders[0], f.builders[1], f.builders[2]
-	return []fault{
-		{"sshd-killed", "sshd killed (kill -9)", b1, b1.nix.KillSSHD, b1.nix.RestartSSHD},
-		{"sshd-hung", "sshd hung (SIGSTOP)", b2, b2.nix.StopSSHD, b2.nix.ContSSHD},
-		{"link-down", "link down (packets dropped)", b3, b3.host.LinkDown, b3.host.LinkUp},
-	}
+	return []fault{sshdKilled(f.builders[0]), sshdHung(f.builders[1]), linkDown(f.builders[2])}
+}
+
+// faultsOf are the same three faults, all on fb.
+func faultsOf(fb *fleetBuilder) []fault { return []fault{sshdKilled(fb), sshdHung(fb), linkDown(fb)} }
+
+func sshdKilled(fb *fleetBuilder) fault {
+	return fault{"sshd-killed", "sshd killed (kill -9)", fb, fb.nix.KillSSHD, fb.nix.RestartSSHD}
+}
+
+func sshdHung(fb *fleetBuilder) fault {
+	return fault{"sshd-hung", "sshd hung (SIGSTOP)", fb, fb.nix.StopSSHD, fb.nix.ContSSHD}
+}
+
+func linkDown(fb *fleetBuilder) fault {
+	return fault{"link-down", "link down (packets dropped)", fb, fb.host.LinkDown, fb.host.LinkUp}
 }
 
 // line is the start of fb's line in the machines file.
 func line(fb *fleetBuilder) string { return "ssh-ng://root@" + fb.host.IP.String() + " " }
 
 func (f *fleet) inFile(fb *fleetBuilder) func() bool { return fileHas(f.machines, line(fb)) }
-
-func (f *fleet) outOfFile(fb *fleetBuilder) func() bool {
-	in := f.inFile(fb)
-	return func() bool { return !in() }
-}
 
 // build runs a real nix-build --max-jobs 0 on the laptop through the
 // machines file the client keeps, and returns the output (the hostnames
@@ -161,16 +188,28 @@ func (f *fleet) build(t testing.TB, expr string) (string, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), buildWithin)
 	defer cancel()
-	start := time.Now()
-	out, stderr, err := nixtest.NixBuild(t, ctx, nixtest.ClientOptions{
-		Version: nixtest.V28, MachinesFile: f.machines, Netns: f.laptop.NS, Expr: expr,
-	})
-	took := time.Since(start)
+	out, stderr, took, err := f.tryBuild(t, ctx, f.buildOpts(expr))
 	if err != nil {
 		file, _ := os.ReadFile(f.machines)
 		t.Fatalf("nix-build through the client's file failed after %v: %v\n%s\nmachines file:\n%s", took, err, stderr, file)
 	}
-	return strings.TrimSpace(out), took
+	return out, took
+}
+
+// buildOpts is the nix-build f.build runs: Nix 2.8 on the laptop, through
+// the client's machines file, with the laptop's /nix (f.nixDir), whose
+// slot locks the client holds.
+func (f *fleet) buildOpts(expr string) nixtest.ClientOptions {
+	return nixtest.ClientOptions{Version: nixtest.V28, MachinesFile: f.machines, Netns: f.laptop.NS, Expr: expr, NixDir: f.nixDir}
+}
+
+// tryBuild runs nix-build with opts and returns its trimmed output, its
+// stderr, how long it took and its error.
+func (f *fleet) tryBuild(t testing.TB, ctx context.Context, opts nixtest.ClientOptions) (out, stderr string, took time.Duration, err error) {
+	t.Helper()
+	start := time.Now()
+	out, stderr, err = nixtest.NixBuild(t, ctx, opts)
+	return strings.TrimSpace(out), stderr, time.Since(start), err
 }
 
 // spreadExpr is n independent derivations that each sleep, then write the
@@ -195,12 +234,28 @@ func partHosts(out string) []string { return strings.Fields(out) }
 
 func (f *fleet) status(t *testing.T, fb *fleetBuilder) *discover.BuilderStatus {
 	t.Helper()
-	for _, b := range listJSON(t, f.bin, f.socket).Builders {
-		if b.Name == fb.name && b.Trusted {
-			return &b
-		}
+	st, err := findBuilder(f.bin, f.socket, fb.name)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return nil
+	return st
+}
+
+// outOfUse reports whether Nix will not use fb: list --json shows it
+// down or draining with all its slots held, and its line in the file.
+func (f *fleet) outOfUse(fb *fleetBuilder) func() bool {
+	return func() bool {
+		st, _ := findBuilder(f.bin, f.socket, fb.name)
+		return slotsHeld(st) && f.inFile(fb)()
+	}
+}
+
+// inUse reports whether fb is healthy, in the file, its slots released.
+func (f *fleet) inUse(fb *fleetBuilder) func() bool {
+	return func() bool {
+		st, _ := findBuilder(f.bin, f.socket, fb.name)
+		return slotsReleased(st) && f.inFile(fb)()
+	}
 }
 
 // TestBuildFleet runs the whole product as users do: three builder hosts
@@ -277,13 +332,14 @@ func TestBuildFleet(t *testing.T) {
 		}
 	})
 
-	// faults: each fault takes its builder out of the file, a nix-build
-	// started right after succeeds on the others, and the builder rejoins
-	// once restored.
+	// faults: each fault takes its builder out of use (list --json shows
+	// all its slots held, reason down or draining, while its line stays in
+	// the file), a nix-build started right after succeeds on the others,
+	// and the builder's slots are released once it is restored.
 	for _, fault := range f.faults() {
 		t.Run(fault.what, func(t *testing.T) {
 			for _, fb := range f.builders {
-				waitFor(t, joinWithin, fb.name+" in the machines file before the fault", f.inFile(fb))
+				waitFor(t, joinWithin, fb.name+" in use before the fault", f.inUse(fb))
 			}
 			if err := fault.inject(); err != nil {
 				t.Fatal(err)
@@ -294,39 +350,42 @@ func TestBuildFleet(t *testing.T) {
 					fault.repair()
 				}
 			}()
-			took := waitFor(t, leaveWithin, fault.fb.name+" out of the machines file", f.outOfFile(fault.fb))
-			t.Logf("%s: %s out of the machines file after %v", fault.name, fault.fb.name, took)
+			took := waitFor(t, leaveWithin, fault.fb.name+" out of use (all its slots held, its line in the file)", f.outOfUse(fault.fb))
+			t.Logf("%s: %s out of use after %v: %s", fault.name, fault.fb.name, took, slotsString(f.status(t, fault.fb)))
 			out, buildTook := f.build(t, spreadExpr(2, 0))
 			if slices.Contains(partHosts(out), fault.fb.name) {
 				t.Errorf("a build went to %s while it was broken: %v", fault.fb.name, partHosts(out))
 			}
 			t.Logf("%s: nix-build right after took %v, built on %v", fault.name, buildTook, partHosts(out))
+			if st := f.status(t, fault.fb); !slotsHeld(st) || !f.inFile(fault.fb)() {
+				t.Errorf("after the build %s is %s, want still out of use with its line in the file", fault.fb.name, slotsString(st))
+			}
 			repaired = true
 			if err := fault.repair(); err != nil {
 				t.Fatal(err)
 			}
-			took = waitFor(t, joinWithin, fault.fb.name+" back in the machines file", f.inFile(fault.fb))
-			t.Logf("%s: restored, back in the machines file after %v", fault.name, took)
+			took = waitFor(t, joinWithin, fault.fb.name+"'s slots released", f.inUse(fault.fb))
+			t.Logf("%s: restored, slots released after %v", fault.name, took)
 		})
 	}
 
 	t.Run("drained builder gets no new builds", func(t *testing.T) {
 		for _, fb := range f.builders {
-			waitFor(t, joinWithin, fb.name+" in the machines file", f.inFile(fb))
+			waitFor(t, joinWithin, fb.name+" in use", f.inUse(fb))
 		}
 		b1.agent.Process.Signal(syscall.SIGUSR1)
-		took := waitFor(t, leaveWithin, "b1 out of the machines file after SIGUSR1", f.outOfFile(b1))
-		t.Logf("drain: b1 out of the machines file after %v", took)
-		if st := f.status(t, b1); st == nil || st.State != discover.StateDraining {
-			t.Errorf("list --json says drained b1 is %+v, want draining", st)
+		took := waitFor(t, leaveWithin, "b1 out of use after SIGUSR1", f.outOfUse(b1))
+		t.Logf("drain: b1 out of use after %v", took)
+		if st := f.status(t, b1); st == nil || st.State != discover.StateDraining || st.Slots == nil || st.Slots.Reason != reasonDraining {
+			t.Errorf("list --json says drained b1 is %s, want draining, its slots held for draining", slotsString(st))
 		}
 		out, _ := f.build(t, spreadExpr(3, time.Second))
 		if slices.Contains(partHosts(out), "b1") {
 			t.Errorf("a build went to drained b1: %v", partHosts(out))
 		}
 		b1.agent.Process.Signal(syscall.SIGUSR1)
-		took = waitFor(t, joinWithin, "b1 back after the second SIGUSR1", f.inFile(b1))
-		t.Logf("undrain: b1 back after %v", took)
+		took = waitFor(t, joinWithin, "b1's slots released after the second SIGUSR1", f.inUse(b1))
+		t.Logf("undrain: b1's slots released after %v", took)
 	})
 
 	t.Run("client restart rewrites nothing", func(t *testing.T) {

@@ -177,7 +177,8 @@ func tryListJSON(bin, socket string) (*discover.Status, error) {
 // one, and a laptop running the client, each a namespace on one bridge,
 // each running the real binary. The signed builder (with its real Nix
 // facts) enters the machines file; the rogue never does and list says
-// why; stopping the builder's agent takes it out at once.
+// why; a dropped link takes it out of use (all its Nix slots held, its
+// line kept); stopping the builder's agent does so at once.
 func TestMDNSFleet(t *testing.T) {
 	nixtest.RequireTools(t)
 	netnstest.RequireRoot(t)
@@ -207,8 +208,15 @@ func TestMDNSFleet(t *testing.T) {
 	b1HostKey := b1.startSSHD(t, strings.TrimSpace(string(clientPub)))
 	rogueHostKey := rogue.startSSHD(t, strings.TrimSpace(string(clientPub)))
 
+	// The client holds Nix's slot locks in a state dir of its own, not
+	// the host's /nix/var/nix.
+	stateDir := filepath.Join(laptop.dir, "nix-state")
+	if err := os.Mkdir(stateDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	laptop.start(t, "client", bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
-		"--trust-key", fleet+".pub", "--ssh-key", clientKey, "--machines", machines, "--socket", socket, "--log-level", "debug")
+		"--trust-key", fleet+".pub", "--ssh-key", clientKey, "--machines", machines, "--socket", socket,
+		"--nix-state-dir", stateDir, "--log-level", "debug")
 	agent := b1.start(t, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
 		"--sign-key", signKey, "--ssh-user", "root", "--ssh-host-key", b1HostKey, "--hostname", "b1", "--log-level", "debug")
 	rogue.start(t, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
@@ -256,24 +264,37 @@ func TestMDNSFleet(t *testing.T) {
 	t.Logf("list --all:\n%s", out)
 
 	// Packets dropped (link down): the kernel's TCP keepalive on the
-	// client's SSH connection goes unanswered and the builder leaves
-	// (the time is logged; BenchmarkMDNSJoinLeave measures it).
+	// client's SSH connection goes unanswered and the builder is out of
+	// use: all its slots held, its line still in the file (the time is
+	// logged; BenchmarkMDNSJoinLeave measures it).
+	inFile := fileHas(machines, "ssh-ng://root@"+b1.IP.String())
 	if err := b1.LinkDown(); err != nil {
 		t.Fatal(err)
 	}
-	took = waitFor(t, 10*time.Second, "b1 out of the machines file after its link went down", func() bool { return !fileHas(machines, b1.IP.String())() })
-	t.Logf("link down: out of the machines file after %v", took)
+	took = waitFor(t, 10*time.Second, "b1 out of use after its link went down", func() bool {
+		st, _ := findBuilder(bin, socket, "b1")
+		return slotsHeld(st) && st.Slots.Reason == reasonDown && inFile()
+	})
+	t.Logf("link down: out of use after %v", took)
 	if err := b1.LinkUp(); err != nil {
 		t.Fatal(err)
 	}
-	took = waitFor(t, 30*time.Second, "b1 back in the machines file after its link came up", fileHas(machines, b1.IP.String()))
-	t.Logf("link up: back in the machines file after %v", took)
+	took = waitFor(t, 30*time.Second, "b1's slots released after its link came up", func() bool {
+		st, _ := findBuilder(bin, socket, "b1")
+		return slotsReleased(st) && inFile()
+	})
+	t.Logf("link up: slots released after %v", took)
 
-	// A clean stop publishes a signed draining advert: out at once.
+	// A clean stop publishes a signed draining advert: out of use at once
+	// (all its slots held for draining; the line stays until it is gone
+	// for good).
 	stopped := time.Now()
 	agent.Process.Signal(syscall.SIGTERM)
-	took = waitFor(t, 10*time.Second, "b1 out of the machines file after its agent stopped", func() bool { return !fileHas(machines, b1.IP.String())() })
-	t.Logf("clean stop: out of the machines file %v after SIGTERM", took)
+	took = waitFor(t, 10*time.Second, "b1 out of use after its agent stopped", func() bool {
+		st, _ := findBuilder(bin, socket, "b1")
+		return slotsHeld(st) && st.Slots.Reason == reasonDraining && inFile()
+	})
+	t.Logf("clean stop: out of use %v after SIGTERM", took)
 	done := make(chan error, 1)
 	go func() { done <- agent.Wait() }()
 	select {

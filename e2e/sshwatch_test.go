@@ -21,8 +21,9 @@ import (
 
 // TestSSHWatchLeave: the builder's agent watches its own sshd and pushes
 // a signed draining advert when sshd dies or is stopped, so the builder
-// leaves the client's machines file at once although the client probes
-// only every 10 s; when sshd is back, so is the builder.
+// is out of use at once (all its slots held, its line still in the
+// client's machines file) although the client probes only every 10 s;
+// when sshd is back, its slots are released.
 func TestSSHWatchLeave(t *testing.T) {
 	nixtest.RequireTools(t)
 	netnstest.RequireRoot(t)
@@ -48,19 +49,28 @@ func TestSSHWatchLeave(t *testing.T) {
 	hostKey := b1.startSSHD(t, strings.TrimSpace(string(clientPub)))
 	sshdConfig := filepath.Join(b1.dir, "sshd_config") // startSSHD's
 	socket := filepath.Join(laptop.dir, "client.sock")
+	// The client holds slot locks in a Nix state dir of its own, not the
+	// host's /nix/var/nix.
+	stateDir := filepath.Join(laptop.dir, "nix-state")
+	if err := os.Mkdir(stateDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 
 	// Probing every 10 s: only the agent's push can take b1 out fast.
 	laptop.start(t, "client", bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
 		"--trust-key", fleet+".pub", "--ssh-key", clientKey, "--machines", machines,
-		"--socket", socket, "--interval", "10s", "--log-level", "debug")
+		"--socket", socket, "--interval", "10s", "--nix-state-dir", stateDir, "--log-level", "debug")
 	b1.start(t, "advertise", bin, "advertise", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
 		"--sign-key", signKey, "--ssh-user", "root", "--ssh-host-key", hostKey, "--hostname", "b1", "--log-level", "debug")
 
 	line := "ssh-ng://root@" + b1.IP.String()
-	in := fileHas(machines, line)
-	out := func() bool { return !in() }
-	took := waitFor(t, 30*time.Second, "b1 in the machines file", in)
-	t.Logf("b1 in the machines file %v after its agent started", took)
+	inFile := fileHas(machines, line)
+	// in: b1 is healthy, in the file, its slots released; out: it is out
+	// of use, all its slots held, its line still in the file.
+	in := func() bool { st, _ := findBuilder(bin, socket, "b1"); return slotsReleased(st) && inFile() }
+	out := func() bool { st, _ := findBuilder(bin, socket, "b1"); return slotsHeld(st) && inFile() }
+	took := waitFor(t, 30*time.Second, "b1 in use", in)
+	t.Logf("b1 in use %v after its agent started", took)
 
 	const leaveWithin, rounds = 2 * time.Second, 4
 	// A random pause before each failure, so that it falls anywhere in
@@ -72,13 +82,13 @@ func TestSSHWatchLeave(t *testing.T) {
 			syscall.Kill(stoppedPID, syscall.SIGCONT) // a stopped sshd ignores SIGTERM
 		}
 	})
-	// draining checks that b1 left because its advert says so (the push),
-	// not because a probe failed.
+	// draining checks that b1 is out of use because its advert says so
+	// (the push), not because a probe failed.
 	draining := func(what string) {
 		t.Helper()
 		for _, b := range listJSON(t, bin, socket).Builders {
-			if b.Name == "b1" && b.State != discover.StateDraining {
-				t.Errorf("%s: list says b1 is %s (%s), want draining", what, b.State, b.Reason)
+			if b.Name == "b1" && (b.State != discover.StateDraining || b.Slots == nil || b.Slots.Reason != reasonDraining) {
+				t.Errorf("%s: list says b1 is %s, want draining, its slots held for draining", what, slotsString(&b))
 			}
 		}
 	}
@@ -88,40 +98,40 @@ func TestSSHWatchLeave(t *testing.T) {
 		// sshd killed: nothing listens on port 22 any more.
 		pause()
 		syscall.Kill(pid, syscall.SIGKILL)
-		took := waitFor(t, 10*time.Second, "b1 out of the machines file after sshd was killed", out)
+		took := waitFor(t, 10*time.Second, "b1 out of use after sshd was killed", out)
 		killed = append(killed, took)
 		draining("sshd killed")
-		t.Logf("round %d: sshd SIGKILLed: b1 out of the machines file after %v", i+1, took)
+		t.Logf("round %d: sshd SIGKILLed: b1 out of use after %v", i+1, took)
 
 		// sshd started again (same config and host key): back.
 		restarted := b1.start(t, "sshd-"+strconv.Itoa(i+2), "/usr/sbin/sshd", "-D", "-e", "-f", sshdConfig)
-		took = waitFor(t, 30*time.Second, "b1 back in the machines file after sshd restarted", in)
-		t.Logf("round %d: sshd restarted: b1 back in the machines file after %v", i+1, took)
+		took = waitFor(t, 30*time.Second, "b1's slots released after sshd restarted", in)
+		t.Logf("round %d: sshd restarted: b1's slots released after %v", i+1, took)
 
 		// sshd stopped: it listens, but nothing accepts.
 		pid = restarted.Process.Pid // ip netns exec execs sshd itself
 		stoppedPID = pid
 		pause()
 		syscall.Kill(pid, syscall.SIGSTOP)
-		took = waitFor(t, 10*time.Second, "b1 out of the machines file after sshd was stopped", out)
+		took = waitFor(t, 10*time.Second, "b1 out of use after sshd was stopped", out)
 		stopped = append(stopped, took)
 		draining("sshd stopped")
-		t.Logf("round %d: sshd SIGSTOPped: b1 out of the machines file after %v", i+1, took)
+		t.Logf("round %d: sshd SIGSTOPped: b1 out of use after %v", i+1, took)
 
 		syscall.Kill(pid, syscall.SIGCONT)
 		stoppedPID = 0
-		took = waitFor(t, 30*time.Second, "b1 back in the machines file after SIGCONT", in)
-		t.Logf("round %d: sshd continued: b1 back in the machines file after %v", i+1, took)
+		took = waitFor(t, 30*time.Second, "b1's slots released after SIGCONT", in)
+		t.Logf("round %d: sshd continued: b1's slots released after %v", i+1, took)
 	}
 	for _, l := range []struct {
 		what string
 		ds   []time.Duration
 	}{{"SIGKILL", killed}, {"SIGSTOP", stopped}} {
 		p50, _ := clienttest.Quantiles(l.ds)
-		t.Logf("leave after %s: median %v of %v", l.what, p50.Round(time.Millisecond), l.ds)
+		t.Logf("out of use after %s: median %v of %v", l.what, p50.Round(time.Millisecond), l.ds)
 		for _, d := range l.ds {
 			if d > leaveWithin {
-				t.Errorf("b1 left %v after %s, want within %v (the client probes every 10s)", d, l.what, leaveWithin)
+				t.Errorf("b1 out of use %v after %s, want within %v (the client probes every 10s)", d, l.what, leaveWithin)
 			}
 		}
 	}

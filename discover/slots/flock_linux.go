@@ -37,6 +37,16 @@ func tryLock(fd int) (bool, error) {
 	}
 }
 
+// lock takes an exclusive flock on fd, waiting as long as it takes.
+func lock(fd int) error {
+	for {
+		err := unix.Flock(fd, unix.LOCK_EX)
+		if !errors.Is(err, unix.EINTR) {
+			return err
+		}
+	}
+}
+
 // closeFD closes fd, which drops its flock (this package never dups one).
 func closeFD(fd int) error { return unix.Close(fd) }
 

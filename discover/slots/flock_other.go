@@ -11,5 +11,6 @@ var errUnsupported = errors.New("slot locks are implemented on Linux only")
 func openSlot(string) (int, error)  { return -1, errUnsupported }
 func tryLock(int) (bool, error)     { return false, errUnsupported }
 func closeFD(int) error             { return errUnsupported }
+func lock(int) error                { return errUnsupported }
 func fdID(int) (fileID, error)      { return fileID{}, errUnsupported }
 func pathID(string) (fileID, error) { return fileID{}, errUnsupported }

@@ -51,6 +51,7 @@ type Locker struct {
 	closed   bool
 	machines map[string]*machine // by store URI
 	keys     map[string]string   // machines-file URI → store URI
+	changed  chan struct{}       // a waiter took a slot (buffered 1)
 }
 
 type machine struct {
@@ -61,6 +62,7 @@ type machine struct {
 	ids        []fileID // per slot: the held file's identity
 	held       int
 	ownRunning int
+	waiting    []bool // per slot: a goroutine blocks in flock on it
 }
 
 // New returns a Locker over stateDir/current-load (stateDir "" means
@@ -74,7 +76,8 @@ func New(stateDir string, d Dialect) (*Locker, error) {
 	if stateDir == "" {
 		stateDir = DefaultStateDir
 	}
-	l := &Locker{dir: filepath.Join(stateDir, "current-load"), dialect: d, machines: map[string]*machine{}, keys: map[string]string{}}
+	l := &Locker{dir: filepath.Join(stateDir, "current-load"), dialect: d, machines: map[string]*machine{}, keys: map[string]string{},
+		changed: make(chan struct{}, 1)}
 	if err := l.ensureDir(); err != nil {
 		return nil, err
 	}
@@ -113,7 +116,10 @@ func (l *Locker) ensureDir() error {
 // fewer than want while the local Nix uses the others (see State.Held and
 // State.OwnRunning), and takes them on a later Set once they are free. It
 // releases slots when want drops, and slots past maxJobs when maxJobs
-// drops. When nothing changes (same maxJobs, want slots already held) it
+// drops. With want >= maxJobs, each slot someone else holds is waited for
+// in a goroutine of its own (a blocking flock), and taken the moment it is
+// freed, before the local Nix's next build hook can take it; Changed
+// reports it. When nothing changes (same maxJobs, want slots already held) it
 // makes no system call at all, and State.OwnRunning is the last probe's. Lines whose URIs give
 // the same store URI share their slots, as in Nix: pass the largest
 // maxJobs. On error the returned State is what is held now.
@@ -153,10 +159,73 @@ func (l *Locker) Set(uri string, maxJobs, want int) (State, error) {
 	if m.held == m.maxJobs {
 		m.ownRunning = 0
 	}
+	if m.want == m.maxJobs && m.held < m.want {
+		l.waitForBusy(m)
+	}
 	if err := errors.Join(errs...); err != nil {
 		return m.state(), fmt.Errorf("slots: %s: %w", key, err)
 	}
 	return m.state(), nil
+}
+
+// Changed reports, by a value on the channel, that the Locker took a slot
+// by itself: a slot the local Nix's build held when Set asked for all of
+// them, taken the moment that build let go of it. Call Set or States to
+// see the new state.
+func (l *Locker) Changed() <-chan struct{} { return l.changed }
+
+// waitForBusy starts a goroutine for each slot of m that someone else
+// holds and m does not wait for yet: it blocks in flock and keeps the
+// slot if m still wants it all. Nix's next build hook tries the slot
+// without blocking only after the last one died, so a waiter already
+// queued in the kernel gets it first. l.mu is held.
+func (l *Locker) waitForBusy(m *machine) {
+	for s, fd := range m.fds {
+		if fd >= 0 || m.waiting[s] {
+			continue
+		}
+		m.waiting[s] = true
+		go l.wait(m, s, l.path(m, s))
+	}
+}
+
+// wait blocks until it locks slot s of m, then keeps it if m still wants
+// all its slots, else lets go. A waiter whose slot is never freed blocks
+// until the process ends; it holds one file descriptor.
+func (l *Locker) wait(m *machine, s int, path string) {
+	fd, err := openSlot(path)
+	if err == nil {
+		err = lock(fd)
+		if err != nil {
+			_ = closeFD(fd)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s < len(m.waiting) {
+		m.waiting[s] = false
+	}
+	if err != nil {
+		return
+	}
+	if l.closed || l.machines[m.storeURI] != m || s >= len(m.fds) || m.fds[s] >= 0 || m.want < m.maxJobs {
+		_ = closeFD(fd)
+		return
+	}
+	id, err := fdID(fd)
+	if err != nil {
+		_ = closeFD(fd)
+		return
+	}
+	m.fds[s], m.ids[s] = fd, id
+	m.held++
+	if m.ownRunning > 0 {
+		m.ownRunning--
+	}
+	select {
+	case l.changed <- struct{}{}:
+	default:
+	}
 }
 
 // Scan probes the slots 0..maxJobs-1 of uri's machine that the Locker
@@ -300,10 +369,10 @@ func (m *machine) resize(n int) error {
 		}
 	}
 	if n < len(m.fds) {
-		m.fds, m.ids = m.fds[:n], m.ids[:n]
+		m.fds, m.ids, m.waiting = m.fds[:n], m.ids[:n], m.waiting[:n]
 	}
 	for len(m.fds) < n {
-		m.fds, m.ids = append(m.fds, -1), append(m.ids, fileID{})
+		m.fds, m.ids, m.waiting = append(m.fds, -1), append(m.ids, fileID{}), append(m.waiting, false)
 	}
 	m.maxJobs = n
 	return errors.Join(errs...)

@@ -215,12 +215,14 @@ func TestSlotsAnotherProcessHoldsAreTheLocalNixs(t *testing.T) {
 	st, err = l.Scan(uriA, 4)
 	wantState(t, "Scan", st, err, State{MaxJobs: 4, Want: 4, Held: 2, OwnRunning: 2})
 
-	// Nix's builds end (the hook dies): the kernel frees its locks.
+	// Nix's builds end (the hook dies): the kernel frees its locks, and
+	// the Locker, which wants them all, takes them (waiters, or Set).
 	nix.kill(t)
-	st, err = l.Scan(uriA, 4)
-	wantState(t, "Scan after Nix's hook died", st, err, State{MaxJobs: 4, Want: 4, Held: 2})
-	st, err = l.Set(uriA, 4, 4)
-	wantState(t, "Set takes the freed slots", st, err, State{MaxJobs: 4, Want: 4, Held: 4})
+	deadline := time.Now().Add(5 * time.Second)
+	for st, err = l.Set(uriA, 4, 4); err == nil && st.Held < 4 && time.Now().Before(deadline); st, err = l.Set(uriA, 4, 4) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	wantState(t, "the freed slots are taken", st, err, State{MaxJobs: 4, Want: 4, Held: 4})
 	if got := fmt.Sprint(heldSlots(t, l, 4)); got != "[0 1 2 3]" {
 		t.Fatalf("slots %s locked, want all four", got)
 	}
@@ -368,4 +370,66 @@ func TestConcurrentUse(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// TestAllSlotsWantedTakesNixsSlotWhenItsBuildEnds: a builder goes down
+// while the local Nix builds on it (its slot is Nix's); the Locker waits
+// for that slot and takes it the moment the build lets go, before Nix's
+// next build hook could try it, and says so on Changed.
+func TestAllSlotsWantedTakesNixsSlotWhenItsBuildEnds(t *testing.T) {
+	l := newLocker(t)
+	nix := startHolder(t, slotPath(l, 1))
+	st, err := l.Set(uriA, 2, 2)
+	wantState(t, "down while Nix builds there", st, err, State{MaxJobs: 2, Want: 2, Held: 1, OwnRunning: 1})
+	select {
+	case <-l.Changed():
+		t.Fatal("Changed before Nix's build ended")
+	default:
+	}
+	nix.kill(t)
+	select {
+	case <-l.Changed():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the freed slot was not taken within 5 s")
+	}
+	if got := fmt.Sprint(heldSlots(t, l, 2)); got != "[0 1]" {
+		t.Fatalf("slots %s locked, want both", got)
+	}
+	st, err = l.Set(uriA, 2, 2)
+	wantState(t, "after the build ended", st, err, State{MaxJobs: 2, Want: 2, Held: 2})
+	// Once the builder is back, nothing is held, waiter or not.
+	st, err = l.Set(uriA, 2, 0)
+	wantState(t, "released", st, err, State{MaxJobs: 2})
+	if got := heldSlots(t, l, 2); len(got) != 0 {
+		t.Fatalf("slots %v still locked after release", got)
+	}
+}
+
+// TestWaiterLetsGoWhenNoLongerWanted: a waiter whose builder recovered
+// before Nix's build ended does not keep the slot it finally gets.
+func TestWaiterLetsGoWhenNoLongerWanted(t *testing.T) {
+	l := newLocker(t)
+	nix := startHolder(t, slotPath(l, 0))
+	if _, err := l.Set(uriA, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Set(uriA, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	nix.kill(t)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		// The waiter wakes, sees the slot is no longer wanted, lets go.
+		if got := heldSlots(t, l, 1); len(got) == 0 {
+			st, _ := l.Set(uriA, 1, 0)
+			if st.Held != 0 {
+				t.Fatalf("held %d after release", st.Held)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a slot that is no longer wanted is still locked 5 s after Nix let go")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
