@@ -103,6 +103,10 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 			inflight++
 			l.startCheck(ctx, d)
 		}
+		if t := l.mem.nextHoldExpiry(); !t.IsZero() && !now.Before(t) {
+			l.slotsDirty = true
+			l.changes(now, l.mem.expireHolds(now))
+		}
 		if l.slotsDirty || (l.loadScans && !now.Before(l.nextLoadScan)) {
 			l.slotsDirty = false
 			l.syncSlots(now)
@@ -188,6 +192,7 @@ func (l *loop) nextWake(now time.Time, firstRound time.Duration) time.Time {
 		}
 	}
 	consider(l.mem.nextDue())
+	consider(l.mem.nextHoldExpiry())
 	if l.loadScans {
 		consider(l.nextLoadScan)
 	}

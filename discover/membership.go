@@ -258,7 +258,11 @@ func (m *membership) upsert(now time.Time, source string, c Candidate) []change 
 	case c.Advert != nil && c.Advert.Draining:
 		mem.Next = time.Time{}
 		if m.cfg.HoldSlots && mem.InFile && !identityChanged(old, c) {
-			// Its slots are held: Nix skips it, its line stays.
+			// Its slots are held: Nix skips it, its line stays up to
+			// the hold (expireHolds).
+			if mem.State != StateDraining {
+				mem.downSince = now
+			}
 			mem.State, mem.Reason, mem.Good, mem.Bad = StateDraining, "draining", 0, 0
 			return nil
 		}
@@ -522,6 +526,34 @@ func (m *membership) holdDown(now time.Time, mem *member) []change {
 		return m.leave(now, mem, fmt.Sprintf("%s (failing for %s, longer than the hold %s)", mem.Reason, failing.Round(time.Second), m.cfg.Hold))
 	}
 	return nil
+}
+
+// expireHolds takes out of the file the draining builders whose slots
+// have been held for longer than the hold (failing ones leave on their
+// next failed check, see holdDown).
+func (m *membership) expireHolds(now time.Time) []change {
+	var ch []change
+	for _, mem := range m.members {
+		if mem.State == StateDraining && mem.InFile && !mem.downSince.IsZero() {
+			if d := now.Sub(mem.downSince); d >= m.cfg.Hold {
+				ch = append(ch, m.leave(now, mem, fmt.Sprintf("draining for %s, longer than the hold %s", d.Round(time.Second), m.cfg.Hold))...)
+			}
+		}
+	}
+	return ch
+}
+
+// nextHoldExpiry is when expireHolds next has work (zero: never).
+func (m *membership) nextHoldExpiry() time.Time {
+	var next time.Time
+	for _, mem := range m.members {
+		if mem.State == StateDraining && mem.InFile && !mem.downSince.IsZero() {
+			if t := mem.downSince.Add(m.cfg.Hold); next.IsZero() || t.Before(next) {
+				next = t
+			}
+		}
+	}
+	return next
 }
 
 // unheld takes a builder out of the file whose slots should be held but

@@ -231,3 +231,37 @@ func TestBackoffIsCapped(t *testing.T) {
 		}
 	}
 }
+
+// TestMembershipHoldsDrainingUpToTheHold: with slots held, a draining
+// builder keeps its line (no change) until it has drained for longer than
+// the hold; a failing one likewise until its first failed check past it.
+func TestMembershipHoldsDrainingUpToTheHold(t *testing.T) {
+	m := newMembership(MembershipConfig{HoldSlots: true, Hold: time.Minute, Fall: 1})
+	b1 := cand("b1")
+	m.apply(t0, *snap("tailnet", b1, cand("b2")))
+	m.due(t0)
+	m.result(t0, "b1", checkOutcome{kind: checkFull, r: ok})
+	m.result(t0, "b2", checkOutcome{kind: checkFull, r: ok})
+	drain := cand("b1", func(c *Candidate) { c.Advert.Draining = true })
+	if ch, _ := m.apply(t0.Add(time.Second), *snap("tailnet", drain, cand("b2"))); len(ch) != 0 {
+		t.Fatalf("draining with slots held: changes %v, want none (line kept)", ch)
+	}
+	if got := m.nextHoldExpiry(); !got.Equal(t0.Add(time.Second + time.Minute)) {
+		t.Errorf("hold expires at %v, want a minute after draining began", got.Sub(t0))
+	}
+	if ch := m.expireHolds(t0.Add(30 * time.Second)); len(ch) != 0 {
+		t.Errorf("left the file %v before the hold", ch)
+	}
+	if ch := m.expireHolds(t0.Add(61 * time.Second)); len(ch) != 1 || ch[0].Key != "b1" || ch[0].Joined {
+		t.Errorf("after the hold: changes %v, want b1 to leave", ch)
+	}
+	// b2 fails: held (no change) until a failed check past the hold.
+	m.due(t0.Add(2 * time.Second))
+	if ch := m.result(t0.Add(2*time.Second), "b2", checkOutcome{kind: checkFull, r: refused}); len(ch) != 0 {
+		t.Fatalf("first failure with slots held: changes %v, want none", ch)
+	}
+	m.due(t0.Add(63 * time.Second))
+	if ch := m.result(t0.Add(63*time.Second), "b2", checkOutcome{kind: checkFull, r: refused}); len(ch) != 1 || ch[0].Key != "b2" {
+		t.Fatalf("failing past the hold: changes %v, want b2 to leave", ch)
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
+	"github.com/nixrb-discover/nixrb-discover/discover/slots"
 	"github.com/nixrb-discover/nixrb-discover/discover/tailnet"
 	"github.com/nixrb-discover/nixrb-discover/health"
 	"github.com/nixrb-discover/nixrb-discover/render"
@@ -111,9 +112,21 @@ func Run(ctx context.Context, o Options) error {
 
 	checker := &health.Checker{Signer: id.Signer, Dial: laptop.server.Dial, Logger: d.log.With("component", "health")}
 	defer checker.Close()
+	// The laptop's Nix state directory: its build hook's slot locks live
+	// in current-load/, where the client holds those of broken builders.
+	stateDir := filepath.Join(dir, "nix-state")
+	if err := os.Mkdir(stateDir, 0o755); err != nil {
+		return err
+	}
+	locker, err := slots.New(stateDir, slots.Legacy)
+	if err != nil {
+		return err
+	}
+	defer locker.Close()
 	d.client = &discover.Client{
 		Sources:              []discover.Source{&tailnet.Source{LocalAPI: laptop.lc, Dial: laptop.server.Dial, Logger: d.log}},
 		Checker:              checker,
+		Slots:                locker,
 		MachinesPath:         d.machines,
 		SSHKeyPath:           id.Path,
 		ClientKeyFingerprint: id.Fingerprint,
@@ -162,26 +175,29 @@ func Run(ctx context.Context, o Options) error {
 	t0 := time.Now()
 	stopped := make(chan error, 1)
 	go func() { stopped <- b2.stop() }()
-	seen, err := d.waitFile(ctx, "dropped b2 after its agent stopped", notContains(b2.node.fqdn))
+	seen, err := d.waitHeld(ctx, b2.node.fqdn, discover.HoldDraining)
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(d.out, "  b2's Nix slots are held %s after its agent stopped: Nix skips it without connecting\n"+
+		"  (it published a draining advert; the client's long poll of /v1/advert got it at once).\n"+
+		"  Its line stays while it drains (up to --hold), so the file is not rewritten.\n\n", ms(seen.Sub(t0)))
 	if err := <-stopped; err != nil {
 		return err
 	}
-	fmt.Fprintf(d.out, "  b2 left the machines file %s after its agent stopped\n"+
-		"  (it published a draining advert; the client's long poll of /v1/advert got it at once).\n\n", ms(seen.Sub(t0)))
 
 	// 3. A crash: the SSH endpoint dies, the health checks notice.
 	fmt.Fprintf(d.out, "Killing b1's SSH endpoint abruptly (as if sshd died; its agent keeps advertising):\n")
 	t0 = time.Now()
 	b1.ssh.kill()
-	seen, err = d.waitFile(ctx, "dropped b1 after its SSH endpoint died", notContains(b1.node.fqdn))
+	seen, err = d.waitHeld(ctx, b1.node.fqdn, discover.HoldDown)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(d.out, "  b1 left the machines file %s after its SSH endpoint died\n"+
-		"  (a fresh connection to port 22 failed %d checks in a row).\n\n", ms(seen.Sub(t0)), discover.DefaultFall)
+	fmt.Fprintf(d.out, "  b1's Nix slots are held %s after its SSH endpoint died (%d failed checks in a row):\n"+
+		"  Nix skips it without connecting, and its line stays (up to --hold, %s), so a build\n"+
+		"  waiting for it resumes there when it is back, with no rewrite of the file.\n\n",
+		ms(seen.Sub(t0)), discover.DefaultFall, discover.DefaultHold)
 
 	if err := d.show(ctx, false); err != nil {
 		return err
@@ -189,6 +205,11 @@ func Run(ctx context.Context, o Options) error {
 	if err := d.cat(); err != nil {
 		return err
 	}
+	fmt.Fprintf(d.out, "Nix's slot locks in %s (held by the client: Nix's build hook finds no free slot there):\n", locker.Dir())
+	for _, st := range locker.States() {
+		fmt.Fprintf(d.out, "  %-45s %d of %d held\n", st.StoreURI, st.Held, st.MaxJobs)
+	}
+	fmt.Fprintln(d.out)
 	if f, _ := os.ReadFile(d.machines); strings.Contains(string(f), untagged.node.fqdn) {
 		return fmt.Errorf("the untagged peer is in the machines file:\n%s", f)
 	}
@@ -213,6 +234,31 @@ func (d *demo) waitFile(ctx context.Context, what string, ok func(string) bool) 
 		case <-tick.C:
 		case <-deadline.C:
 			return time.Time{}, fmt.Errorf("the client never %s within %s; the machines file holds:\n%s", what, d.timeout, b)
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		}
+	}
+}
+
+// waitHeld waits (bounded) until the client holds all of the named
+// builder's Nix slots for reason, and returns when it first saw it.
+func (d *demo) waitHeld(ctx context.Context, name, reason string) (time.Time, error) {
+	deadline := time.Now().Add(d.timeout)
+	for {
+		st, err := d.client.Status(ctx)
+		if err != nil {
+			return time.Time{}, err
+		}
+		for _, b := range st.Builders {
+			if b.Name == name && b.Slots != nil && b.Slots.Held == b.Slots.Max && b.Slots.Reason == reason {
+				return time.Now(), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return time.Time{}, fmt.Errorf("the client never held %s's slots (%s) within %s", name, reason, d.timeout)
+		}
+		select {
+		case <-time.After(5 * time.Millisecond):
 		case <-ctx.Done():
 			return time.Time{}, ctx.Err()
 		}
