@@ -92,7 +92,7 @@ func TestClientOnTailnet(t *testing.T) {
 	// start runs a client (a restart is a second call after stop).
 	start := func() (c *discover.Client, stop func()) {
 		c = &discover.Client{
-			Sources:      []discover.Source{&tailnet.Source{LocalAPI: cn.LocalClient, Dial: cn.Server.Dial, Refresh: time.Second}},
+			Sources: []discover.Source{&tailnet.Source{LocalAPI: cn.LocalClient, Dial: cn.Server.Dial, Refresh: time.Second}},
 			// The tailnet is userspace (tsnet) on 2 shared cores: a
 			// 1 s banner bound and 3 failures in a row keep a loaded CI
 			// machine from dropping healthy builders; the faults below
