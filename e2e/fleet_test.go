@@ -142,9 +142,16 @@ func (f *fleet) startAgent(t testing.TB, fb *fleetBuilder) {
 
 func (f *fleet) startClient(t testing.TB) {
 	t.Helper()
+	f.startClientStateDir(t, nixtest.ClientStateDir(f.nixDir))
+}
+
+// startClientStateDir is startClient with --nix-state-dir stateDir (""
+// holds no slots: a failing builder leaves the file).
+func (f *fleet) startClientStateDir(t testing.TB, stateDir string) {
+	t.Helper()
 	f.client = f.laptop.start(t, "client", f.bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
 		"--trust-key", f.fleetPub, "--ssh-key", f.key, "--machines", f.machines, "--socket", f.socket,
-		"--nix-state-dir", nixtest.ClientStateDir(f.nixDir), "--log-level", "debug")
+		"--nix-state-dir", stateDir, "--log-level", "debug")
 }
 
 // fault is one way to break a builder, and its repair.
@@ -489,7 +496,7 @@ func fieldEight(line string) string {
 }
 
 // waitExit waits (bounded) for a command the test signalled.
-func waitExit(t *testing.T, cmd *exec.Cmd, within time.Duration) {
+func waitExit(t testing.TB, cmd *exec.Cmd, within time.Duration) {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()

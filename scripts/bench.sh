@@ -43,6 +43,7 @@ benches=(
 	"./discover/tailnet|BenchmarkClientTailnetLatency|runs"
 	"./e2e|BenchmarkMDNSJoinLeave|runs"
 	"./e2e|BenchmarkFleetFaults|runs"
+	"./e2e|BenchmarkChainBuildOutage|1x"
 	"./discover/tailnet|BenchmarkTailnetCleanStop|runs"
 	"./discover/tailnet|BenchmarkTailnetDrain|runs"
 	"./discover/tailnet|BenchmarkTailnetJoinScale|runs"
