@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -160,6 +161,24 @@ type fault struct {
 	what           string // for people
 	fb             *fleetBuilder
 	inject, repair func() error
+}
+
+// injectIn breaks the builder and returns its repair, which also runs
+// when t ends if the test did not call it: a failing test never leaves a
+// builder broken for the next one. The repair runs at most once.
+func (ft fault) injectIn(t testing.TB) (repair func() error) {
+	t.Helper()
+	if err := ft.inject(); err != nil {
+		t.Fatalf("%s: %v", ft.what, err)
+	}
+	var once sync.Once
+	var err error
+	repair = func() error {
+		once.Do(func() { err = ft.repair() })
+		return err
+	}
+	t.Cleanup(func() { _ = repair() })
+	return repair
 }
 
 // faults are the three the fleet is judged by: b1's sshd killed, b2's
@@ -348,15 +367,7 @@ func TestBuildFleet(t *testing.T) {
 			for _, fb := range f.builders {
 				waitFor(t, joinWithin, fb.name+" in use before the fault", f.inUse(fb))
 			}
-			if err := fault.inject(); err != nil {
-				t.Fatal(err)
-			}
-			repaired := false
-			defer func() {
-				if !repaired {
-					fault.repair()
-				}
-			}()
+			repair := fault.injectIn(t)
 			took := waitFor(t, leaveWithin, fault.fb.name+" out of use (all its slots held, its line in the file)", f.outOfUse(fault.fb))
 			t.Logf("%s: %s out of use after %v: %s", fault.name, fault.fb.name, took, slotsString(f.status(t, fault.fb)))
 			out, buildTook := f.build(t, spreadExpr(2, 0))
@@ -367,8 +378,7 @@ func TestBuildFleet(t *testing.T) {
 			if st := f.status(t, fault.fb); !slotsHeld(st) || !f.inFile(fault.fb)() {
 				t.Errorf("after the build %s is %s, want still out of use with its line in the file", fault.fb.name, slotsString(st))
 			}
-			repaired = true
-			if err := fault.repair(); err != nil {
+			if err := repair(); err != nil {
 				t.Fatal(err)
 			}
 			took = waitFor(t, joinWithin, fault.fb.name+"'s slots released", f.inUse(fault.fb))

@@ -274,16 +274,8 @@ func TestChainBuildRidesThroughBuilderFault(t *testing.T) {
 			case <-time.After(faultAfter):
 			}
 
-			if err := fault.inject(); err != nil {
-				t.Fatal(err)
-			}
+			repair := fault.injectIn(t)
 			injected := time.Now()
-			repaired := false
-			defer func() {
-				if !repaired {
-					fault.repair()
-				}
-			}()
 			// During the outage: b1 keeps its line and, once the client
 			// sees the fault, all its slots are out of Nix's reach with
 			// reason down or draining. A link of the chain that was running on b1 when
@@ -356,8 +348,7 @@ func TestChainBuildRidesThroughBuilderFault(t *testing.T) {
 				t.Fatalf("the chain ended during the outage, after %v: %v\n%s", r.took, r.err, r.stderr)
 			}
 
-			repaired = true
-			if err := fault.repair(); err != nil {
+			if err := repair(); err != nil {
 				t.Fatal(err)
 			}
 			took := waitFor(t, joinWithin, "b1's slots released after the repair", f.inUse(b1))
@@ -409,15 +400,7 @@ func TestBrokenBuilderGetsNoConnection(t *testing.T) {
 			for _, fb := range f.builders {
 				waitFor(t, joinWithin, fb.name+" in use before the fault", f.inUse(fb))
 			}
-			if err := fault.inject(); err != nil {
-				t.Fatal(err)
-			}
-			repaired := false
-			defer func() {
-				if !repaired {
-					fault.repair()
-				}
-			}()
+			repair := fault.injectIn(t)
 			took := waitFor(t, leaveWithin, "b1's slots held", f.outOfUse(b1))
 			st := f.status(t, b1)
 			t.Logf("%s: b1 out of use after %v: %s", fault.name, took.Round(time.Millisecond), slotsString(st))
@@ -458,8 +441,7 @@ func TestBrokenBuilderGetsNoConnection(t *testing.T) {
 				t.Errorf("after the build b1 is %s, want still out of use, in the file", slotsString(st))
 			}
 
-			repaired = true
-			if err := fault.repair(); err != nil {
+			if err := repair(); err != nil {
 				t.Fatal(err)
 			}
 			took = waitFor(t, joinWithin, "b1's slots released after the repair", f.inUse(b1))
@@ -480,15 +462,7 @@ func TestClientKilledMidOutageReleasesSlots(t *testing.T) {
 	f.startAgent(t, b1)
 	waitFor(t, joinWithin, "b1 in use", f.inUse(b1))
 
-	if err := b1.nix.KillSSHD(); err != nil {
-		t.Fatal(err)
-	}
-	repaired := false
-	defer func() {
-		if !repaired {
-			b1.nix.RestartSSHD()
-		}
-	}()
+	repair := sshdKilled(b1).injectIn(t)
 	waitFor(t, leaveWithin, "b1's slots held", f.outOfUse(b1))
 	st := f.status(t, b1)
 	t.Logf("b1 out of use: %s", slotsString(st))
@@ -522,8 +496,7 @@ func TestClientKilledMidOutageReleasesSlots(t *testing.T) {
 		t.Errorf("the failing build took %v, want it fast", buildTook)
 	}
 
-	repaired = true
-	if err := b1.nix.RestartSSHD(); err != nil {
+	if err := repair(); err != nil {
 		t.Fatal(err)
 	}
 	out, buildTook := f.build(t, nixtest.TrivialDerivation("dead-client-repaired"))
