@@ -47,6 +47,14 @@ type BuilderOptions struct {
 	ExtraSSHDConfig string
 	// ExtraNixConf is appended to the builder's nix.conf.
 	ExtraNixConf string
+	// BuildUsers is how many build users the builder's nix-daemon runs
+	// builds as: group BuildUsersGroup with members nixtestbld1…N (UIDs
+	// from 30001), in a passwd and group file of the builder's own,
+	// bind-mounted over /etc/passwd and /etc/group in its mount namespace
+	// (the host's files are untouched). An agent in the builder then sees
+	// its running builds. 0 runs builds as the daemon's user
+	// (build-users-group =), which no agent can count.
+	BuildUsers int
 	// Netns, if set, is an existing network namespace (as in `ip netns
 	// list`) to run the builder in, such as a host of an
 	// internal/netnstest topology, instead of a namespace of its own on a
@@ -177,7 +185,14 @@ func (b *Builder) writeFiles(t testing.TB) error {
 			trusted = append(trusted, b.User)
 		}
 	}
-	conf := "sandbox = false\nsubstituters =\nbuild-users-group =\n" +
+	group := ""
+	if b.opts.BuildUsers > 0 {
+		group = BuildUsersGroup
+		if err := b.writeUserFiles(); err != nil {
+			return err
+		}
+	}
+	conf := "sandbox = false\nsubstituters =\nbuild-users-group = " + group + "\n" +
 		"trusted-users = " + strings.Join(trusted, " ") + "\n"
 	if b.opts.SystemFeatures != nil {
 		conf += "system-features = " + strings.Join(b.opts.SystemFeatures, " ") + "\n"
@@ -194,6 +209,50 @@ func (b *Builder) writeFiles(t testing.TB) error {
 	writeFile(t, filepath.Join(b.Dir, "sshd_config"), b.sshdConfig(), 0o644)
 	writeFile(t, filepath.Join(b.Dir, "start.sh"), b.startScript(), 0o755)
 	writeFile(t, filepath.Join(b.Dir, "sshd.sh"), b.sshdScript(), 0o755)
+	return nil
+}
+
+// BuildUsersGroup is the build users group of a builder with
+// [BuilderOptions.BuildUsers].
+const BuildUsersGroup = "nixtestbld"
+
+// buildUsersBase is the GID of [BuildUsersGroup] and one below the UID of
+// its first member: far from Debian's system and user ranges.
+const buildUsersBase = 30000
+
+// writeUserFiles writes Dir/passwd and Dir/group: the host's (or the
+// chroot's) files plus the build users, for the start script to bind
+// over /etc/passwd and /etc/group.
+func (b *Builder) writeUserFiles() error {
+	etc := "/etc"
+	if b.Root != "" {
+		etc = filepath.Join(b.Root, "etc")
+	}
+	passwd, err := os.ReadFile(filepath.Join(etc, "passwd"))
+	if err != nil {
+		return fmt.Errorf("build users: %w", err)
+	}
+	group, err := os.ReadFile(filepath.Join(etc, "group"))
+	if err != nil {
+		return fmt.Errorf("build users: %w", err)
+	}
+	var users, members strings.Builder
+	for i := 1; i <= b.opts.BuildUsers; i++ {
+		name := fmt.Sprintf("%s%d", BuildUsersGroup, i)
+		fmt.Fprintf(&users, "%s:x:%d:%d:Nix build user %d:/var/empty:/usr/sbin/nologin\n", name, buildUsersBase+i, buildUsersBase, i)
+		if i > 1 {
+			members.WriteString(",")
+		}
+		members.WriteString(name)
+	}
+	p := strings.TrimRight(string(passwd), "\n") + "\n" + users.String()
+	g := strings.TrimRight(string(group), "\n") + "\n" + fmt.Sprintf("%s:x:%d:%s\n", BuildUsersGroup, buildUsersBase, members.String())
+	if err := os.WriteFile(filepath.Join(b.Dir, "passwd"), []byte(p), 0o644); err != nil {
+		return fmt.Errorf("build users: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(b.Dir, "group"), []byte(g), 0o644); err != nil {
+		return fmt.Errorf("build users: %w", err)
+	}
 	return nil
 }
 
@@ -269,12 +328,19 @@ func (b *Builder) startScript() string {
 	s.WriteString("set -eu\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LANG=C\nunset TMPDIR\n")
 	fmt.Fprintf(&s, "D=%s\n", q(b.Dir))
 	if b.Version == V28 {
+		// A /run of its own: sshd's privilege separation directory is
+		// then the builder's, so nothing that resets the host's
+		// /run/sshd (scripts/fresh-check.sh, a test) breaks its sshd.
 		s.WriteString(`mkdir -p /nix /etc/nix
 mount --bind "$D/nix" /nix
 mount --bind "$D/etc-nix" /etc/nix
 mount --bind "$D/tmp" /tmp
-mkdir -p /run/sshd
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir -m 0755 /run/sshd
 `)
+		if b.opts.BuildUsers > 0 {
+			s.WriteString("mount --bind \"$D/passwd\" /etc/passwd\nmount --bind \"$D/group\" /etc/group\n")
+		}
 	} else {
 		fmt.Fprintf(&s, "R=%s\n", q(b.Root))
 		s.WriteString(`mount -t proc proc "$R/proc"
@@ -287,6 +353,9 @@ mount --bind "$D/nix" "$R/nix"
 mount --bind "$D/etc-nix" "$R/etc/nix"
 mount --bind "$D" "$R/nixtest"
 `)
+		if b.opts.BuildUsers > 0 {
+			s.WriteString("mount --bind \"$D/passwd\" \"$R/etc/passwd\"\nmount --bind \"$D/group\" \"$R/etc/group\"\n")
+		}
 	}
 	fmt.Fprintf(&s, "echo %s > /proc/sys/kernel/hostname\n", q(b.Hostname))
 	s.WriteString(`sleep infinity </dev/null >/dev/null 2>&1 &

@@ -332,3 +332,65 @@ func TestSplitMatch(t *testing.T) {
 		})
 	}
 }
+
+// TestBuildUsersRunBuildsAsThemselves: a builder with build users runs a
+// build as one of them (so an agent inside it can count running builds),
+// from a passwd and group of its own: the host's files are unchanged.
+func TestBuildUsersRunBuildsAsThemselves(t *testing.T) {
+	shareTrixie(t)
+	hostGroup, err := os.ReadFile("/etc/group")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range Versions {
+		t.Run(v.String(), func(t *testing.T) {
+			key := NewClientKey(t)
+			b := startTimed(t, BuilderOptions{Version: v, AuthorizedKeys: []string{key.Public}, BuildUsers: 2})
+			expr := fmt.Sprintf(`derivation { name = "whoami"; system = %q; builder = "/bin/sh"; `+
+				`args = [ "-c" "while read k v rest; do [ $k = Uid: ] && echo $v > $out; done < /proc/self/status; test -s $out" ]; nonce = "%d"; }`,
+				System, time.Now().UnixNano())
+			out, stderr, err := buildTimed(t, ClientOptions{Version: v, MachinesFile: WriteMachinesFile(t, b.MachineLine("ssh-ng", key.Path)), Expr: expr})
+			if err != nil {
+				t.Fatalf("build: %v\n%s", err, stderr)
+			}
+			uid, err := strconv.Atoi(strings.TrimSpace(out))
+			if err != nil {
+				t.Fatalf("build output %q: %v", out, err)
+			}
+			if uid != buildUsersBase+1 && uid != buildUsersBase+2 {
+				t.Errorf("the build ran as UID %d, want a build user (%d or %d)", uid, buildUsersBase+1, buildUsersBase+2)
+			}
+			group, err := b.Exec(buildCtx(t), "getent", "group", BuildUsersGroup)
+			if err != nil || !strings.Contains(group, BuildUsersGroup+"1,"+BuildUsersGroup+"2") {
+				t.Errorf("inside the builder, getent group %s = %q, %v; want both members", BuildUsersGroup, group, err)
+			}
+		})
+	}
+	if now, _ := os.ReadFile("/etc/group"); string(now) != string(hostGroup) {
+		t.Errorf("the host's /etc/group changed")
+	}
+}
+
+// TestBuilderHasARunOfItsOwn: a V28 builder's /run (and so sshd's
+// privilege separation directory /run/sshd) is its own, so a reset of the
+// host's /run/sshd (scripts/fresh-check.sh) cannot break its sshd, and
+// its sshd cannot be broken by the host's.
+func TestBuilderHasARunOfItsOwn(t *testing.T) {
+	key := NewClientKey(t)
+	b := startTimed(t, BuilderOptions{Version: V28, AuthorizedKeys: []string{key.Public}})
+	marker := fmt.Sprintf("/run/sshd/nixtest-%d", time.Now().UnixNano())
+	if _, err := b.Exec(buildCtx(t), "touch", marker); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(marker); err == nil {
+		_ = os.Remove(marker)
+		t.Fatalf("%s made inside the builder is on the host: the builder shares the host's /run", marker)
+	}
+	out, stderr, err := buildTimed(t, ClientOptions{Version: V28, MachinesFile: WriteMachinesFile(t, b.MachineLine("ssh-ng", key.Path)), Expr: TrivialDerivation("own-run")})
+	if err != nil {
+		t.Fatalf("build: %v\n%s", err, stderr)
+	}
+	if strings.TrimSpace(out) != b.Hostname {
+		t.Errorf("built on %q, want %q", out, b.Hostname)
+	}
+}
