@@ -173,10 +173,16 @@ func (c *Client) Init() {
 
 // Run discovers, checks and renders until ctx is done (or, with Once,
 // until the first round is complete). A failed write is logged and
-// retried; Run keeps going.
+// retried; Run keeps going. It refuses at once (ErrForeignFile,
+// render.ErrSymlink, render.ErrStoreSymlink) a machines file it may not
+// replace: see CheckMachinesPath.
 func (c *Client) Run(ctx context.Context) error {
 	if len(c.Sources) == 0 || c.Checker == nil || c.MachinesPath == "" {
 		return errors.New("client: Sources, Checker and MachinesPath are required")
+	}
+	// A file we did not write holds someone's builders: never replace it.
+	if err := checkOurs(c.MachinesPath); err != nil {
+		return err
 	}
 	c.Init()
 	l := newLoop(c)

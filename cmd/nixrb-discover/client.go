@@ -30,7 +30,7 @@ import (
 // config-file keys are the same names.
 type clientFlags struct {
 	machines, static, sshKey, sshConfig, socket string
-	checkStatic                                 bool
+	checkStatic, adopt                          bool
 	tailnet                                     bool
 	tailscaleSocket, address                    string
 	tags, builders                              repeated
@@ -52,6 +52,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	f.wait = waitRange{min: discover.DefaultWaitMin, max: discover.DefaultWaitMax}
 	fs.StringVar(&f.machines, "machines", "/etc/nix/machines", "machines file to keep (on NixOS use /var/lib/nixrb-discover/machines; the module sets nix.settings.builders to it)")
 	fs.StringVar(&f.static, "static", "", "machines file of builders you maintain by hand: always in the file, merged in")
+	fs.BoolVar(&f.adopt, "adopt", false, "take over a machines file nixrb-discover did not write: back it up (FILE.orig), move its valid lines into --static (default FILE.static), then manage it")
 	fs.BoolVar(&f.checkStatic, "check-static", false, "health-gate the --static builders too (they need a host key)")
 	fs.StringVar(&f.sshKey, "ssh-key", discover.DefaultSSHKey, "SSH identity Nix and the checks use (created if absent); written into the machines file")
 	fs.StringVar(&f.sshConfig, "ssh-config", "", "file for ssh_config Host aliases of builders on a port other than 22 (Nix < 2.31); Include it in root's ssh_config")
@@ -150,6 +151,9 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	}
 	v, err := checkVersion(ctx, f.nixVersion)
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := f.claimMachines(v, log); err != nil {
 		return nil, nil, err
 	}
 	host, _ := os.Hostname()
@@ -289,15 +293,57 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, 
 		return &exitError{code: 1, err: err, hint: "is another client running? use --socket to choose another path"}
 	case err := <-runErr:
 		notify.Stopping()
-		if errors.Is(err, discover.ErrNotWritten) {
-			hint := ""
-			if errors.Is(err, render.ErrStoreSymlink) {
-				hint = render.StoreSymlinkHint
-			}
-			return &exitError{code: 1, err: err, hint: hint}
+		if errors.Is(err, discover.ErrNotWritten) || errors.Is(err, discover.ErrForeignFile) ||
+			errors.Is(err, render.ErrSymlink) || errors.Is(err, render.ErrStoreSymlink) {
+			return machinesError(c.MachinesPath, err)
 		}
 		return err
 	}
+}
+
+// claimMachines makes sure the client may keep the machines file before
+// anything starts: with --adopt a file we did not write is handed over
+// (backup, its lines into the static file); without it such a file, a
+// symlink, or a missing or read-only directory stops the start with the fix.
+func (f *clientFlags) claimMachines(v render.NixVersion, log *slog.Logger) error {
+	if f.adopt {
+		staticPath := f.static
+		if staticPath == "" {
+			staticPath = f.machines + ".static"
+		}
+		res, err := discover.Adopt(f.machines, staticPath, render.ParseOptions{NixVersion: v, LocalSystem: localnix.System()})
+		if err != nil {
+			return machinesError(f.machines, err)
+		}
+		if res.Adopted {
+			log.Warn("adopted a machines file nixrb-discover did not write; its builders are now static entries",
+				"path", f.machines, "static", staticPath, "backup", res.Backup, "builders", res.Builders, "skipped", len(res.Skipped))
+			for _, s := range res.Skipped {
+				log.Warn("adopt: invalid line left out (it stays in the backup)", "line", s)
+			}
+		}
+		if _, err := os.Stat(staticPath); err == nil {
+			f.static = staticPath
+		}
+	}
+	if err := discover.CheckMachinesPath(f.machines); err != nil {
+		return machinesError(f.machines, err)
+	}
+	return nil
+}
+
+// machinesError is a start-up refusal about the machines file, with the fix.
+func machinesError(path string, err error) error {
+	hint := ""
+	switch {
+	case errors.Is(err, discover.ErrForeignFile):
+		hint = discover.ForeignFileHint(path)
+	case errors.Is(err, render.ErrStoreSymlink):
+		hint = render.StoreSymlinkHint
+	case errors.Is(err, render.ErrSymlink):
+		hint = render.SymlinkHint
+	}
+	return &exitError{code: 1, err: err, hint: hint}
 }
 
 // tuneIdleRuntime fits the Go runtime to a daemon that waits on the
