@@ -13,17 +13,20 @@ const StatusVersion = 1
 // Status is the client's state as `list --json` prints it and the status
 // socket serves it.
 type Status struct {
-	Version              int             `json:"version"`
-	Generated            time.Time       `json:"generated"`
-	MachinesFile         string          `json:"machines_file"`
-	LastWrite            *time.Time      `json:"last_write,omitempty"`
-	WriteError           string          `json:"write_error,omitempty"`
-	NixVersion           string          `json:"nix_version"`
-	ClientKey            string          `json:"client_key,omitempty"`
-	ClientKeyFingerprint string          `json:"client_key_fingerprint,omitempty"`
-	Ready                bool            `json:"ready"`
-	Sources              []SourceStatus  `json:"sources"`
-	Builders             []BuilderStatus `json:"builders"`
+	Version              int        `json:"version"`
+	Generated            time.Time  `json:"generated"`
+	MachinesFile         string     `json:"machines_file"`
+	LastWrite            *time.Time `json:"last_write,omitempty"`
+	WriteError           string     `json:"write_error,omitempty"`
+	NixVersion           string     `json:"nix_version"`
+	ClientKey            string     `json:"client_key,omitempty"`
+	ClientKeyFingerprint string     `json:"client_key_fingerprint,omitempty"`
+	Ready                bool       `json:"ready"`
+	// ConfigError, when set, says why a changed configuration was
+	// refused: the client runs on the configuration it started with.
+	ConfigError string          `json:"config_error,omitempty"`
+	Sources     []SourceStatus  `json:"sources"`
+	Builders    []BuilderStatus `json:"builders"`
 }
 
 // SourceStatus says whether a source is working.

@@ -50,6 +50,9 @@ func (s *Status) WriteTable(w io.Writer, all bool) {
 			fmt.Fprintf(w, "source %s is down: %s (its last builders are kept)\n", src.Name, src.Error)
 		}
 	}
+	if s.ConfigError != "" {
+		fmt.Fprintf(w, "config not applied, running on the previous one: %s\n", s.ConfigError)
+	}
 	if s.WriteError != "" {
 		fmt.Fprintf(w, "cannot write %s: %s\n", s.MachinesFile, s.WriteError)
 	}

@@ -95,7 +95,7 @@ reads them with 'nixrb-discover authorized-keys' (see its help).
 Example:
   nixrb-discover advertise --ssh-user nix-ssh --features kvm,big-parallel`),
 		FlagSet: fs,
-		Options: configOptions(),
+		Options: configOptions(fs),
 		Exec: func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return usageError("advertise takes no arguments (got %q)", args[0])

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
@@ -103,7 +105,7 @@ waits on it.
 Example:
   nixrb-discover client --machines /var/lib/nixrb-discover/machines`),
 		FlagSet: fs,
-		Options: configOptions(),
+		Options: configOptions(fs),
 		Exec: func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return usageError("client takes no arguments (got %q)", args[0])
@@ -131,23 +133,9 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	if err != nil {
 		return nil, nil, err
 	}
-	var interval, fullEvery, checkTimeout, banner, hold time.Duration
-	for name, p := range map[string]struct {
-		v   string
-		out *time.Duration
-	}{"--interval": {f.interval, &interval}, "--full-check-every": {f.fullEvery, &fullEvery}, "--check-timeout": {f.checkTimeout, &checkTimeout},
-		"--banner-timeout": {f.banner, &banner}, "--hold": {f.hold, &hold}} {
-		d, err := parsePositiveDuration(name, p.v)
-		if err != nil {
-			return nil, nil, err
-		}
-		*p.out = d
-	}
-	if f.address != tailnet.AddressMagicDNS && f.address != tailnet.AddressIP {
-		return nil, nil, usageError("--address %q: want magicdns or ip", f.address)
-	}
-	if f.mdns && len(f.mdnsIfaces) == 0 {
-		return nil, nil, usageError("--mdns needs at least one --mdns-iface")
+	t, err := f.check()
+	if err != nil {
+		return nil, nil, err
 	}
 	v, err := checkVersion(ctx, f.nixVersion)
 	if err != nil {
@@ -185,10 +173,11 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		sources = append(sources, src)
 	}
 	if f.static != "" {
-		if _, err := os.Stat(f.static); err != nil {
-			return nil, nil, usageError("--static: %v", err)
+		src := &static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System(), Logger: log}
+		if err := staticError(src); err != nil {
+			return nil, nil, err
 		}
-		sources = append(sources, &static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System(), Logger: log})
+		sources = append(sources, src)
 	}
 	if len(sources) == 0 {
 		return nil, nil, usageError("no source of builders: enable the tailnet (default), --mdns or --static")
@@ -203,13 +192,13 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	// A full check (every --full-check-every) reuses the kept connection
 	// at most 3 times before it logs in afresh: a reinstalled builder that
 	// no longer accepts our key is noticed within minutes.
-	checker := &health.Checker{Signer: id.Signer, Timeout: checkTimeout, BannerTimeout: banner, RefreshChecks: 3,
+	checker := &health.Checker{Signer: id.Signer, Timeout: t.checkTimeout, BannerTimeout: t.banner, RefreshChecks: 3,
 		UntrustedBuilds: v.AtLeast(2, 26), Logger: log}
 	c := &discover.Client{
 		Sources: sources,
 		Checker: checker,
-		Membership: discover.MembershipConfig{Rise: f.rise, Fall: f.fall, Interval: interval, CheckStatic: f.checkStatic,
-			FullEvery: fullEvery, Hold: hold},
+		Membership: discover.MembershipConfig{Rise: f.rise, Fall: f.fall, Interval: t.interval, CheckStatic: f.checkStatic,
+			FullEvery: t.fullEvery, Hold: t.hold},
 		MachinesPath:         f.machines,
 		SSHKeyPath:           f.sshKey,
 		ClientKeyFingerprint: id.Fingerprint,
@@ -241,6 +230,35 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	}, nil
 }
 
+// clientTimes are the client's parsed durations.
+type clientTimes struct {
+	interval, fullEvery, checkTimeout, banner, hold time.Duration
+}
+
+// check validates the flag values that need no I/O: every value that
+// cannot work is refused with the reason.
+func (f *clientFlags) check() (clientTimes, error) {
+	var t clientTimes
+	for name, p := range map[string]struct {
+		v   string
+		out *time.Duration
+	}{"--interval": {f.interval, &t.interval}, "--full-check-every": {f.fullEvery, &t.fullEvery}, "--check-timeout": {f.checkTimeout, &t.checkTimeout},
+		"--banner-timeout": {f.banner, &t.banner}, "--hold": {f.hold, &t.hold}} {
+		d, err := parsePositiveDuration(name, p.v)
+		if err != nil {
+			return t, err
+		}
+		*p.out = d
+	}
+	if f.address != tailnet.AddressMagicDNS && f.address != tailnet.AddressIP {
+		return t, usageError("--address %q: want magicdns or ip", f.address)
+	}
+	if f.mdns && len(f.mdnsIfaces) == 0 {
+		return t, usageError("--mdns needs at least one --mdns-iface")
+	}
+	return t, nil
+}
+
 func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, configPath string) error {
 	var notify systemd.Notifier
 	c.Hooks.Ready = func() { notify.Ready("first round complete") }
@@ -258,9 +276,17 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, 
 	c.Init()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var cfgErr atomic.Pointer[configRefusal]
+	status := func(ctx context.Context) (*discover.Status, error) {
+		st, err := c.Status(ctx)
+		if r := cfgErr.Load(); st != nil && r != nil {
+			st.ConfigError = r.err.Error()
+		}
+		return st, err
+	}
 	sockErr := make(chan error, 1)
 	if !c.Once && f.socket != "" {
-		go func() { sockErr <- discover.ServeStatus(ctx, f.socket, c.Status, c.Logger) }()
+		go func() { sockErr <- discover.ServeStatus(ctx, f.socket, status, c.Logger) }()
 	}
 	// A changed config file or SSH key restarts the daemon in place:
 	// every setting is read afresh and nothing is half-applied.
@@ -280,24 +306,36 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, 
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- c.Run(ctx) }()
-	select {
-	case path := <-changed:
-		c.Logger.Info("file changed, restarting to apply it", "path", path)
-		notify.Status("restarting: " + path + " changed")
-		cancel()
-		<-runErr
-		return errReload
-	case err := <-sockErr:
-		cancel()
-		<-runErr
-		return &exitError{code: 1, err: err, hint: "is another client running? use --socket to choose another path"}
-	case err := <-runErr:
-		notify.Stopping()
-		if errors.Is(err, discover.ErrNotWritten) || errors.Is(err, discover.ErrForeignFile) ||
-			errors.Is(err, render.ErrSymlink) || errors.Is(err, render.ErrStoreSymlink) {
-			return machinesError(c.MachinesPath, err)
+	for {
+		select {
+		case path := <-changed:
+			if path == configPath {
+				// A restart with a config that does not parse would
+				// stop the daemon: refuse it, keep the running one.
+				if err := checkConfig(ctx, clientArgs(configPath)); err != nil {
+					c.Logger.Error("config file changed but cannot be used; still running on the previous configuration", "path", path, "err", err)
+					cfgErr.Store(&configRefusal{path: path, err: err})
+					notify.Status("config " + path + " refused, running on the previous one")
+					continue
+				}
+			}
+			c.Logger.Info("file changed, restarting to apply it", "path", path)
+			notify.Status("restarting: " + path + " changed")
+			cancel()
+			<-runErr
+			return errReload
+		case err := <-sockErr:
+			cancel()
+			<-runErr
+			return &exitError{code: 1, err: err, hint: "is another client running? use --socket to choose another path"}
+		case err := <-runErr:
+			notify.Stopping()
+			if errors.Is(err, discover.ErrNotWritten) || errors.Is(err, discover.ErrForeignFile) ||
+				errors.Is(err, render.ErrSymlink) || errors.Is(err, render.ErrStoreSymlink) {
+				return machinesError(c.MachinesPath, err)
+			}
+			return err
 		}
-		return err
 	}
 }
 
@@ -328,6 +366,25 @@ func (f *clientFlags) claimMachines(v render.NixVersion, log *slog.Logger) error
 	}
 	if err := discover.CheckMachinesPath(f.machines); err != nil {
 		return machinesError(f.machines, err)
+	}
+	return nil
+}
+
+// staticError reads the static file once: a missing file is a usage
+// error, a broken one lists every FILE:LINE: field: problem. The client
+// never starts without the builders the user wrote down.
+func staticError(src *static.Source) error {
+	if _, err := os.Stat(src.Path); err != nil {
+		return usageError("--static: %v", err)
+	}
+	err := src.Check()
+	var problems render.ParseErrors
+	if errors.As(err, &problems) {
+		return &exitError{code: 1, err: fmt.Errorf("--static %s has %d invalid lines:\n  %s", src.Path, len(problems), strings.ReplaceAll(problems.Error(), "\n", "\n  ")),
+			hint: "fix them (nixrb-discover check-machines " + src.Path + " checks the file); the client does not start without its static builders"}
+	}
+	if err != nil {
+		return &exitError{code: 1, err: fmt.Errorf("--static %s: %w", src.Path, err)}
 	}
 	return nil
 }
