@@ -116,6 +116,11 @@ const (
 // ErrNotWritten is returned by Run with Once when the file could not be written.
 var ErrNotWritten = errors.New("machines file not written")
 
+// ErrSourceDown is returned by Run with Once when the file was written but
+// a source could not be read (or sent nothing) in the first round: the
+// file may lack its builders.
+var ErrSourceDown = errors.New("a source of builders could not be read")
+
 // checkKind is what a check does, cheapest last.
 type checkKind int
 

@@ -79,7 +79,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.nixStateDir, "nix-state-dir", slots.DefaultStateDir, "state directory of the Nix that reads the machines file: the client holds its build hook's slot locks in current-load/ there; empty: hold none, a failing builder leaves the file at once")
 	fs.Var(&f.wait, "wait", "MIN:MAX coalescing of changes before the file is written (a change after MAX without a write is written at once)")
 	fs.StringVar(&f.nixVersion, "nix-version", "", "format for this Nix version (default: what the local nix reports)")
-	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written)")
+	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written or a source could not be read)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this HOST:PORT at /metrics, e.g. 127.0.0.1:9467 (off by default; no authentication)")
 	fs.String("config", "", "JSON file whose keys are these flag names; a change restarts the client")
@@ -144,6 +144,13 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	if err := f.claimMachines(v, log); err != nil {
 		return nil, nil, err
 	}
+	var staticSrc *static.Source
+	if f.static != "" {
+		staticSrc = &static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System(), Logger: log}
+		if err := staticError(staticSrc); err != nil {
+			return nil, nil, err
+		}
+	}
 	host, _ := os.Hostname()
 	id, err := discover.LoadOrCreateIdentity(f.sshKey, "nixrb-discover@"+host)
 	if err != nil {
@@ -172,12 +179,8 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		}
 		sources = append(sources, src)
 	}
-	if f.static != "" {
-		src := &static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System(), Logger: log}
-		if err := staticError(src); err != nil {
-			return nil, nil, err
-		}
-		sources = append(sources, src)
+	if staticSrc != nil {
+		sources = append(sources, staticSrc)
 	}
 	if len(sources) == 0 {
 		return nil, nil, usageError("no source of builders: enable the tailnet (default), --mdns or --static")
