@@ -23,7 +23,6 @@ import (
 	"github.com/nixrb-discover/nixrb-discover/internal/localnix"
 	"github.com/nixrb-discover/nixrb-discover/render"
 	"github.com/nixrb-discover/nixrb-discover/systemd"
-	"github.com/nixrb-discover/nixrb-discover/wire"
 	"github.com/peterbourgon/ff/v3/ffcli"
 	"tailscale.com/client/local"
 )
@@ -141,9 +140,23 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	if err != nil {
 		return nil, nil, err
 	}
+	// Everything that can be refused is, before anything is changed on
+	// disk (adopting the machines file, creating the SSH key).
+	var mdnsSrc discover.Source
+	if f.mdns {
+		if mdnsSrc, err = f.mdnsSource(log); err != nil {
+			return nil, nil, err
+		}
+	}
+	if f.static != "" && !f.adopt {
+		if err := staticError(&static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System()}); err != nil {
+			return nil, nil, err
+		}
+	}
 	if err := f.claimMachines(v, log); err != nil {
 		return nil, nil, err
 	}
+	f.warnUseless(log)
 	var staticSrc *static.Source
 	if f.static != "" {
 		staticSrc = &static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System(), Logger: log}
@@ -151,17 +164,9 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 			return nil, nil, err
 		}
 	}
-	host, _ := os.Hostname()
-	id, err := discover.LoadOrCreateIdentity(f.sshKey, "nixrb-discover@"+host)
-	if err != nil {
-		return nil, nil, &exitError{code: 1, err: err}
-	}
-	if id.Created {
-		log.Info("created the client's SSH identity; builders must accept it (enrolment, or add it to the builder user's authorized_keys)",
-			"path", id.Path, "public_key", id.AuthorizedKey)
-	}
 	var sources []discover.Source
 	if f.tailnet {
+		warnNoTailscaled(log, f.tailscaleSocket, "--tailnet=false with --static or --mdns")
 		var d net.Dialer
 		sources = append(sources, &tailnet.Source{
 			LocalAPI: &local.Client{Socket: f.tailscaleSocket, UseSocketOnly: f.tailscaleSocket != ""},
@@ -172,18 +177,23 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 			Logger:   log,
 		})
 	}
-	if f.mdns {
-		src, err := f.mdnsSource(log)
-		if err != nil {
-			return nil, nil, err
-		}
-		sources = append(sources, src)
+	if mdnsSrc != nil {
+		sources = append(sources, mdnsSrc)
 	}
 	if staticSrc != nil {
 		sources = append(sources, staticSrc)
 	}
 	if len(sources) == 0 {
 		return nil, nil, usageError("no source of builders: enable the tailnet (default), --mdns or --static")
+	}
+	host, _ := os.Hostname()
+	id, err := discover.LoadOrCreateIdentity(f.sshKey, "nixrb-discover@"+host)
+	if err != nil {
+		return nil, nil, &exitError{code: 1, err: err}
+	}
+	if id.Created {
+		log.Info("created the client's SSH identity; builders must accept it (enrolment, or add it to the builder user's authorized_keys)",
+			"path", id.Path, "public_key", id.AuthorizedKey)
 	}
 	// Every third full check logs in on a new connection, so a re-keyed
 	// host is noticed within 3 × --full-check-every.
@@ -259,7 +269,56 @@ func (f *clientFlags) check() (clientTimes, error) {
 	if f.mdns && len(f.mdnsIfaces) == 0 {
 		return t, usageError("--mdns needs at least one --mdns-iface")
 	}
+	if f.rise < 1 {
+		return t, usageError("--rise %d: want at least 1 (good checks in a row before a builder enters the file)", f.rise)
+	}
+	if f.fall < 1 {
+		return t, usageError("--fall %d: want at least 1 (failed checks in a row before a builder is taken out)", f.fall)
+	}
+	for _, tag := range f.tags {
+		if !strings.HasPrefix(tag, "tag:") || len(tag) == len("tag:") {
+			return t, usageError("--tag %q: a tailnet tag starts with \"tag:\", such as tag:nix-builder", tag)
+		}
+	}
+	if f.mdns {
+		if err := checkInterfaces(f.mdnsIfaces); err != nil {
+			return t, err
+		}
+	}
 	return t, nil
+}
+
+// checkInterfaces refuses --mdns-iface names this host does not have.
+func checkInterfaces(names []string) error {
+	for _, n := range names {
+		if _, err := net.InterfaceByName(n); err != nil {
+			var have []string
+			if ifs, err := net.Interfaces(); err == nil {
+				for _, i := range ifs {
+					have = append(have, i.Name)
+				}
+			}
+			return usageError("--mdns-iface %q: no such network interface (this host has %s)", n, strings.Join(have, ", "))
+		}
+	}
+	return nil
+}
+
+// warnUseless warns about settings that do nothing with the others given.
+func (f *clientFlags) warnUseless(log *slog.Logger) {
+	if !f.mdns && (len(f.pins) > 0 || len(f.trustKeys) > 0 || f.pinFile != "") {
+		log.Warn("--pin, --pin-file and --trust-key only trust mDNS builders, and mDNS is off: they do nothing (add --mdns --mdns-iface IFACE)")
+	}
+	if f.checkStatic && f.static != "" {
+		entries, _ := render.ParseFile(f.static, render.ParseOptions{})
+		for _, en := range entries {
+			if en.Machine.HostKey == "" {
+				log.Warn("static builder has no host key (field 8): with --check-static it cannot be checked and stays out of the file",
+					"builder", en.Machine.Name(), "line", fmt.Sprintf("%s:%d", en.Path, en.Line),
+					"fix", "add the base64 of its host key line (ssh-keyscan -t ed25519 HOST | cut -d' ' -f2- | base64 -w0)")
+			}
+		}
+	}
 }
 
 func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, configPath string) error {
@@ -426,9 +485,9 @@ func tuneIdleRuntime() {
 func (f *clientFlags) mdnsSource(log *slog.Logger) (discover.Source, error) {
 	src := &mdns.Source{Interfaces: f.mdnsIfaces, Pins: &mdns.Pins{}, Logger: log}
 	for _, path := range f.trustKeys {
-		k, err := wire.LoadTrustKey(path)
+		k, err := loadTrustKey(path)
 		if err != nil {
-			return nil, usageError("--trust-key %s: %v", path, err)
+			return nil, err
 		}
 		src.TrustKeys = append(src.TrustKeys, k)
 	}
