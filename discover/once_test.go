@@ -2,6 +2,7 @@ package discover
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -33,5 +34,42 @@ func TestOnceWithSourceDownFails(t *testing.T) {
 	}
 	if _, err := os.Stat(path); err != nil {
 		t.Errorf("the file was not written: %v", err)
+	}
+}
+
+// silentSource never sends anything (an mDNS browse still waiting).
+type silentSource struct{}
+
+func (silentSource) Name() string { return SourceMDNS }
+func (silentSource) Run(ctx context.Context, emit func(Snapshot)) error {
+	<-ctx.Done()
+	return nil
+}
+
+// TestStatusShowsStartingSource: a source not heard from yet is
+// "starting", not "ok", and no builders is [] in JSON, never null.
+func TestStatusShowsStartingSource(t *testing.T) {
+	c := &Client{Sources: []Source{silentSource{}}, Checker: nopChecker{}, MachinesPath: filepath.Join(t.TempDir(), "machines")}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	c.Init()
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	st, err := c.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Sources) != 1 || st.Sources[0].State != SourceStarting || st.Sources[0].OK {
+		t.Errorf("sources = %+v, want mdns starting, not ok", st.Sources)
+	}
+	js, _ := json.Marshal(st)
+	if !strings.Contains(string(js), `"builders":[]`) {
+		t.Errorf("JSON %s: want \"builders\":[]", js)
+	}
+	var table strings.Builder
+	st.WriteTable(&table, true)
+	if !strings.Contains(table.String(), "source mdns is starting") {
+		t.Errorf("table does not say the source is starting:\n%s", table.String())
 	}
 }

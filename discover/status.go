@@ -31,10 +31,21 @@ type Status struct {
 
 // SourceStatus says whether a source is working.
 type SourceStatus struct {
-	Name  string `json:"name"`
+	Name string `json:"name"`
+	// State is SourceStarting (nothing heard from it yet), SourceOK or
+	// SourceDown (Error says why; its last builders are kept).
+	State string `json:"state"`
+	// OK is State == SourceOK.
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
 }
+
+// The states of a source in SourceStatus.
+const (
+	SourceStarting = "starting"
+	SourceOK       = "ok"
+	SourceDown     = "down"
+)
 
 // BuilderStatus is one builder as the client sees it.
 type BuilderStatus struct {
@@ -92,6 +103,8 @@ func (l *loop) status(now time.Time) *Status {
 		ClientKey:            l.c.SSHKeyPath,
 		ClientKeyFingerprint: l.c.ClientKeyFingerprint,
 		Ready:                l.ready,
+		Sources:              []SourceStatus{},
+		Builders:             []BuilderStatus{},
 	}
 	if !l.lastWrite.IsZero() {
 		t := l.lastWrite
@@ -102,9 +115,11 @@ func (l *loop) status(now time.Time) *Status {
 	}
 	errs := l.mem.sourceErrors()
 	for _, src := range l.c.Sources {
-		ss := SourceStatus{Name: src.Name(), OK: true}
+		ss := SourceStatus{Name: src.Name(), State: SourceOK, OK: true}
 		if err, down := errs[src.Name()]; down {
-			ss.OK, ss.Error = false, err.Error()
+			ss.State, ss.OK, ss.Error = SourceDown, false, err.Error()
+		} else if !l.heard[src.Name()] {
+			ss.State, ss.OK = SourceStarting, false
 		}
 		s.Sources = append(s.Sources, ss)
 	}
