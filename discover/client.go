@@ -180,7 +180,8 @@ func (c *Client) Init() {
 // until the first round is complete). A failed write is logged and
 // retried; Run keeps going. It refuses at once (ErrForeignFile,
 // render.ErrSymlink, render.ErrStoreSymlink) a machines file it may not
-// replace: see CheckMachinesPath.
+// replace: see CheckMachinesPath, and ErrLocked while another client
+// keeps the same file (a lock file next to it, ".NAME.lock").
 func (c *Client) Run(ctx context.Context) error {
 	if len(c.Sources) == 0 || c.Checker == nil || c.MachinesPath == "" {
 		return errors.New("client: Sources, Checker and MachinesPath are required")
@@ -189,8 +190,16 @@ func (c *Client) Run(ctx context.Context) error {
 	if err := checkOurs(c.MachinesPath); err != nil {
 		return err
 	}
+	unlock, err := lockMachines(c.MachinesPath)
+	if err != nil && !errors.Is(err, errNoLock) {
+		return err
+	}
+	defer unlock()
 	c.Init()
 	l := newLoop(c)
+	if err != nil {
+		l.log.Warn("running without the lock that keeps a second client off this machines file", "err", err)
+	}
 	if w, ok := c.Checker.(watcher); ok {
 		l.watcher = w
 		w.SetOnLost(func(key string, r health.Result) {

@@ -73,3 +73,30 @@ func TestStatusShowsStartingSource(t *testing.T) {
 		t.Errorf("table does not say the source is starting:\n%s", table.String())
 	}
 }
+
+// TestSecondClientOnSameFileRefused: two clients on one machines file
+// would undo each other's writes; the second is refused and named why.
+func TestSecondClientOnSameFileRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "machines")
+	first := &Client{Sources: []Source{silentSource{}}, Checker: nopChecker{}, MachinesPath: path}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	first.Init()
+	done := make(chan error, 1)
+	go func() { done <- first.Run(ctx) }()
+	if _, err := first.Status(ctx); err != nil { // running, lock taken
+		t.Fatal(err)
+	}
+	second := &Client{Sources: []Source{silentSource{}}, Checker: nopChecker{}, MachinesPath: path, Once: true}
+	err := second.Run(ctx)
+	if !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "pid ") {
+		t.Errorf("second Run = %v, want ErrLocked naming the holder's pid", err)
+	}
+	cancel()
+	<-done
+	// Once the first is gone, the file is free again.
+	third := &Client{Sources: []Source{downSource{}}, Checker: nopChecker{}, MachinesPath: path, Once: true}
+	if err := third.Run(context.Background()); errors.Is(err, ErrLocked) {
+		t.Errorf("lock outlived its client: %v", err)
+	}
+}
