@@ -13,9 +13,12 @@ const StatusVersion = 1
 // Status is the client's state as `list --json` prints it and the status
 // socket serves it.
 type Status struct {
-	Version              int        `json:"version"`
-	Generated            time.Time  `json:"generated"`
-	MachinesFile         string     `json:"machines_file"`
+	Version      int       `json:"version"`
+	Generated    time.Time `json:"generated"`
+	MachinesFile string    `json:"machines_file"`
+	// SSHConfig is the ssh_config alias file the client writes (its
+	// --ssh-config), empty when it writes none.
+	SSHConfig            string     `json:"ssh_config,omitempty"`
 	LastWrite            *time.Time `json:"last_write,omitempty"`
 	WriteError           string     `json:"write_error,omitempty"`
 	NixVersion           string     `json:"nix_version"`
@@ -99,6 +102,7 @@ func (l *loop) status(now time.Time) *Status {
 		Version:              StatusVersion,
 		Generated:            now,
 		MachinesFile:         l.c.MachinesPath,
+		SSHConfig:            l.c.SSHConfigPath,
 		NixVersion:           l.c.NixVersion.String(),
 		ClientKey:            l.c.SSHKeyPath,
 		ClientKeyFingerprint: l.c.ClientKeyFingerprint,

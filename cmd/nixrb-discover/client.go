@@ -51,7 +51,7 @@ type clientFlags struct {
 // register adds the client flags to fs.
 func (f *clientFlags) register(fs *flag.FlagSet) {
 	f.wait = waitRange{min: discover.DefaultWaitMin, max: discover.DefaultWaitMax}
-	fs.StringVar(&f.machines, "machines", "/etc/nix/machines", "machines file to keep (on NixOS use /var/lib/nixrb-discover/machines; the module sets nix.settings.builders to it)")
+	fs.StringVar(&f.machines, "machines", "/etc/nix/machines", "machines file to keep; a file there that nixrb-discover did not write is refused (see --adopt). Best: /var/lib/nixrb-discover/machines with builders = @/var/lib/nixrb-discover/machines in nix.conf (the NixOS module and the systemd units do this)")
 	fs.StringVar(&f.static, "static", "", "machines file of builders you maintain by hand: always in the file, merged in")
 	fs.BoolVar(&f.adopt, "adopt", false, "take over a machines file nixrb-discover did not write: back it up (FILE.orig), move its valid lines into --static (default FILE.static), then manage it")
 	fs.BoolVar(&f.checkStatic, "check-static", false, "health-gate the --static builders too (they need a host key)")
@@ -70,7 +70,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.pinFile, "pin-file", "", "known_hosts-format file of pinned mDNS builder host keys")
 	fs.IntVar(&f.rise, "rise", discover.DefaultRise, "good checks in a row before a builder enters the file")
 	fs.IntVar(&f.fall, "fall", discover.DefaultFall, "failed checks in a row before a builder leaves the file")
-	fs.StringVar(&f.interval, "interval", discover.DefaultInterval.String(), "how often each builder is checked: a keepalive on its kept SSH connection, a fresh TCP connection and SSH banner every 30s (every check for static builders), the full check every --full-check-every")
+	fs.StringVar(&f.interval, "interval", discover.DefaultInterval.String(), "how often each builder is checked: a keepalive on its kept SSH connection, and every 30s a fresh TCP connection and SSH banner instead (static builders, which have no agent: at every check), the full check every --full-check-every")
 	fs.StringVar(&f.fullEvery, "full-check-every", discover.DefaultFullEvery.String(), "how often each builder gets the full check (SSH login and Nix handshake)")
 	fs.StringVar(&f.checkTimeout, "check-timeout", health.DefaultCheckTimeout.String(), "bound on each step of a check")
 	fs.StringVar(&f.banner, "banner-timeout", health.DefaultBannerTimeout.String(), "bound on the wait for the SSH banner on each new connection (a hung sshd accepts TCP but never answers)")
