@@ -116,6 +116,11 @@ const (
 // ErrNotWritten is returned by Run with Once when the file could not be written.
 var ErrNotWritten = errors.New("machines file not written")
 
+// ErrSourceDown is returned by Run with Once when the file was written but
+// a source could not be read (or sent nothing) in the first round: the
+// file may lack its builders.
+var ErrSourceDown = errors.New("a source of builders could not be read")
+
 // checkKind is what a check does, cheapest last.
 type checkKind int
 
@@ -173,13 +178,28 @@ func (c *Client) Init() {
 
 // Run discovers, checks and renders until ctx is done (or, with Once,
 // until the first round is complete). A failed write is logged and
-// retried; Run keeps going.
+// retried; Run keeps going. It refuses at once (ErrForeignFile,
+// render.ErrSymlink, render.ErrStoreSymlink) a machines file it may not
+// replace: see CheckMachinesPath, and ErrLocked while another client
+// keeps the same file (a lock file next to it, ".NAME.lock").
 func (c *Client) Run(ctx context.Context) error {
 	if len(c.Sources) == 0 || c.Checker == nil || c.MachinesPath == "" {
 		return errors.New("client: Sources, Checker and MachinesPath are required")
 	}
+	// A file we did not write holds someone's builders: never replace it.
+	if err := checkOurs(c.MachinesPath); err != nil {
+		return err
+	}
+	unlock, err := lockMachines(c.MachinesPath)
+	if err != nil && !errors.Is(err, errNoLock) {
+		return err
+	}
+	defer unlock()
 	c.Init()
 	l := newLoop(c)
+	if err != nil {
+		l.log.Warn("running without the lock that keeps a second client off this machines file", "err", err)
+	}
 	if w, ok := c.Checker.(watcher); ok {
 		l.watcher = w
 		w.SetOnLost(func(key string, r health.Result) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/health"
@@ -25,6 +26,7 @@ type loop struct {
 	sem     chan struct{}
 
 	heard map[string]bool // sources heard from
+	good  map[string]bool // sources that delivered a good snapshot once
 	// slotURIs are the Locker's entries by builder key (to release them
 	// when a builder leaves), slotErr the last error per builder.
 	slotURIs     map[string]string
@@ -71,6 +73,7 @@ func newLoop(c *Client) *loop {
 		lost:     make(chan checkDone, 16),
 		sem:      make(chan struct{}, maxChecks),
 		heard:    map[string]bool{},
+		good:     map[string]bool{},
 		slotURIs: map[string]string{},
 		slotErr:  map[string]string{},
 		quiet:    quiescence{min: lo, max: max(lo, hi)},
@@ -125,7 +128,7 @@ func (l *loop) run(ctx context.Context, fileEvents <-chan struct{}) error {
 				if l.writeErr != nil {
 					return fmt.Errorf("%w: %w", ErrNotWritten, l.writeErr)
 				}
-				return nil
+				return l.sourcesUnread()
 			}
 		}
 		if l.c.Hooks.Tick != nil {
@@ -262,6 +265,9 @@ func (l *loop) onSnapshot(now time.Time, s Snapshot) {
 	l.log.Debug("snapshot", "source", s.Source, "candidates", len(s.Candidates), "err", s.Err)
 	if !s.Partial {
 		l.heard[s.Source] = true
+		if s.Err == nil {
+			l.good[s.Source] = true
+		}
 	}
 	l.lastSnap = now
 	if s.Err != nil {
@@ -331,10 +337,39 @@ func (l *loop) dueRender(now time.Time) bool {
 	return l.ready && l.quiet.due(now)
 }
 
+// sourcesUnread is ErrSourceDown naming every source that is down or
+// was never heard from, or nil.
+func (l *loop) sourcesUnread() error {
+	errs := l.mem.sourceErrors()
+	var msgs []string
+	for _, s := range l.c.Sources {
+		switch err, down := errs[s.Name()]; {
+		case down:
+			msgs = append(msgs, err.Error())
+		case !l.heard[s.Name()]:
+			msgs = append(msgs, "source "+s.Name()+": nothing heard in the first round")
+		}
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrSourceDown, strings.Join(msgs, "; "))
+}
+
 // render writes the file from the current membership.
 func (l *loop) render(now time.Time) {
 	l.quiet.fired(now)
 	l.slotsDirty = true // a line written or not changes whose slots are held
+	// The static builders are always in the file: never write one
+	// without them because their file has not been read once yet.
+	if err, down := l.mem.sourceErrors()[SourceStatic]; down && !l.good[SourceStatic] {
+		werr := fmt.Errorf("not written until the static file can be read (it holds builders that are always in the file): %w", err)
+		if l.writeErr == nil || l.writeErr.Error() != werr.Error() {
+			l.log.Error("cannot write the machines file, will retry", "path", l.c.MachinesPath, "err", werr)
+		}
+		l.writeErr, l.retryAt = werr, now.Add(5*time.Second)
+		return
+	}
 	content, probs, aliases := l.content()
 	for key, p := range l.mem.setRenderProblems(probs) {
 		l.log.Warn("builder passes its checks but cannot be written to the machines file", "key", key, "err", p)

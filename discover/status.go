@@ -13,25 +13,42 @@ const StatusVersion = 1
 // Status is the client's state as `list --json` prints it and the status
 // socket serves it.
 type Status struct {
-	Version              int             `json:"version"`
-	Generated            time.Time       `json:"generated"`
-	MachinesFile         string          `json:"machines_file"`
-	LastWrite            *time.Time      `json:"last_write,omitempty"`
-	WriteError           string          `json:"write_error,omitempty"`
-	NixVersion           string          `json:"nix_version"`
-	ClientKey            string          `json:"client_key,omitempty"`
-	ClientKeyFingerprint string          `json:"client_key_fingerprint,omitempty"`
-	Ready                bool            `json:"ready"`
-	Sources              []SourceStatus  `json:"sources"`
-	Builders             []BuilderStatus `json:"builders"`
+	Version      int       `json:"version"`
+	Generated    time.Time `json:"generated"`
+	MachinesFile string    `json:"machines_file"`
+	// SSHConfig is the ssh_config alias file the client writes (its
+	// --ssh-config), empty when it writes none.
+	SSHConfig            string     `json:"ssh_config,omitempty"`
+	LastWrite            *time.Time `json:"last_write,omitempty"`
+	WriteError           string     `json:"write_error,omitempty"`
+	NixVersion           string     `json:"nix_version"`
+	ClientKey            string     `json:"client_key,omitempty"`
+	ClientKeyFingerprint string     `json:"client_key_fingerprint,omitempty"`
+	Ready                bool       `json:"ready"`
+	// ConfigError, when set, says why a changed configuration was
+	// refused: the client runs on the configuration it started with.
+	ConfigError string          `json:"config_error,omitempty"`
+	Sources     []SourceStatus  `json:"sources"`
+	Builders    []BuilderStatus `json:"builders"`
 }
 
 // SourceStatus says whether a source is working.
 type SourceStatus struct {
-	Name  string `json:"name"`
+	Name string `json:"name"`
+	// State is SourceStarting (nothing heard from it yet), SourceOK or
+	// SourceDown (Error says why; its last builders are kept).
+	State string `json:"state"`
+	// OK is State == SourceOK.
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
 }
+
+// The states of a source in SourceStatus.
+const (
+	SourceStarting = "starting"
+	SourceOK       = "ok"
+	SourceDown     = "down"
+)
 
 // BuilderStatus is one builder as the client sees it.
 type BuilderStatus struct {
@@ -85,10 +102,13 @@ func (l *loop) status(now time.Time) *Status {
 		Version:              StatusVersion,
 		Generated:            now,
 		MachinesFile:         l.c.MachinesPath,
+		SSHConfig:            l.c.SSHConfigPath,
 		NixVersion:           l.c.NixVersion.String(),
 		ClientKey:            l.c.SSHKeyPath,
 		ClientKeyFingerprint: l.c.ClientKeyFingerprint,
 		Ready:                l.ready,
+		Sources:              []SourceStatus{},
+		Builders:             []BuilderStatus{},
 	}
 	if !l.lastWrite.IsZero() {
 		t := l.lastWrite
@@ -99,9 +119,11 @@ func (l *loop) status(now time.Time) *Status {
 	}
 	errs := l.mem.sourceErrors()
 	for _, src := range l.c.Sources {
-		ss := SourceStatus{Name: src.Name(), OK: true}
+		ss := SourceStatus{Name: src.Name(), State: SourceOK, OK: true}
 		if err, down := errs[src.Name()]; down {
-			ss.OK, ss.Error = false, err.Error()
+			ss.State, ss.OK, ss.Error = SourceDown, false, err.Error()
+		} else if !l.heard[src.Name()] {
+			ss.State, ss.OK = SourceStarting, false
 		}
 		s.Sources = append(s.Sources, ss)
 	}

@@ -46,9 +46,15 @@ func (s *Status) WriteTable(w io.Writer, all bool) {
 		fmt.Fprintf(w, "(%d more not in the file: list --all shows them and why)\n", hidden)
 	}
 	for _, src := range s.Sources {
-		if !src.OK {
+		switch {
+		case src.State == SourceStarting:
+			fmt.Fprintf(w, "source %s is starting: nothing heard from it yet\n", src.Name)
+		case !src.OK:
 			fmt.Fprintf(w, "source %s is down: %s (its last builders are kept)\n", src.Name, src.Error)
 		}
+	}
+	if s.ConfigError != "" {
+		fmt.Fprintf(w, "config not applied, running on the previous one: %s\n", s.ConfigError)
 	}
 	if s.WriteError != "" {
 		fmt.Fprintf(w, "cannot write %s: %s\n", s.MachinesFile, s.WriteError)

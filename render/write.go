@@ -22,6 +22,15 @@ const DefaultMode fs.FileMode = 0o644
 // nix.distributedBuilds is set.
 var ErrStoreSymlink = errors.New("machines file is a symlink into the Nix store (managed by NixOS)")
 
+// ErrSymlink is returned by WriteAtomic when the file is a symlink that
+// does not point into the Nix store. nixrb-discover never creates one, so
+// it was made by someone else, and writing through it would replace a
+// file we did not write.
+var ErrSymlink = errors.New("file is a symlink nixrb-discover did not create")
+
+// SymlinkHint tells the user what to do about ErrSymlink.
+const SymlinkHint = "remove the symlink and point Nix at a file of ours (builders = @/var/lib/nixrb-discover/machines, --machines /var/lib/nixrb-discover/machines), or pass --machines with the symlink's target itself"
+
 // StoreSymlinkHint tells the user what to do about ErrStoreSymlink.
 const StoreSymlinkHint = `point Nix at a file of ours instead: on NixOS set nix.settings.builders = "@/var/lib/nixrb-discover/machines" (the nixrb-discover client module does this) and run the client with --machines /var/lib/nixrb-discover/machines`
 
@@ -30,7 +39,7 @@ type WriteResult struct {
 	// Changed is false when the file already held exactly these bytes and
 	// was not touched.
 	Changed bool
-	// Path is the file written (a symlink outside the store is followed).
+	// Path is the file written.
 	Path string
 }
 
@@ -40,15 +49,15 @@ type WriteResult struct {
 // and the directory is fsynced. Identical bytes are not rewritten. The
 // existing file's mode and owner are kept (DefaultMode for a new file).
 // On any error (ENOSPC, EROFS, EACCES) the old file is left intact and no
-// temporary file remains. A symlink into the Nix store is refused with
-// ErrStoreSymlink; any other symlink is followed.
+// temporary file remains. A symlink is never followed: one into the Nix
+// store is refused with ErrStoreSymlink, any other with ErrSymlink.
 //
 // WriteAtomic is not safe for concurrent use on the same path.
 func WriteAtomic(path string, content []byte) (WriteResult, error) {
-	target, err := resolve(path)
-	if err != nil {
-		return WriteResult{Path: path}, err
+	if err := CheckSymlink(path); err != nil {
+		return WriteResult{Path: path}, fmt.Errorf("write %s: %w", path, err)
 	}
+	target := path
 	res := WriteResult{Path: target}
 	old, err := os.ReadFile(target)
 	switch {
@@ -89,30 +98,29 @@ func WriteAtomic(path string, content []byte) (WriteResult, error) {
 	return res, nil
 }
 
-// resolve follows a symlink at path unless it points into the Nix store.
-func resolve(path string) (string, error) {
+// CheckSymlink returns nil unless path is a symlink, which WriteAtomic
+// refuses: ErrStoreSymlink when it points into the Nix store (NixOS),
+// ErrSymlink anywhere else.
+func CheckSymlink(path string) error {
 	fi, err := os.Lstat(path)
 	if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
-		return path, nil
+		return nil
 	}
 	dest, err := os.Readlink(path)
 	if err != nil {
-		return path, fmt.Errorf("write %s: %w", path, err)
+		return err
 	}
 	if !filepath.IsAbs(dest) {
 		dest = filepath.Join(filepath.Dir(path), dest)
 	}
-	if strings.HasPrefix(filepath.Clean(dest), "/nix/store/") {
-		return path, fmt.Errorf("write %s: %w: it points to %s", path, ErrStoreSymlink, dest)
-	}
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
-		return path, fmt.Errorf("write %s: follow symlink: %w", path, err)
+		real = filepath.Clean(dest)
 	}
-	if strings.HasPrefix(real, "/nix/store/") {
-		return path, fmt.Errorf("write %s: %w: it points to %s", path, ErrStoreSymlink, real)
+	if strings.HasPrefix(filepath.Clean(dest), "/nix/store/") || strings.HasPrefix(real, "/nix/store/") {
+		return fmt.Errorf("%w: it points to %s", ErrStoreSymlink, dest)
 	}
-	return real, nil
+	return fmt.Errorf("%w: it points to %s", ErrSymlink, dest)
 }
 
 func syncDir(dir string) error {

@@ -93,21 +93,23 @@ func TestWriteAtomic(t *testing.T) {
 			t.Error("hint does not tell the user about nix.settings.builders")
 		}
 	})
-	t.Run("other-symlink-followed", func(t *testing.T) {
+	t.Run("other-symlink-refused-target-untouched", func(t *testing.T) {
+		// A symlink we did not create points at someone's file: writing
+		// through it would replace their file, so it is refused.
 		dir := t.TempDir()
 		real := filepath.Join(dir, "real")
 		link := filepath.Join(dir, "machines")
 		writeFile(t, real, "old\n")
 		os.Symlink("real", link)
-		res, err := WriteAtomic(link, fileOf(t, 3))
-		if err != nil || res.Path != real {
-			t.Fatalf("WriteAtomic = %+v, %v; want a write to %s", res, err, real)
+		_, err := WriteAtomic(link, fileOf(t, 3))
+		if !errors.Is(err, ErrSymlink) {
+			t.Fatalf("WriteAtomic through a symlink = %v, want ErrSymlink", err)
 		}
 		if fi, _ := os.Lstat(link); fi.Mode()&os.ModeSymlink == 0 {
 			t.Error("symlink replaced by a file")
 		}
-		if got, _ := os.ReadFile(real); !bytes.Equal(got, fileOf(t, 3)) {
-			t.Error("target not written")
+		if got, _ := os.ReadFile(real); string(got) != "old\n" {
+			t.Errorf("target overwritten: %q", got)
 		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"os/user"
 	"strings"
 	"syscall"
 
@@ -95,7 +96,7 @@ reads them with 'nixrb-discover authorized-keys' (see its help).
 Example:
   nixrb-discover advertise --ssh-user nix-ssh --features kvm,big-parallel`),
 		FlagSet: fs,
-		Options: configOptions(),
+		Options: configOptions(fs),
 		Exec: func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return usageError("advertise takes no arguments (got %q)", args[0])
@@ -119,6 +120,17 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 	}
 	if !f.tailnet && !f.mdns {
 		return usageError("nothing to advertise on: use the tailnet (default) or --mdns")
+	}
+	for name, port := range map[string]int{"--ssh-port": f.sshPort, "--advert-port": f.advertPort} {
+		if port < 1 || port > 65535 {
+			return usageError("%s %d: want a TCP port, 1 to 65535", name, port)
+		}
+	}
+	if _, err := user.Lookup(f.sshUser); err != nil {
+		log.Warn(fmt.Sprintf("--ssh-user %s does not exist on this builder: Nix logs in as that user, so builds sent here fail (create it, or pass the user sshd lets Nix in as)", f.sshUser), "err", err)
+	}
+	if f.tailnet {
+		warnNoTailscaled(log, f.socket, "--tailnet=false --mdns")
 	}
 	hostKey := f.hostKey
 	agent := &advertise.Agent{
@@ -146,9 +158,9 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 		agent.SSHWatch = &advertise.SSHWatch{Port: f.sshPort}
 	}
 	if f.signKey != "" {
-		k, err := wire.LoadSigningKey(f.signKey)
+		k, err := loadSigningKey(f.signKey)
 		if err != nil {
-			return &exitError{code: 1, err: err, hint: "create one with: nixrb-discover keygen --out FILE"}
+			return err
 		}
 		agent.SigningKey = k
 	} else if f.mdns {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"os"
 	"strings"
 	"time"
 
@@ -19,7 +21,7 @@ func newCheckMachinesCmd(e *env) *ffcli.Command {
 	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn or error")
 	return &ffcli.Command{
 		Name:       "check-machines",
-		ShortUsage: "nixrb-discover check-machines [--nix-version V] FILE...",
+		ShortUsage: "nixrb-discover check-machines [--nix-version V] FILE... (- for standard input)",
 		ShortHelp:  "Validate Nix machines files exactly as Nix parses them",
 		LongHelp: strings.TrimSpace(`
 Reads each machines file as Nix does (comments, ';' separators, @includes,
@@ -30,7 +32,9 @@ Reads each machines file as Nix does (comments, ';' separators, @includes,
 Version-dependent rules follow --nix-version: fractional speed factors need
 Nix 2.20, a port in the store URI needs 2.31, and before 2.29 a '#' comment
 ends at the next ';'. A host key must be the base64 of one SSH public key
-line. Exit status: 0 valid, 1 invalid, 2 usage or I/O error.
+line. Every FILE is checked, even after one that cannot be read; '-'
+reads standard input. Exit status: 0 valid, 1 invalid, 2 usage or I/O
+error.
 
 Example:
   nixrb-discover check-machines /etc/nix/machines`),
@@ -55,33 +59,104 @@ Example:
 					fmt.Fprintf(e.stderr, "%s:%d: warning: %s\n", path, line, msg)
 				},
 			}
-			invalid := false
+			invalid, ioFailed := false, false
 			for _, path := range args {
-				entries, err := render.ParseFile(path, opts)
-				var problems render.ParseErrors
-				if err != nil && !errors.As(err, &problems) {
-					return &exitError{code: 2, err: err}
-				}
-				for _, en := range entries {
-					if err := en.Machine.Validate(); err != nil {
-						problems = append(problems, &render.LineError{Path: en.Path, Line: en.Line, Err: err})
-					}
+				entries, problems, err := checkOneMachinesFile(path, opts)
+				if err != nil {
+					// Go on: every file given is checked.
+					printError(e.stderr, err, "")
+					ioFailed = true
+					continue
 				}
 				for _, p := range problems {
 					fmt.Fprintln(e.stdout, p.Error())
+					if h := spaceHint(p); h != "" {
+						fmt.Fprintf(e.stdout, "%s:%d: hint: %s\n", displayPath(p.Path), p.Line, h)
+					}
 				}
 				if len(problems) > 0 {
 					invalid = true
 					continue
 				}
-				fmt.Fprintf(e.stdout, "%s: %d machines, valid for Nix %s\n", path, len(entries), v)
+				fmt.Fprintf(e.stdout, "%s: %d machines, valid for Nix %s\n", displayPath(path), len(entries), v)
 			}
-			if invalid {
+			switch {
+			case ioFailed:
+				return &exitError{code: 2}
+			case invalid:
 				return &exitError{code: 1}
 			}
 			return nil
 		},
 	}
+}
+
+// checkOneMachinesFile parses path ("-": standard input) and validates
+// each machine; err is only for a file that could not be read.
+func checkOneMachinesFile(path string, opts render.ParseOptions) ([]render.Entry, render.ParseErrors, error) {
+	var entries []render.Entry
+	var err error
+	if path == "-" {
+		data, rerr := io.ReadAll(io.LimitReader(os.Stdin, 16<<20))
+		if rerr != nil {
+			return nil, nil, fmt.Errorf("read standard input: %w", rerr)
+		}
+		entries, err = render.Parse(data, opts)
+	} else {
+		entries, err = render.ParseFile(path, opts)
+	}
+	var problems render.ParseErrors
+	if err != nil && !errors.As(err, &problems) {
+		return nil, nil, err
+	}
+	for _, en := range entries {
+		if err := en.Machine.Validate(); err != nil {
+			problems = append(problems, &render.LineError{Path: en.Path, Line: en.Line, Err: err})
+		}
+	}
+	for _, p := range problems {
+		if p.Path == "" {
+			p.Path = "-"
+		}
+	}
+	return entries, problems, nil
+}
+
+// displayPath names standard input "-".
+func displayPath(p string) string {
+	if p == "" {
+		return "-"
+	}
+	return p
+}
+
+// spaceHint explains a problem that comes from a space inside a value
+// (Nix splits a line on whitespace, with no quoting): the line has more
+// than 8 fields, or its max-jobs is a word after a path.
+func spaceHint(p *render.LineError) string {
+	if p.Path == "-" || p.Path == "" {
+		return ""
+	}
+	data, err := os.ReadFile(p.Path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(string(data), "\n")
+	if p.Line < 1 || p.Line > len(lines) {
+		return ""
+	}
+	line, _, _ := strings.Cut(lines[p.Line-1], "#")
+	if strings.Contains(line, ";") {
+		return ""
+	}
+	f := strings.Fields(line)
+	var fe *render.FieldError
+	pathThenWord := errors.As(p.Err, &fe) && fe.Field == "max-jobs" && len(f) >= 4 &&
+		strings.ContainsAny(f[2][:1], "/~.")
+	if len(f) > 8 || pathThenWord {
+		return "Nix splits a line on whitespace, with no quoting: a key path with a space cannot be written in a machines file; move or link the key to a path without one"
+	}
+	return ""
 }
 
 // checkVersion returns the Nix version to check against: the flag, else

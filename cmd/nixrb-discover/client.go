@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"runtime"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
@@ -21,7 +23,6 @@ import (
 	"github.com/nixrb-discover/nixrb-discover/internal/localnix"
 	"github.com/nixrb-discover/nixrb-discover/render"
 	"github.com/nixrb-discover/nixrb-discover/systemd"
-	"github.com/nixrb-discover/nixrb-discover/wire"
 	"github.com/peterbourgon/ff/v3/ffcli"
 	"tailscale.com/client/local"
 )
@@ -30,7 +31,7 @@ import (
 // config-file keys are the same names.
 type clientFlags struct {
 	machines, static, sshKey, sshConfig, socket string
-	checkStatic                                 bool
+	checkStatic, adopt                          bool
 	tailnet                                     bool
 	tailscaleSocket, address                    string
 	tags, builders                              repeated
@@ -50,8 +51,9 @@ type clientFlags struct {
 // register adds the client flags to fs.
 func (f *clientFlags) register(fs *flag.FlagSet) {
 	f.wait = waitRange{min: discover.DefaultWaitMin, max: discover.DefaultWaitMax}
-	fs.StringVar(&f.machines, "machines", "/etc/nix/machines", "machines file to keep (on NixOS use /var/lib/nixrb-discover/machines; the module sets nix.settings.builders to it)")
+	fs.StringVar(&f.machines, "machines", "/etc/nix/machines", "machines file to keep; a file there that nixrb-discover did not write is refused (see --adopt). Best: /var/lib/nixrb-discover/machines with builders = @/var/lib/nixrb-discover/machines in nix.conf (the NixOS module and the systemd units do this)")
 	fs.StringVar(&f.static, "static", "", "machines file of builders you maintain by hand: always in the file, merged in")
+	fs.BoolVar(&f.adopt, "adopt", false, "take over a machines file nixrb-discover did not write: back it up (FILE.orig), move its valid lines into --static (default FILE.static), then manage it")
 	fs.BoolVar(&f.checkStatic, "check-static", false, "health-gate the --static builders too (they need a host key)")
 	fs.StringVar(&f.sshKey, "ssh-key", discover.DefaultSSHKey, "SSH identity Nix and the checks use (created if absent); written into the machines file")
 	fs.StringVar(&f.sshConfig, "ssh-config", "", "file for ssh_config Host aliases of builders on a port other than 22 (Nix < 2.31); Include it in root's ssh_config")
@@ -68,7 +70,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.pinFile, "pin-file", "", "known_hosts-format file of pinned mDNS builder host keys")
 	fs.IntVar(&f.rise, "rise", discover.DefaultRise, "good checks in a row before a builder enters the file")
 	fs.IntVar(&f.fall, "fall", discover.DefaultFall, "failed checks in a row before a builder leaves the file")
-	fs.StringVar(&f.interval, "interval", discover.DefaultInterval.String(), "how often each builder is checked: a keepalive on its kept SSH connection, a fresh TCP connection and SSH banner every 30s (every check for static builders), the full check every --full-check-every")
+	fs.StringVar(&f.interval, "interval", discover.DefaultInterval.String(), "how often each builder is checked: a keepalive on its kept SSH connection, and every 30s a fresh TCP connection and SSH banner instead (static builders, which have no agent: at every check), the full check every --full-check-every")
 	fs.StringVar(&f.fullEvery, "full-check-every", discover.DefaultFullEvery.String(), "how often each builder gets the full check (SSH login and Nix handshake)")
 	fs.StringVar(&f.checkTimeout, "check-timeout", health.DefaultCheckTimeout.String(), "bound on each step of a check")
 	fs.StringVar(&f.banner, "banner-timeout", health.DefaultBannerTimeout.String(), "bound on the wait for the SSH banner on each new connection (a hung sshd accepts TCP but never answers)")
@@ -76,7 +78,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.nixStateDir, "nix-state-dir", slots.DefaultStateDir, "state directory of the Nix that reads the machines file: the client holds its build hook's slot locks in current-load/ there; empty: hold none, a failing builder leaves the file at once")
 	fs.Var(&f.wait, "wait", "MIN:MAX coalescing of changes before the file is written (a change after MAX without a write is written at once)")
 	fs.StringVar(&f.nixVersion, "nix-version", "", "format for this Nix version (default: what the local nix reports)")
-	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written)")
+	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written or a source could not be read)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this HOST:PORT at /metrics, e.g. 127.0.0.1:9467 (off by default; no authentication)")
 	fs.String("config", "", "JSON file whose keys are these flag names; a change restarts the client")
@@ -102,7 +104,7 @@ waits on it.
 Example:
   nixrb-discover client --machines /var/lib/nixrb-discover/machines`),
 		FlagSet: fs,
-		Options: configOptions(),
+		Options: configOptions(fs),
 		Exec: func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return usageError("client takes no arguments (got %q)", args[0])
@@ -130,39 +132,41 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	if err != nil {
 		return nil, nil, err
 	}
-	var interval, fullEvery, checkTimeout, banner, hold time.Duration
-	for name, p := range map[string]struct {
-		v   string
-		out *time.Duration
-	}{"--interval": {f.interval, &interval}, "--full-check-every": {f.fullEvery, &fullEvery}, "--check-timeout": {f.checkTimeout, &checkTimeout},
-		"--banner-timeout": {f.banner, &banner}, "--hold": {f.hold, &hold}} {
-		d, err := parsePositiveDuration(name, p.v)
-		if err != nil {
-			return nil, nil, err
-		}
-		*p.out = d
-	}
-	if f.address != tailnet.AddressMagicDNS && f.address != tailnet.AddressIP {
-		return nil, nil, usageError("--address %q: want magicdns or ip", f.address)
-	}
-	if f.mdns && len(f.mdnsIfaces) == 0 {
-		return nil, nil, usageError("--mdns needs at least one --mdns-iface")
+	t, err := f.check()
+	if err != nil {
+		return nil, nil, err
 	}
 	v, err := checkVersion(ctx, f.nixVersion)
 	if err != nil {
 		return nil, nil, err
 	}
-	host, _ := os.Hostname()
-	id, err := discover.LoadOrCreateIdentity(f.sshKey, "nixrb-discover@"+host)
-	if err != nil {
-		return nil, nil, &exitError{code: 1, err: err}
+	// Everything that can be refused is, before anything is changed on
+	// disk (adopting the machines file, creating the SSH key).
+	var mdnsSrc discover.Source
+	if f.mdns {
+		if mdnsSrc, err = f.mdnsSource(log); err != nil {
+			return nil, nil, err
+		}
 	}
-	if id.Created {
-		log.Info("created the client's SSH identity; builders must accept it (enrolment, or add it to the builder user's authorized_keys)",
-			"path", id.Path, "public_key", id.AuthorizedKey)
+	if f.static != "" && !f.adopt {
+		if err := staticError(&static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System()}); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := f.claimMachines(v, log); err != nil {
+		return nil, nil, err
+	}
+	f.warnUseless(log)
+	var staticSrc *static.Source
+	if f.static != "" {
+		staticSrc = &static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System(), Logger: log}
+		if err := staticError(staticSrc); err != nil {
+			return nil, nil, err
+		}
 	}
 	var sources []discover.Source
 	if f.tailnet {
+		warnNoTailscaled(log, f.tailscaleSocket, "--tailnet=false with --static or --mdns")
 		var d net.Dialer
 		sources = append(sources, &tailnet.Source{
 			LocalAPI: &local.Client{Socket: f.tailscaleSocket, UseSocketOnly: f.tailscaleSocket != ""},
@@ -173,21 +177,23 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 			Logger:   log,
 		})
 	}
-	if f.mdns {
-		src, err := f.mdnsSource(log)
-		if err != nil {
-			return nil, nil, err
-		}
-		sources = append(sources, src)
+	if mdnsSrc != nil {
+		sources = append(sources, mdnsSrc)
 	}
-	if f.static != "" {
-		if _, err := os.Stat(f.static); err != nil {
-			return nil, nil, usageError("--static: %v", err)
-		}
-		sources = append(sources, &static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System(), Logger: log})
+	if staticSrc != nil {
+		sources = append(sources, staticSrc)
 	}
 	if len(sources) == 0 {
 		return nil, nil, usageError("no source of builders: enable the tailnet (default), --mdns or --static")
+	}
+	host, _ := os.Hostname()
+	id, err := discover.LoadOrCreateIdentity(f.sshKey, "nixrb-discover@"+host)
+	if err != nil {
+		return nil, nil, &exitError{code: 1, err: err}
+	}
+	if id.Created {
+		log.Info("created the client's SSH identity; builders must accept it (enrolment, or add it to the builder user's authorized_keys)",
+			"path", id.Path, "public_key", id.AuthorizedKey)
 	}
 	// Every third full check logs in on a new connection, so a re-keyed
 	// host is noticed within 3 × --full-check-every.
@@ -199,13 +205,13 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	// A full check (every --full-check-every) reuses the kept connection
 	// at most 3 times before it logs in afresh: a reinstalled builder that
 	// no longer accepts our key is noticed within minutes.
-	checker := &health.Checker{Signer: id.Signer, Timeout: checkTimeout, BannerTimeout: banner, RefreshChecks: 3,
+	checker := &health.Checker{Signer: id.Signer, Timeout: t.checkTimeout, BannerTimeout: t.banner, RefreshChecks: 3,
 		UntrustedBuilds: v.AtLeast(2, 26), Logger: log}
 	c := &discover.Client{
 		Sources: sources,
 		Checker: checker,
-		Membership: discover.MembershipConfig{Rise: f.rise, Fall: f.fall, Interval: interval, CheckStatic: f.checkStatic,
-			FullEvery: fullEvery, Hold: hold},
+		Membership: discover.MembershipConfig{Rise: f.rise, Fall: f.fall, Interval: t.interval, CheckStatic: f.checkStatic,
+			FullEvery: t.fullEvery, Hold: t.hold},
 		MachinesPath:         f.machines,
 		SSHKeyPath:           f.sshKey,
 		ClientKeyFingerprint: id.Fingerprint,
@@ -237,6 +243,84 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	}, nil
 }
 
+// clientTimes are the client's parsed durations.
+type clientTimes struct {
+	interval, fullEvery, checkTimeout, banner, hold time.Duration
+}
+
+// check validates the flag values that need no I/O: every value that
+// cannot work is refused with the reason.
+func (f *clientFlags) check() (clientTimes, error) {
+	var t clientTimes
+	for name, p := range map[string]struct {
+		v   string
+		out *time.Duration
+	}{"--interval": {f.interval, &t.interval}, "--full-check-every": {f.fullEvery, &t.fullEvery}, "--check-timeout": {f.checkTimeout, &t.checkTimeout},
+		"--banner-timeout": {f.banner, &t.banner}, "--hold": {f.hold, &t.hold}} {
+		d, err := parsePositiveDuration(name, p.v)
+		if err != nil {
+			return t, err
+		}
+		*p.out = d
+	}
+	if f.address != tailnet.AddressMagicDNS && f.address != tailnet.AddressIP {
+		return t, usageError("--address %q: want magicdns or ip", f.address)
+	}
+	if f.mdns && len(f.mdnsIfaces) == 0 {
+		return t, usageError("--mdns needs at least one --mdns-iface")
+	}
+	if f.rise < 1 {
+		return t, usageError("--rise %d: want at least 1 (good checks in a row before a builder enters the file)", f.rise)
+	}
+	if f.fall < 1 {
+		return t, usageError("--fall %d: want at least 1 (failed checks in a row before a builder is taken out)", f.fall)
+	}
+	for _, tag := range f.tags {
+		if !strings.HasPrefix(tag, "tag:") || len(tag) == len("tag:") {
+			return t, usageError("--tag %q: a tailnet tag starts with \"tag:\", such as tag:nix-builder", tag)
+		}
+	}
+	if f.mdns {
+		if err := checkInterfaces(f.mdnsIfaces); err != nil {
+			return t, err
+		}
+	}
+	return t, nil
+}
+
+// checkInterfaces refuses --mdns-iface names this host does not have.
+func checkInterfaces(names []string) error {
+	for _, n := range names {
+		if _, err := net.InterfaceByName(n); err != nil {
+			var have []string
+			if ifs, err := net.Interfaces(); err == nil {
+				for _, i := range ifs {
+					have = append(have, i.Name)
+				}
+			}
+			return usageError("--mdns-iface %q: no such network interface (this host has %s)", n, strings.Join(have, ", "))
+		}
+	}
+	return nil
+}
+
+// warnUseless warns about settings that do nothing with the others given.
+func (f *clientFlags) warnUseless(log *slog.Logger) {
+	if !f.mdns && (len(f.pins) > 0 || len(f.trustKeys) > 0 || f.pinFile != "") {
+		log.Warn("--pin, --pin-file and --trust-key only trust mDNS builders, and mDNS is off: they do nothing (add --mdns --mdns-iface IFACE)")
+	}
+	if f.checkStatic && f.static != "" {
+		entries, _ := render.ParseFile(f.static, render.ParseOptions{})
+		for _, en := range entries {
+			if en.Machine.HostKey == "" {
+				log.Warn("static builder has no host key (field 8): with --check-static it cannot be checked and stays out of the file",
+					"builder", en.Machine.Name(), "line", fmt.Sprintf("%s:%d", en.Path, en.Line),
+					"fix", "add the base64 of its host key line (ssh-keyscan -t ed25519 HOST | cut -d' ' -f2- | base64 -w0)")
+			}
+		}
+	}
+}
+
 func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, configPath string) error {
 	var notify systemd.Notifier
 	c.Hooks.Ready = func() { notify.Ready("first round complete") }
@@ -254,9 +338,17 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, 
 	c.Init()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	var cfgErr atomic.Pointer[configRefusal]
+	status := func(ctx context.Context) (*discover.Status, error) {
+		st, err := c.Status(ctx)
+		if r := cfgErr.Load(); st != nil && r != nil {
+			st.ConfigError = r.err.Error()
+		}
+		return st, err
+	}
 	sockErr := make(chan error, 1)
 	if !c.Once && f.socket != "" {
-		go func() { sockErr <- discover.ServeStatus(ctx, f.socket, c.Status, c.Logger) }()
+		go func() { sockErr <- discover.ServeStatus(ctx, f.socket, status, c.Logger) }()
 	}
 	// A changed config file or SSH key restarts the daemon in place:
 	// every setting is read afresh and nothing is half-applied.
@@ -276,28 +368,101 @@ func runClient(ctx context.Context, c *discover.Client, f *clientFlags, e *env, 
 	}
 	runErr := make(chan error, 1)
 	go func() { runErr <- c.Run(ctx) }()
-	select {
-	case path := <-changed:
-		c.Logger.Info("file changed, restarting to apply it", "path", path)
-		notify.Status("restarting: " + path + " changed")
-		cancel()
-		<-runErr
-		return errReload
-	case err := <-sockErr:
-		cancel()
-		<-runErr
-		return &exitError{code: 1, err: err, hint: "is another client running? use --socket to choose another path"}
-	case err := <-runErr:
-		notify.Stopping()
-		if errors.Is(err, discover.ErrNotWritten) {
-			hint := ""
-			if errors.Is(err, render.ErrStoreSymlink) {
-				hint = render.StoreSymlinkHint
+	for {
+		select {
+		case path := <-changed:
+			if path == configPath {
+				// A restart with a config that does not parse would
+				// stop the daemon: refuse it, keep the running one.
+				if err := checkConfig(ctx, clientArgs(configPath)); err != nil {
+					c.Logger.Error("config file changed but cannot be used; still running on the previous configuration", "path", path, "err", err)
+					cfgErr.Store(&configRefusal{path: path, err: err})
+					notify.Status("config " + path + " refused, running on the previous one")
+					continue
+				}
 			}
-			return &exitError{code: 1, err: err, hint: hint}
+			c.Logger.Info("file changed, restarting to apply it", "path", path)
+			notify.Status("restarting: " + path + " changed")
+			cancel()
+			<-runErr
+			return errReload
+		case err := <-sockErr:
+			cancel()
+			<-runErr
+			return &exitError{code: 1, err: err, hint: "is another client running? use --socket to choose another path"}
+		case err := <-runErr:
+			notify.Stopping()
+			if errors.Is(err, discover.ErrNotWritten) || errors.Is(err, discover.ErrForeignFile) ||
+				errors.Is(err, render.ErrSymlink) || errors.Is(err, render.ErrStoreSymlink) {
+				return machinesError(c.MachinesPath, err)
+			}
+			return err
 		}
-		return err
 	}
+}
+
+// claimMachines makes sure the client may keep the machines file before
+// anything starts: with --adopt a file we did not write is handed over
+// (backup, its lines into the static file); without it such a file, a
+// symlink, or a missing or read-only directory stops the start with the fix.
+func (f *clientFlags) claimMachines(v render.NixVersion, log *slog.Logger) error {
+	if f.adopt {
+		staticPath := f.static
+		if staticPath == "" {
+			staticPath = f.machines + ".static"
+		}
+		res, err := discover.Adopt(f.machines, staticPath, render.ParseOptions{NixVersion: v, LocalSystem: localnix.System()})
+		if err != nil {
+			return machinesError(f.machines, err)
+		}
+		if res.Adopted {
+			log.Warn("adopted a machines file nixrb-discover did not write; its builders are now static entries",
+				"path", f.machines, "static", staticPath, "backup", res.Backup, "builders", res.Builders, "skipped", len(res.Skipped))
+			for _, s := range res.Skipped {
+				log.Warn("adopt: invalid line left out (it stays in the backup)", "line", s)
+			}
+		}
+		if _, err := os.Stat(staticPath); err == nil {
+			f.static = staticPath
+		}
+	}
+	if err := discover.CheckMachinesPath(f.machines); err != nil {
+		return machinesError(f.machines, err)
+	}
+	return nil
+}
+
+// staticError reads the static file once: a missing file is a usage
+// error, a broken one lists every FILE:LINE: field: problem. The client
+// never starts without the builders the user wrote down.
+func staticError(src *static.Source) error {
+	if _, err := os.Stat(src.Path); err != nil {
+		return usageError("--static: %v", err)
+	}
+	err := src.Check()
+	var problems render.ParseErrors
+	if errors.As(err, &problems) {
+		return &exitError{code: 1, err: fmt.Errorf("--static %s has %d invalid lines:\n  %s", src.Path, len(problems), strings.ReplaceAll(problems.Error(), "\n", "\n  ")),
+			hint: "fix them (nixrb-discover check-machines " + src.Path + " checks the file); the client does not start without its static builders"}
+	}
+	if err != nil {
+		return &exitError{code: 1, err: fmt.Errorf("--static %s: %w", src.Path, err)}
+	}
+	return nil
+}
+
+// machinesError is a start-up refusal about the machines file, with the fix.
+func machinesError(path string, err error) error {
+	hint := ""
+	switch {
+	case errors.Is(err, discover.ErrForeignFile):
+		hint = discover.ForeignFileHint(path)
+	case errors.Is(err, render.ErrStoreSymlink):
+		hint = render.StoreSymlinkHint
+	case errors.Is(err, render.ErrSymlink):
+		hint = render.SymlinkHint
+	}
+	return &exitError{code: 1, err: err, hint: hint}
 }
 
 // tuneIdleRuntime fits the Go runtime to a daemon that waits on the
@@ -320,9 +485,9 @@ func tuneIdleRuntime() {
 func (f *clientFlags) mdnsSource(log *slog.Logger) (discover.Source, error) {
 	src := &mdns.Source{Interfaces: f.mdnsIfaces, Pins: &mdns.Pins{}, Logger: log}
 	for _, path := range f.trustKeys {
-		k, err := wire.LoadTrustKey(path)
+		k, err := loadTrustKey(path)
 		if err != nil {
-			return nil, usageError("--trust-key %s: %v", path, err)
+			return nil, err
 		}
 		src.TrustKeys = append(src.TrustKeys, k)
 	}

@@ -18,7 +18,7 @@ func newDoctorCmd(e *env) *ffcli.Command {
 	machines := fs.String("machines", "", "machines file the client writes (default: the running client's, asked over --socket, else /etc/nix/machines)")
 	socket := fs.String("socket", discover.DefaultSocket, "the running client's status socket, to learn its machines file")
 	nixPath := fs.String("nix", doctor.DefaultNixPath, "nix program whose settings and version to check")
-	sshConfig := fs.String("ssh-config", doctor.DefaultSSHConfigPath, "ssh_config Host aliases the client writes for non-22 ports (the client's --ssh-config)")
+	sshConfig := fs.String("ssh-config", "", "ssh_config Host aliases the client writes for non-22 ports (default: the running client's --ssh-config, asked over --socket, else "+doctor.DefaultSSHConfigPath+", the NixOS module's)")
 	nixStateDir := fs.String("nix-state-dir", doctor.DefaultNixStateDir, "state directory of the Nix that reads the machines file (the client's --nix-state-dir)")
 	user := fs.String("user", doctor.DefaultUser, "SSH user for a URI without one: the user nix-daemon builds as")
 	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "bound on each step: command, lookup, connect, SSH step")
@@ -56,8 +56,18 @@ Example:
 			if *timeout <= 0 {
 				return usageError("--timeout %s: want a positive duration", *timeout)
 			}
+			st := runningClient(ctx, *socket)
 			if *machines == "" {
-				*machines = clientMachinesFile(ctx, *socket)
+				*machines = "/etc/nix/machines"
+				if st != nil && st.MachinesFile != "" {
+					*machines = st.MachinesFile
+				}
+			}
+			if *sshConfig == "" {
+				*sshConfig = doctor.DefaultSSHConfigPath
+				if st != nil && st.SSHConfig != "" {
+					*sshConfig = st.SSHConfig
+				}
 			}
 			opts := doctor.Options{
 				MachinesPath:  *machines,
@@ -80,15 +90,16 @@ Example:
 	}
 }
 
-// clientMachinesFile asks a running client which file it writes; without
-// one, the client's own default.
-func clientMachinesFile(ctx context.Context, socket string) string {
+// runningClient is the status of the client on socket, or nil: doctor
+// checks the files that client writes.
+func runningClient(ctx context.Context, socket string) *discover.Status {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	if st, err := discover.FetchStatus(ctx, socket); err == nil && st.MachinesFile != "" {
-		return st.MachinesFile
+	st, err := discover.FetchStatus(ctx, socket)
+	if err != nil {
+		return nil
 	}
-	return "/etc/nix/machines"
+	return st
 }
 
 // printReport writes one line per check, with multi-line details (one

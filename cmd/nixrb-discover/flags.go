@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"strings"
 	"time"
@@ -10,11 +11,12 @@ import (
 
 // configOptions lets every daemon flag come from a JSON config file
 // (--config FILE; keys are the flag names, lists are JSON arrays) or from
-// NIXRB_DISCOVER_* environment variables. Flags given on the command line win.
-func configOptions() []ff.Option {
+// NIXRB_DISCOVER_* environment variables. Flags given on the command line
+// win. A bad config file is an error naming its file, line and key.
+func configOptions(fs *flag.FlagSet) []ff.Option {
 	return []ff.Option{
 		ff.WithConfigFileFlag("config"),
-		ff.WithConfigFileParser(ff.JSONParser),
+		ff.WithConfigFileParser(jsonConfig(fs)),
 		ff.WithEnvVarPrefix("NIXRB_DISCOVER"),
 	}
 }

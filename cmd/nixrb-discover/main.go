@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -40,7 +41,7 @@ func exitCode(err error, stderr *os.File) int {
 	return 1
 }
 
-func printError(w *os.File, err error, hint string) {
+func printError(w io.Writer, err error, hint string) {
 	fmt.Fprintf(w, "nixrb-discover: error: %v\n", err)
 	if hint != "" {
 		fmt.Fprintf(w, "nixrb-discover: hint: %s\n", hint)

@@ -3,13 +3,18 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/nixrb-discover/nixrb-discover/discover/static"
+	"github.com/nixrb-discover/nixrb-discover/internal/localnix"
+	"github.com/peterbourgon/ff/v3"
 )
 
 // errReload means a file the daemon read at start changed: it restarts
@@ -72,6 +77,51 @@ func watchFiles(ctx context.Context, paths ...string) (<-chan string, error) {
 		}
 	}()
 	return out, nil
+}
+
+// configRefusal is a changed config file the running client refused.
+type configRefusal struct {
+	path string
+	err  error
+}
+
+// clientArgs are the client's command-line flags as this process got
+// them (after "client"), for checkConfig; just --config when they cannot
+// be found.
+func clientArgs(configPath string) []string {
+	for i, a := range os.Args {
+		if a == "client" && i > 0 {
+			return os.Args[i+1:]
+		}
+	}
+	return []string{"--config", configPath}
+}
+
+// checkConfig parses args and the config file they name as a restart
+// would, and validates what can be validated without starting: the
+// values, the machines path, the static file. A nil error means a
+// restart will start.
+func checkConfig(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("nixrb-discover client", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var f clientFlags
+	f.register(fs)
+	if err := ff.Parse(fs, args, configOptions(fs)...); err != nil {
+		return err
+	}
+	if _, err := f.check(); err != nil {
+		return err
+	}
+	if f.static != "" {
+		v, err := checkVersion(ctx, f.nixVersion)
+		if err != nil {
+			return err
+		}
+		if err := staticError(&static.Source{Path: f.static, NixVersion: v, LocalSystem: localnix.System()}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // reexec replaces this process with a fresh copy of itself, same

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -59,7 +60,10 @@ func newRootCmd(e *env) *ffcli.Command {
 		LongHelp: strings.TrimSpace(`
 Builders advertise what they can build over a Tailscale tailnet or mDNS;
 the client discovers them, checks each over SSH with the real Nix protocol
-and keeps the Nix machines file holding exactly the builders that work.`),
+and keeps the Nix machines file holding exactly the builders that work.
+
+Run 'nixrb-discover help COMMAND' (or COMMAND --help) for a command's
+flags; 'nixrb-discover --version' prints the version.`),
 		FlagSet: fs,
 		Subcommands: []*ffcli.Command{
 			newVersionCmd(e),
@@ -87,15 +91,77 @@ and keeps the Nix machines file holding exactly the builders that work.`),
 	return root
 }
 
-// run parses args and runs the chosen command.
+// run parses args and runs the chosen command. Help (--help, -h, help
+// COMMAND) goes to stdout and exits 0; a flag error prints one line and
+// where to look, not the whole usage.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	e := &env{stdout: stdout, stderr: stderr}
 	root := newRootCmd(e)
+	if len(args) > 0 {
+		switch args[0] {
+		case "--version", "-version", "-v", "-V":
+			args = append([]string{"version"}, args[1:]...)
+		case "help":
+			args = append(append([]string{}, args[1:]...), "--help")
+		}
+	}
+	var usage bytes.Buffer
+	var setOutput func(c *ffcli.Command)
+	setOutput = func(c *ffcli.Command) {
+		c.FlagSet.SetOutput(&usage)
+		for _, s := range c.Subcommands {
+			setOutput(s)
+		}
+	}
+	setOutput(root)
 	if err := root.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
+			stdout.Write(usage.Bytes())
 			return err
 		}
-		return &exitError{code: 2, err: err}
+		path := commandPath(root, args)
+		hint := ""
+		if isFlagError(err) {
+			hint = "see '" + path + " --help'"
+			// ff wraps the flag package's one clear line; say just that.
+			err = errors.New(strings.TrimPrefix(err.Error(), "error parsing commandline arguments: "))
+		}
+		return &exitError{code: 2, err: err, hint: hint}
 	}
 	return root.Run(ctx)
+}
+
+// isFlagError says whether err comes from the flag package (a flag the
+// command does not have, a value it cannot take).
+func isFlagError(err error) bool {
+	msg := strings.TrimPrefix(err.Error(), "error parsing commandline arguments: ")
+	for _, p := range []string{"flag provided but not defined", "invalid value", "invalid boolean", "bad flag syntax", "flag needs an argument"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// commandAt is the command args select (the deepest subcommand named).
+func commandAt(root *ffcli.Command, args []string) *ffcli.Command {
+	c := root
+	for _, a := range args {
+		for _, s := range c.Subcommands {
+			if a == s.Name {
+				c = s
+				break
+			}
+		}
+	}
+	return c
+}
+
+// commandPath is the full name of the command args select.
+func commandPath(root *ffcli.Command, args []string) string {
+	c := commandAt(root, args)
+	if c == root {
+		return root.Name
+	}
+	return root.Name + " " + c.Name
 }

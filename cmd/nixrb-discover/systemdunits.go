@@ -18,19 +18,21 @@ func newSystemdUnitsCmd(e *env) *ffcli.Command {
 	flags := flag.NewFlagSet("nixrb-discover systemd-units", flag.ContinueOnError)
 	dir := flags.String("dir", "", "write the unit files into this directory (e.g. /etc/systemd/system) instead of printing them")
 	bin := flags.String("bin", systemd.DefaultBinary, "absolute path of the nixrb-discover binary that ExecStart= runs")
+	force := flags.Bool("force", false, "with --dir, replace unit files that exist (without it they are kept and the command fails)")
 	return &ffcli.Command{
 		Name:       "systemd-units",
-		ShortUsage: "nixrb-discover systemd-units [--dir DIR] [--bin PATH]",
+		ShortUsage: "nixrb-discover systemd-units [--dir DIR [--force]] [--bin PATH]",
 		ShortHelp:  "Print the systemd unit files for installs without NixOS",
 		LongHelp: strings.TrimSpace(`
 Prints the hardened unit files of the builder agent
 (nixrb-discover-advertise.service) and the client
 (nixrb-discover-client.service), each after a "# FILE" line, or writes
-them into --dir. They run /usr/bin/nixrb-discover unless --bin says
-otherwise. On NixOS use the module (services.nixrb-discover) instead.
+them into --dir (never over existing units without --force). They run
+/usr/bin/nixrb-discover unless --bin says otherwise. On NixOS use the
+module (services.nixrb-discover) instead.
 
 Example:
-  nixrb-discover systemd-units --dir /etc/systemd/system --bin /usr/local/bin/nixrb-discover
+  nixrb-discover systemd-units --dir /etc/systemd/system --bin "$(command -v nixrb-discover)"
   systemctl daemon-reload
   systemctl enable --now nixrb-discover-client.service`),
 		FlagSet: flags,
@@ -38,12 +40,12 @@ Example:
 			if len(args) > 0 {
 				return usageError("systemd-units takes no arguments (got %q); choose a directory with --dir", args[0])
 			}
-			return runSystemdUnits(e, *dir, *bin)
+			return runSystemdUnits(e, *dir, *bin, *force)
 		},
 	}
 }
 
-func runSystemdUnits(e *env, dir, bin string) error {
+func runSystemdUnits(e *env, dir, bin string, force bool) error {
 	units := systemd.Units()
 	for name, b := range units {
 		b, err := systemd.WithBinary(b, bin)
@@ -61,6 +63,21 @@ func runSystemdUnits(e *env, dir, bin string) error {
 			e.stdout.Write(units[name])
 		}
 		return nil
+	}
+	if _, err := os.Stat(bin); err != nil {
+		fmt.Fprintf(e.stderr, "nixrb-discover: warning: --bin %s: %v: the units will not start until it exists (pass --bin \"$(command -v nixrb-discover)\")\n", bin, err)
+	}
+	if !force {
+		var exist []string
+		for _, name := range systemd.UnitNames() {
+			if _, err := os.Lstat(filepath.Join(dir, name)); err == nil {
+				exist = append(exist, filepath.Join(dir, name))
+			}
+		}
+		if len(exist) > 0 {
+			return &exitError{code: 1, err: fmt.Errorf("unit files exist, not replacing them: %s", strings.Join(exist, ", ")),
+				hint: "compare them with 'nixrb-discover systemd-units' and pass --force to replace them"}
+		}
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return &exitError{code: 1, err: fmt.Errorf("unit directory: %w", err)}

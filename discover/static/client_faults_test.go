@@ -3,6 +3,7 @@ package static_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -217,4 +218,47 @@ func TestClientKeepsRunningWhenFileUnwritable(t *testing.T) {
 		t.Fatalf("remount: %v %s", err, out)
 	}
 	clienttest.WaitFile(t, machines, "written after the filesystem became writable (retry)", clienttest.Contains("@b1 "))
+}
+
+// TestCheckNamesEveryBrokenLine: the start-up check of a static file whose
+// line 1 is valid and lines 2-3 are not names both, FILE:LINE: field.
+func TestCheckNamesEveryBrokenLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "static")
+	clienttest.WriteFile(t, path, "ssh-ng://builder@b1 x86_64-linux\nb2 x86_64-linux - many\nb3 x86_64-linux - 1 -2\n")
+	err := (&static.Source{Path: path}).Check()
+	var problems render.ParseErrors
+	if !errors.As(err, &problems) || len(problems) != 2 {
+		t.Fatalf("Check = %v, want 2 problems", err)
+	}
+	for i, want := range []string{path + ":2: field max-jobs", path + ":3: field speed-factor"} {
+		if !strings.HasPrefix(problems[i].Error(), want) {
+			t.Errorf("problem %d = %q, want %s…", i, problems[i], want)
+		}
+	}
+}
+
+// TestClientNeverEmptiesFileForUnreadableStatic: a static file that breaks
+// before the client ever read it does not make --once write a file
+// without its builders: the file stays, and Run says it was not written.
+func TestClientNeverEmptiesFileForUnreadableStatic(t *testing.T) {
+	dir := t.TempDir()
+	machines := filepath.Join(dir, "machines")
+	before := "# managed by nixrb-discover client: edits here are overwritten\nssh-ng://builder@b1 x86_64-linux - 1 1 - - -\n"
+	clienttest.WriteFile(t, machines, before)
+	staticPath := filepath.Join(dir, "static")
+	clienttest.WriteFile(t, staticPath, "ssh-ng://builder@b1 x86_64-linux\nb2 x86_64-linux - many\n")
+	c := &discover.Client{
+		Sources:      []discover.Source{&static.Source{Path: staticPath}},
+		Checker:      noChecks{t},
+		MachinesPath: machines,
+		Once:         true,
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.Run(ctx); !errors.Is(err, discover.ErrNotWritten) {
+		t.Errorf("Run = %v, want ErrNotWritten", err)
+	}
+	if b, _ := os.ReadFile(machines); string(b) != before {
+		t.Errorf("machines file changed to:\n%s", b)
+	}
 }

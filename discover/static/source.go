@@ -2,6 +2,7 @@ package static
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -101,6 +102,27 @@ func (s *Source) Run(ctx context.Context, emit func(discover.Snapshot)) error {
 			load()
 		}
 	}
+}
+
+// Check reads the file once, as Run will, and returns nil or every
+// problem in it: render.ParseErrors, each "FILE:LINE: field NAME: problem",
+// or the error that kept it from being read. Call it before Run so that a
+// broken file stops the start instead of leaving its builders out.
+func (s *Source) Check() error {
+	entries, err := render.ParseFile(s.Path, render.ParseOptions{NixVersion: s.NixVersion, LocalSystem: s.LocalSystem})
+	var problems render.ParseErrors
+	if err != nil && !errors.As(err, &problems) {
+		return fmt.Errorf("static file: %w", err)
+	}
+	for _, e := range entries {
+		if err := e.Machine.Validate(); err != nil {
+			problems = append(problems, &render.LineError{Path: e.Path, Line: e.Line, Err: err})
+		}
+	}
+	if len(problems) > 0 {
+		return problems
+	}
+	return nil
 }
 
 func (s *Source) load() ([]discover.Candidate, error) {
