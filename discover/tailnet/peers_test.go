@@ -105,9 +105,11 @@ func TestTailnetSnapshot(t *testing.T) {
 			if len(got) != 2 {
 				t.Fatalf("IssuedAt-only change emitted a snapshot")
 			}
-			// Refresh failures keep the last good advert, then flag it.
-			for range tnStaleAfter {
-				l.onResult(fetchResult{id: 1, seq: l.entries[1].seq, err: errors.New("advert fetch failed: gone")}, now)
+			// Refresh failures keep the last good advert, then flag it
+			// (tnStaleAfter in a row, over tnStaleFor).
+			for i := range tnStaleAfter {
+				at := now.Add(time.Duration(i) * tnStaleFor / time.Duration(tnStaleAfter-1))
+				l.onResult(fetchResult{id: 1, seq: l.entries[1].seq, err: errors.New("advert fetch failed: gone")}, at)
 			}
 			l.maybeEmit()
 			last := got[len(got)-1].Candidates[0]
