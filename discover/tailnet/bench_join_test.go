@@ -3,6 +3,7 @@ package tailnet_test
 import (
 	"context"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,13 +30,16 @@ func tnRunFor(b *testing.B, src discover.Source) (*tnRun, func()) {
 			}
 		})
 	}()
+	var once sync.Once
 	stop := func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			b.Error("Run did not return after cancel")
-		}
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				b.Error("Run did not return after cancel")
+			}
+		})
 	}
 	b.Cleanup(stop)
 	return r, stop

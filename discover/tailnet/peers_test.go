@@ -135,7 +135,7 @@ func TestTailnetBackoff(t *testing.T) {
 			t.Errorf("tnRetryBackoff(%d) = %v, want %v", n, got, want)
 		}
 	}
-	for n, want := range map[int]time.Duration{0: 0, 1: 100 * time.Millisecond, 3: 400 * time.Millisecond, 6: 3200 * time.Millisecond, 7: 5 * time.Second, 99: 5 * time.Second} {
+	for n, want := range map[int]time.Duration{0: 0, 1: 100 * time.Millisecond, 3: 400 * time.Millisecond, 4: 800 * time.Millisecond, 5: time.Second, 99: time.Second} {
 		if got := tnBusBackoff(n); got != want {
 			t.Errorf("tnBusBackoff(%d) = %v, want %v", n, got, want)
 		}

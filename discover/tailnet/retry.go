@@ -73,8 +73,7 @@ func tnQuickFailure(err error) bool {
 		return true
 	}
 	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" && op.Err != nil &&
-		strings.Contains(op.Err.Error(), "connection was refused") {
+	if errors.As(err, &op) && op.Err != nil && strings.Contains(op.Err.Error(), "connection was refused") {
 		return true
 	}
 	return false

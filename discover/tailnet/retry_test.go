@@ -47,7 +47,7 @@ func tnFail(l *tnLoop, now time.Time, err error) time.Duration {
 }
 
 var (
-	tnRefused = &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection was refused")}
+	tnRefused = &net.OpError{Op: "connect", Net: "tcp", Err: errors.New("connection was refused")} // as tsnet's Dial returns it
 	tnTimeout = context.DeadlineExceeded
 )
 

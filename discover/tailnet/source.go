@@ -224,13 +224,15 @@ func (s *Source) follow(w *local.IPNBusWatcher, send func(busEvent) bool) (ok, r
 }
 
 // tnBusBackoff is the wait before the attempt-th re-subscription:
-// 100 ms doubling, capped at 5 s.
+// 100 ms doubling, capped at 1 s. A refused connection to the local
+// socket costs no packets, and a restarted tailscaled is followed within
+// a second of its socket coming back.
 func tnBusBackoff(attempt int) time.Duration {
 	if attempt <= 0 {
 		return 0
 	}
 	d := 100 * time.Millisecond << min(attempt-1, 6)
-	return min(d, 5*time.Second)
+	return min(d, time.Second)
 }
 
 // newHTTPClient is the advert fetcher: every connection through Dial, no
