@@ -2,10 +2,7 @@ package tailnet
 
 import (
 	"context"
-	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -19,8 +16,9 @@ import (
 )
 
 // Fetch pool limits: at most tnMaxFetches adverts in flight, of which at
-// most tnMaxRetryFetches for peers whose last fetch failed, so that dead
-// builders can never hold the slots a new builder needs.
+// most tnMaxRetryFetches for peers whose last fetch failed slowly (timed
+// out), so that dead builders can never hold the slots a new builder
+// needs; quick retries (connection refused) return in milliseconds.
 const (
 	tnMaxFetches      = 128
 	tnMaxRetryFetches = 16
@@ -30,8 +28,8 @@ const (
 	tnStaleAfter = 3
 )
 
-// tnRetryBackoff is the wait before re-fetching a peer that failed n times
-// in a row: 1 s doubling, capped at 60 s.
+// tnRetryBackoff is the wait before re-fetching a peer after its n-th slow
+// failure in a row (see retry.go): 1 s doubling, capped at 60 s.
 func tnRetryBackoff(n int) time.Duration {
 	return min(time.Second<<min(max(n-1, 0), 6), time.Minute)
 }
@@ -48,6 +46,13 @@ type tnEntry struct {
 	due      time.Time
 	inflight bool
 
+	// Retry state (see retry.go).
+	quick        bool      // the last failure was quick (refused, reset)
+	slowFails    int       // failures in a row that backed off
+	fastUntil    time.Time // quick failures are retried fast until then
+	failingSince time.Time // when the failures in a row began
+	stale        bool      // a good advert, but failing for a while: Problem
+
 	// Long poll state (see tailnet_poll.go).
 	etag       string             // ETag of advert; "" means fetch, not poll
 	polling    bool               // a long poll is outstanding
@@ -59,7 +64,7 @@ type tnEntry struct {
 type fetchResult struct {
 	id     tailcfg.NodeID
 	seq    uint64
-	retry  bool      // counted in tnLoop.retrying
+	retry  bool      // counted in tnLoop.retrying (a slow retry)
 	poll   bool      // a long poll, counted in tnLoop.polling
 	sent   string    // the ETag a long poll waited on
 	start  time.Time // when a long poll was sent
@@ -82,7 +87,7 @@ type tnLoop struct {
 	entries  map[tailcfg.NodeID]*tnEntry
 	seq      uint64
 	inflight int
-	retrying int // in-flight fetches for peers with failures > 0
+	retrying int // in-flight slow retries (see slowRetry)
 	polling  int // outstanding long polls (outside the fetch pool)
 	results  chan fetchResult
 	started  bool               // the bus has said something (up or down)
@@ -180,14 +185,28 @@ func (l *tnLoop) onBus(ev busEvent) {
 		l.down = ev.err
 		return
 	}
+	back := false
 	if ev.n.InitialStatus != nil {
 		if l.down != nil {
 			l.log.Info("tailnet source up again", "peers", len(ev.n.InitialStatus.Peer))
+			back = true
 		}
 		l.down = nil
 	}
+	now := time.Now()
 	if l.peers.apply(ev.n) {
-		l.reconcile(time.Now())
+		l.reconcile(now)
+	}
+	if back {
+		// The local tailscaled is back (restarted, or the laptop resumed):
+		// what failed while it was away failed here, not on the builder.
+		// Ask every builder that answered before, or refused quickly, at
+		// once; dead peers stay on their backoff.
+		for _, e := range l.entries {
+			if e.failures > 0 && (e.advert != nil || e.quick) {
+				e.openFastWindow(now)
+			}
+		}
 	}
 }
 
@@ -204,11 +223,16 @@ func (l *tnLoop) reconcile(now time.Time) {
 		}
 		old, _ := e.peer.fetchAddr()
 		cur, _ := p.fetchAddr()
-		if old != cur {
-			// Re-addressed: drop any fetch in flight and fetch again now.
+		restarted := !e.peer.disco.IsZero() && !p.disco.IsZero() && e.peer.disco != p.disco
+		if old != cur || restarted {
+			// Re-addressed, or its node restarted (a new disco key: its
+			// tailscaled, and so maybe its agent, started again; a held
+			// long poll is dead): drop any fetch in flight and fetch again
+			// now, retrying fast while its agent comes up.
 			e.stopPoll()
 			l.seq++
-			e.seq, e.inflight, e.etag, e.due = l.seq, false, "", now
+			e.seq, e.inflight, e.etag = l.seq, false, ""
+			e.openFastWindow(now)
 		}
 		e.peer, e.reason = p, reason
 	}
@@ -218,7 +242,8 @@ func (l *tnLoop) reconcile(now time.Time) {
 		}
 		if reason, ok := l.qualifies(p); ok {
 			l.seq++
-			l.entries[id] = &tnEntry{seq: l.seq, peer: p, reason: reason, due: now}
+			// A peer that just came online: its agent may not be up yet.
+			l.entries[id] = &tnEntry{seq: l.seq, peer: p, reason: reason, due: now, fastUntil: now.Add(tnFastWindow)}
 		}
 	}
 }
@@ -242,8 +267,13 @@ func (l *tnLoop) qualifies(p *tnPeer) (string, bool) {
 	return "", false
 }
 
+// slowRetry says whether e's next fetch is a slow retry (its last failure
+// was not quick): those run in the pool's smaller share, after the rest.
+func (e *tnEntry) slowRetry() bool { return e.failures > 0 && !e.quick }
+
 // dispatch starts the long polls and fetches that are due: polls outside
-// the pool, fetches for never-failing peers first, within the pool limits.
+// the pool, then first fetches and quick retries, then slow retries,
+// within the pool limits.
 func (l *tnLoop) dispatch(ctx context.Context, wg *sync.WaitGroup, now time.Time) {
 	var due []*tnEntry
 	for _, e := range l.entries {
@@ -257,8 +287,8 @@ func (l *tnLoop) dispatch(ctx context.Context, wg *sync.WaitGroup, now time.Time
 		due = append(due, e)
 	}
 	slices.SortFunc(due, func(a, b *tnEntry) int {
-		if (a.failures == 0) != (b.failures == 0) {
-			if a.failures == 0 {
+		if a.slowRetry() != b.slowRetry() {
+			if !a.slowRetry() {
 				return -1
 			}
 			return 1
@@ -269,7 +299,8 @@ func (l *tnLoop) dispatch(ctx context.Context, wg *sync.WaitGroup, now time.Time
 		if l.inflight >= tnMaxFetches {
 			return
 		}
-		if e.failures > 0 {
+		slow := e.slowRetry()
+		if slow {
 			if l.retrying >= tnMaxRetryFetches {
 				continue
 			}
@@ -277,7 +308,7 @@ func (l *tnLoop) dispatch(ctx context.Context, wg *sync.WaitGroup, now time.Time
 		}
 		l.inflight++
 		e.inflight = true
-		r := fetchResult{id: e.peer.nodeID, seq: e.seq, retry: e.failures > 0}
+		r := fetchResult{id: e.peer.nodeID, seq: e.seq, retry: slow}
 		url := l.advertURL(e)
 		wg.Go(func() {
 			r.advert, r.etag, r.err = l.fetch(ctx, l.client, url)
@@ -302,22 +333,46 @@ func (l *tnLoop) onResult(r fetchResult, now time.Time) {
 	if r.err == nil {
 		l.dirty = true
 		e.advert, e.failures, e.lastErr, e.etag = r.advert, 0, "", r.etag
+		e.quick, e.slowFails, e.stale = false, 0, false
 		e.due = now.Add(l.refresh) // no ETag: the server cannot long-poll
 		if e.etag != "" && l.polling < tnMaxPolls {
 			e.due = now // hold a long poll from now on
 		}
 		return
 	}
+	if e.failures == 0 {
+		e.failingSince = now
+		if e.advert != nil {
+			// It answered before: its agent went away (stopped,
+			// crashed, restarting). Watch for it to come back.
+			e.fastUntil = now.Add(tnFastWindow)
+		}
+	}
 	e.failures++
 	e.lastErr = r.err.Error()
+	e.quick = tnQuickFailure(r.err)
+	if e.quick && now.Before(e.fastUntil) {
+		e.due = now.Add(tnFastRetry())
+	} else {
+		e.slowFails++
+		wait := tnRetryBackoff(e.slowFails)
+		if e.advert != nil {
+			// A builder that answered before (its long poll broke with
+			// the laptop's network, say) is asked at least every Refresh,
+			// so that it is long-polled again soon after it is back.
+			wait = min(wait, l.refresh)
+		}
+		e.due = now.Add(wait)
+	}
+	wasStale := e.stale
+	e.stale = e.advert != nil && e.failures >= tnStaleAfter && now.Sub(e.failingSince) >= tnStaleFor
 	// A dead builder failing again the same way changes nothing a
 	// snapshot shows: no snapshot is built (on a tailnet of dead builders
 	// that was most of the idle client's allocation).
-	if !wasFetched || e.lastErr != prevErr || e.failures == tnStaleAfter {
+	if !wasFetched || e.lastErr != prevErr || e.stale != wasStale {
 		l.dirty = true
 	}
-	e.due = now.Add(tnRetryBackoff(e.failures))
-	l.log.Debug("advert fetch failed", "builder", e.peer.name, "attempt", e.failures, "err", r.err)
+	l.log.Debug("advert fetch failed", "builder", e.peer.name, "attempt", e.failures, "quick", e.quick, "err", r.err)
 }
 
 // nextDue is when the next poll or fetch that the limits allow is due.
@@ -329,7 +384,7 @@ func (l *tnLoop) nextDue() (time.Time, bool) {
 			continue
 		}
 		if !l.pollNext(e) && (l.inflight >= tnMaxFetches ||
-			(e.failures > 0 && l.retrying >= tnMaxRetryFetches)) {
+			(e.slowRetry() && l.retrying >= tnMaxRetryFetches)) {
 			continue // a result wakes the loop
 		}
 		if !found || e.due.Before(next) {
@@ -337,37 +392,4 @@ func (l *tnLoop) nextDue() (time.Time, bool) {
 		}
 	}
 	return next, found
-}
-
-// advertURL is where e's advert is fetched: its tailnet IP, never a name.
-func (l *tnLoop) advertURL(e *tnEntry) string {
-	ip, _ := e.peer.fetchAddr()
-	return "http://" + net.JoinHostPort(ip.String(), l.port) + wire.AdvertPath
-}
-
-// fetch gets and decodes one advert with client, and returns it with its
-// ETag ("" when the server sent none or an unusable one).
-func (l *tnLoop) fetch(ctx context.Context, client *http.Client, url string) (*wire.Advert, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return nil, "", fmt.Errorf("advert fetch failed: %w", err)
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, "", fmt.Errorf("advert fetch failed: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, wire.MaxJSONSize+1))
-	if err != nil {
-		return nil, "", fmt.Errorf("advert fetch failed: %s: %w", url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, "", fmt.Errorf("advert fetch failed: %s: %s", url, resp.Status)
-	}
-	a, err := wire.DecodeJSON(body)
-	if err != nil {
-		return nil, "", fmt.Errorf("advert invalid: %w", err)
-	}
-	return a, tnETag(resp.Header.Get("ETag")), nil
 }

@@ -8,6 +8,7 @@ import (
 	"tailscale.com/ipn"
 	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tailcfg"
+	"tailscale.com/types/key"
 )
 
 // tnPeer is what the tailnet source needs to know about one peer, from the
@@ -20,6 +21,9 @@ type tnPeer struct {
 	addrs    []netip.Addr // tailnet addresses, IPv4 first as control sends them
 	tags     []string     // nil when untagged
 	online   bool
+	// disco is the peer's disco key, which its tailscaled makes anew on
+	// every start; zero when unknown (the initial status has none).
+	disco key.DiscoPublic
 }
 
 // tnPeers is the peer table, keyed by node ID. It is only touched by the
@@ -29,8 +33,9 @@ type tnPeers map[tailcfg.NodeID]*tnPeer
 // apply folds one IPN bus notification into the table and reports whether
 // any peer was added, removed or changed. An InitialStatus replaces the
 // whole table; PeersChanged upserts whole nodes (tailscaled repeats
-// unchanged ones); PeerChangedPatch changes Online of a known peer;
-// PeersRemoved deletes.
+// unchanged ones); PeerChangedPatch changes Online or the disco key of a
+// known peer; PeersRemoved deletes. A whole node without a disco key keeps
+// the one known.
 func (p tnPeers) apply(n *ipn.Notify) (changed bool) {
 	if st := n.InitialStatus; st != nil {
 		old := p.clone()
@@ -39,7 +44,11 @@ func (p tnPeers) apply(n *ipn.Notify) (changed bool) {
 			if ps == nil || ps.NodeID == 0 {
 				continue
 			}
-			p[ps.NodeID] = peerFromStatus(ps)
+			np := peerFromStatus(ps)
+			if op := old[ps.NodeID]; op != nil {
+				np.disco = op.disco // the status has none
+			}
+			p[ps.NodeID] = np
 		}
 		changed = !tnPeersEqual(old, p)
 	}
@@ -48,17 +57,32 @@ func (p tnPeers) apply(n *ipn.Notify) (changed bool) {
 			continue
 		}
 		np := peerFromNode(node)
-		if op := p[node.ID]; op == nil || !op.equal(np) {
+		op := p[node.ID]
+		if op != nil && np.disco.IsZero() {
+			np.disco = op.disco
+		}
+		if op == nil || !op.equal(np) {
 			p[node.ID] = np
 			changed = true
 		}
 	}
 	for _, pc := range n.PeerChangedPatch {
-		if pc == nil || pc.Online == nil {
+		if pc == nil {
 			continue
 		}
-		if op := p[pc.NodeID]; op != nil && op.online != *pc.Online {
+		op := p[pc.NodeID]
+		if op == nil {
+			continue
+		}
+		if pc.Online != nil && op.online != *pc.Online {
 			op.online = *pc.Online
+			changed = true
+		}
+		if pc.DiscoKey != nil && op.disco != *pc.DiscoKey {
+			// Copy on write: the loop compares the entry's old peer.
+			np := *op
+			np.disco = *pc.DiscoKey
+			p[pc.NodeID] = &np
 			changed = true
 		}
 	}
@@ -94,7 +118,7 @@ func tnPeersEqual(a, b tnPeers) bool {
 
 func (a *tnPeer) equal(b *tnPeer) bool {
 	return a.nodeID == b.nodeID && a.stableID == b.stableID && a.name == b.name &&
-		a.online == b.online && slices.Equal(a.addrs, b.addrs) && slices.Equal(a.tags, b.tags)
+		a.online == b.online && a.disco == b.disco && slices.Equal(a.addrs, b.addrs) && slices.Equal(a.tags, b.tags)
 }
 
 func peerFromStatus(ps *ipnstate.PeerStatus) *tnPeer {
@@ -117,6 +141,7 @@ func peerFromNode(n *tailcfg.Node) *tnPeer {
 		stableID: n.StableID,
 		name:     strings.TrimSuffix(n.Name, "."),
 		online:   n.Online != nil && *n.Online,
+		disco:    n.DiscoKey,
 	}
 	for _, pfx := range n.Addresses {
 		if pfx.IsSingleIP() {

@@ -105,9 +105,11 @@ func TestTailnetSnapshot(t *testing.T) {
 			if len(got) != 2 {
 				t.Fatalf("IssuedAt-only change emitted a snapshot")
 			}
-			// Refresh failures keep the last good advert, then flag it.
-			for range tnStaleAfter {
-				l.onResult(fetchResult{id: 1, seq: l.entries[1].seq, err: errors.New("advert fetch failed: gone")}, now)
+			// Refresh failures keep the last good advert, then flag it
+			// (tnStaleAfter in a row, over tnStaleFor).
+			for i := range tnStaleAfter {
+				at := now.Add(time.Duration(i) * tnStaleFor / time.Duration(tnStaleAfter-1))
+				l.onResult(fetchResult{id: 1, seq: l.entries[1].seq, err: errors.New("advert fetch failed: gone")}, at)
 			}
 			l.maybeEmit()
 			last := got[len(got)-1].Candidates[0]
@@ -133,7 +135,7 @@ func TestTailnetBackoff(t *testing.T) {
 			t.Errorf("tnRetryBackoff(%d) = %v, want %v", n, got, want)
 		}
 	}
-	for n, want := range map[int]time.Duration{0: 0, 1: 100 * time.Millisecond, 3: 400 * time.Millisecond, 6: 3200 * time.Millisecond, 7: 5 * time.Second, 99: 5 * time.Second} {
+	for n, want := range map[int]time.Duration{0: 0, 1: 100 * time.Millisecond, 3: 400 * time.Millisecond, 4: 800 * time.Millisecond, 5: time.Second, 99: time.Second} {
 		if got := tnBusBackoff(n); got != want {
 			t.Errorf("tnBusBackoff(%d) = %v, want %v", n, got, want)
 		}

@@ -52,7 +52,7 @@ func (l *tnLoop) candidate(e *tnEntry) discover.Candidate {
 	switch {
 	case e.advert == nil:
 		c.Problem = e.lastErr
-	case e.failures >= tnStaleAfter:
+	case e.stale:
 		c.Problem = e.lastErr + " (showing the advert of the last fetch that worked)"
 	}
 	return c

@@ -55,10 +55,13 @@ var _ LocalAPI = (*local.Client)(nil)
 // advert.
 //
 // Fetches run concurrently in a bounded pool with a short timeout; each
-// advert is emitted as soon as it arrives; peers that do not answer are
-// retried with capped backoff in a smaller share of the pool, so that a
-// tailnet full of dead builders cannot delay a live one. An unchanged set
-// is not re-emitted.
+// advert is emitted as soon as it arrives. A peer that refuses the
+// connection (up, its agent not listening yet) is asked again every
+// 250–500 ms for a minute after it came online or its agent went away, so
+// that an agent starting late is seen within half a second; peers that
+// time out are retried with capped backoff in a smaller share of the
+// pool, so that a tailnet full of dead builders cannot delay a live one
+// (see retry.go). An unchanged set is not re-emitted.
 //
 // A builder whose advert came with an ETag is then long-polled (GET
 // /v1/advert?wait=<etag>, one held request per builder, outside the pool):
@@ -221,13 +224,15 @@ func (s *Source) follow(w *local.IPNBusWatcher, send func(busEvent) bool) (ok, r
 }
 
 // tnBusBackoff is the wait before the attempt-th re-subscription:
-// 100 ms doubling, capped at 5 s.
+// 100 ms doubling, capped at 1 s. A refused connection to the local
+// socket costs no packets, and a restarted tailscaled is followed within
+// a second of its socket coming back.
 func tnBusBackoff(attempt int) time.Duration {
 	if attempt <= 0 {
 		return 0
 	}
 	d := 100 * time.Millisecond << min(attempt-1, 6)
-	return min(d, 5*time.Second)
+	return min(d, time.Second)
 }
 
 // newHTTPClient is the advert fetcher: every connection through Dial, no

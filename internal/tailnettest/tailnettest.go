@@ -12,7 +12,8 @@
 //
 // Every node starts online in control (peers see Online=true); use
 // [Net.SetOnline] to simulate a node leaving, and [Net.SetTags] to retag
-// it. Everything is torn down in t.Cleanup and every wait is bounded.
+// it, and [Net.Restart] to restart one in place (tailscaled restarted).
+// Everything is torn down in t.Cleanup and every wait is bounded.
 package tailnettest
 
 import (
@@ -80,6 +81,11 @@ type Node struct {
 	Key key.NodePublic
 	// StableID is the node's stable ID.
 	StableID tailcfg.StableNodeID
+
+	// What Restart needs to start the same node again.
+	dir       string
+	ephemeral bool
+	tags      []string
 }
 
 // New starts DERP, STUN and a control server, all on loopback.
@@ -110,18 +116,59 @@ func New(tb testing.TB) *Net {
 // online in control. The node is closed in t.Cleanup.
 func (n *Net) AddNode(tb testing.TB, name string, tags ...string) *Node {
 	tb.Helper()
+	return n.start(tb, name, filepath.Join(tb.TempDir(), name), true, tags)
+}
+
+// AddRestartableNode is AddNode for a node that [Net.Restart] can restart:
+// it keeps its state in a file under its Dir and is not ephemeral (an
+// ephemeral node logs out of control when it stops).
+func (n *Net) AddRestartableNode(tb testing.TB, name string, tags ...string) *Node {
+	tb.Helper()
+	return n.start(tb, name, filepath.Join(tb.TempDir(), name), false, tags)
+}
+
+// Restart closes node's tsnet server and starts it again in place, as a
+// restart of tailscaled (a builder's reboot, a laptop's `systemctl
+// restart tailscaled`) does: the same state (node key, so the same node
+// in control, the same addresses and name), a new process (a new disco
+// key, every connection and listener of the old one gone). It returns the
+// new node; the old one must no longer be used. Control marks the node
+// offline while it is down (testcontrol does not notice by itself) and
+// online again once it is up; between runs while it is down. The node
+// must come from [Net.AddRestartableNode].
+func (n *Net) Restart(tb testing.TB, node *Node, between func()) *Node {
+	tb.Helper()
+	if node.ephemeral {
+		tb.Fatalf("tailnettest: node %s is ephemeral: start it with AddRestartableNode", node.Name)
+	}
+	n.SetOnline(tb, node, false)
+	node.Server.Close()
+	if between != nil {
+		between()
+	}
+	nn := n.start(tb, node.Name, node.dir, false, node.tags)
+	if nn.Key != node.Key || nn.IPv4 != node.IPv4 {
+		tb.Fatalf("tailnettest: node %s came back as another node (%v %v, was %v %v)", node.Name, nn.Key.ShortString(), nn.IPv4, node.Key.ShortString(), node.IPv4)
+	}
+	return nn
+}
+
+func (n *Net) start(tb testing.TB, name, dir string, ephemeral bool, tags []string) *Node {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
 	defer cancel()
 
 	s := &tsnet.Server{
-		Dir:           filepath.Join(tb.TempDir(), name),
-		Store:         new(mem.Store),
+		Dir:           dir,
 		Hostname:      name,
 		ControlURL:    n.ControlURL,
-		Ephemeral:     true,
+		Ephemeral:     ephemeral,
 		AdvertiseTags: tags,
 		Logf:          logger.Discard,
 		UserLogf:      logger.Discard,
+	}
+	if ephemeral {
+		s.Store = new(mem.Store)
 	}
 	tb.Cleanup(func() { s.Close() })
 	st, err := s.Up(ctx)
@@ -134,7 +181,7 @@ func (n *Net) AddNode(tb testing.TB, name string, tags ...string) *Node {
 	}
 	waitHomeDERP(tb, ctx, s, name)
 
-	node := &Node{Server: s, LocalClient: lc, Name: name}
+	node := &Node{Server: s, LocalClient: lc, Name: name, dir: dir, ephemeral: ephemeral, tags: tags}
 	if st.Self != nil {
 		node.Key = st.Self.PublicKey
 		node.StableID = st.Self.ID

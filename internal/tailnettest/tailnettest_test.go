@@ -82,3 +82,69 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestRestart proves Restart: the node comes back as the same node (key,
+// address), its peer sees it offline and then online again, and it serves
+// on the tailnet again; its old connections are gone.
+func TestRestart(t *testing.T) {
+	tn := New(t)
+	b := tn.AddRestartableNode(t, "b1", TagBuilder)
+	c := tn.AddNode(t, "c1")
+	tn.WaitPeer(t, c, b)
+	tn.WaitPeer(t, b, c)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	serve := func(n *Node) {
+		ln, err := n.Server.Listen("tcp", ":80")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				conn, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { io.Copy(conn, conn); conn.Close() }()
+			}
+		}()
+	}
+	serve(b)
+	old, err := c.Server.Dial(ctx, "tcp", net.JoinHostPort(b.IPv4.String(), "80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	sawOffline := false
+	nb := tn.Restart(t, b, func() {
+		waitFor(t, func() bool {
+			st, err := c.LocalClient.Status(ctx)
+			sawOffline = err == nil && st.Peer[b.Key] != nil && !st.Peer[b.Key].Online
+			return sawOffline
+		})
+	})
+	if !sawOffline {
+		t.Fatal("the peer never saw the node offline")
+	}
+	tn.WaitPeer(t, c, nb)
+	tn.WaitPeer(t, nb, c)
+	serve(nb)
+	conn, err := c.Server.Dial(ctx, "tcp", net.JoinHostPort(nb.IPv4.String(), "80"))
+	if err != nil {
+		t.Fatalf("dial the restarted node: %v", err)
+	}
+	io.WriteString(conn, "hi")
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "hi" {
+		t.Fatalf("echo from the restarted node: %q, %v", buf, err)
+	}
+	conn.Close()
+	// The old process's connection is gone: its peer answers it with a
+	// reset, or it is silent, but never echoes.
+	old.SetDeadline(time.Now().Add(3 * time.Second))
+	io.WriteString(old, "hi")
+	if n, _ := io.ReadFull(old, buf); n == 2 {
+		t.Error("a connection to the old process still echoes")
+	}
+}
