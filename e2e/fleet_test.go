@@ -67,7 +67,11 @@ func newFleet(t testing.TB) *fleet { return newFleetOf(t, 3, true) }
 
 // newFleetOf is newFleet with n trusted builders (b1…bn, at most 3) and,
 // if rogue, the rogue.
-func newFleetOf(t testing.TB, n int, rogue bool) *fleet {
+func newFleetOf(t testing.TB, n int, rogue bool) *fleet { return newFleetWith(t, n, rogue, nil) }
+
+// newFleetWith is newFleetOf with each builder's options changed by tweak
+// (nil: none) before it starts.
+func newFleetWith(t testing.TB, n int, rogue bool, tweak func(name string, o *nixtest.BuilderOptions)) *fleet {
 	t.Helper()
 	nixtest.RequireTools(t)
 	netnstest.RequireRoot(t)
@@ -106,10 +110,14 @@ func newFleetOf(t testing.TB, n int, rogue bool) *fleet {
 	}
 	for _, name := range names {
 		fb := &fleetBuilder{name: name, host: newHostTB(t, f.topo, name)}
-		fb.nix = nixtest.StartBuilder(t, nixtest.BuilderOptions{
+		opts := nixtest.BuilderOptions{
 			Version: nixtest.V28, Hostname: name, Netns: fb.host.NS, Addr: fb.host.IP,
 			AuthorizedKeys: []string{f.clientPub}, SystemFeatures: features[name],
-		})
+		}
+		if tweak != nil {
+			tweak(name, &opts)
+		}
+		fb.nix = nixtest.StartBuilder(t, opts)
 		fb.signKey = filepath.Join(fb.host.dir, "fleet")
 		k, _ := os.ReadFile(fleetKey)
 		if name == "rogue" { // signed, by a key the laptop does not trust

@@ -76,7 +76,10 @@ func tnQuickFailure(err error) bool {
 	if errors.As(err, &op) && op.Err != nil && strings.Contains(op.Err.Error(), "connection was refused") {
 		return true
 	}
-	return false
+	// net/http's unexported errServerClosedIdle: the peer closed a fresh
+	// connection before answering (which of it or io.EOF the transport
+	// reports depends on timing).
+	return strings.Contains(err.Error(), "http: server closed idle connection")
 }
 
 // openFastWindow makes e's quick failures retry fast from now on, for

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -49,7 +50,9 @@ type BuilderOptions struct {
 	ExtraNixConf string
 	// BuildUsers is how many build users the builder's nix-daemon runs
 	// builds as: group BuildUsersGroup with members nixtestbld1…N (UIDs
-	// from 30001), in a passwd and group file of the builder's own,
+	// [Builder.BuildUIDs], a range no other builder of this process
+	// uses: builders share the host's /proc, so an agent counting its
+	// builds by UID must not count another builder's), in a passwd and group file of the builder's own,
 	// bind-mounted over /etc/passwd and /etc/group in its mount namespace
 	// (the host's files are untouched). An agent in the builder then sees
 	// its running builds. 0 runs builds as the daemon's user
@@ -105,6 +108,8 @@ type Builder struct {
 	hostKey   string
 	sshd      *proc
 	holderPID int // a sleep in the builder's namespaces, for nsenter
+
+	firstBuildUID int // see BuildUIDs
 }
 
 // StartBuilder starts a builder and waits (bounded) until its nix-daemon
@@ -187,6 +192,9 @@ func (b *Builder) writeFiles(t testing.TB) error {
 	}
 	group := ""
 	if b.opts.BuildUsers > 0 {
+		if b.opts.BuildUsers > 99 {
+			return fmt.Errorf("build users: %d, want at most 99", b.opts.BuildUsers)
+		}
 		group = BuildUsersGroup
 		if err := b.writeUserFiles(); err != nil {
 			return err
@@ -216,9 +224,22 @@ func (b *Builder) writeFiles(t testing.TB) error {
 // [BuilderOptions.BuildUsers].
 const BuildUsersGroup = "nixtestbld"
 
-// buildUsersBase is the GID of [BuildUsersGroup] and one below the UID of
-// its first member: far from Debian's system and user ranges.
+// buildUsersBase is the GID of [BuildUsersGroup]; each builder's build
+// users get the next free range above it: far from Debian's system and
+// user ranges.
 const buildUsersBase = 30000
+
+// buildUIDRanges hands each builder with build users its own UID range.
+var buildUIDRanges atomic.Int64
+
+// BuildUIDs is the first and last UID of the builder's build users (0, 0
+// without [BuilderOptions.BuildUsers]).
+func (b *Builder) BuildUIDs() (first, last int) {
+	if b.opts.BuildUsers == 0 {
+		return 0, 0
+	}
+	return b.firstBuildUID, b.firstBuildUID + b.opts.BuildUsers - 1
+}
 
 // writeUserFiles writes Dir/passwd and Dir/group: the host's (or the
 // chroot's) files plus the build users, for the start script to bind
@@ -236,10 +257,11 @@ func (b *Builder) writeUserFiles() error {
 	if err != nil {
 		return fmt.Errorf("build users: %w", err)
 	}
+	b.firstBuildUID = buildUsersBase + 1 + int(buildUIDRanges.Add(1)-1)*100
 	var users, members strings.Builder
 	for i := 1; i <= b.opts.BuildUsers; i++ {
 		name := fmt.Sprintf("%s%d", BuildUsersGroup, i)
-		fmt.Fprintf(&users, "%s:x:%d:%d:Nix build user %d:/var/empty:/usr/sbin/nologin\n", name, buildUsersBase+i, buildUsersBase, i)
+		fmt.Fprintf(&users, "%s:x:%d:%d:Nix build user %d:/var/empty:/usr/sbin/nologin\n", name, b.firstBuildUID+i-1, buildUsersBase, i)
 		if i > 1 {
 			members.WriteString(",")
 		}
