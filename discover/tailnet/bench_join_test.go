@@ -1,9 +1,7 @@
 package tailnet_test
 
 import (
-	"context"
 	"math/rand/v2"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,31 +14,8 @@ import (
 // tnRunFor runs src like tnStart, but stop ends it at once (a benchmark
 // starts many sources, one per iteration).
 func tnRunFor(b *testing.B, src discover.Source) (*tnRun, func()) {
-	r := &tnRun{wake: make(chan struct{}, 1)}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- src.Run(ctx, func(s discover.Snapshot) {
-			r.mu.Lock()
-			r.snaps = append(r.snaps, tnSnap{s, time.Now()})
-			r.mu.Unlock()
-			select {
-			case r.wake <- struct{}{}:
-			default:
-			}
-		})
-	}()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case <-done:
-			case <-time.After(5 * time.Second):
-				b.Error("Run did not return after cancel")
-			}
-		})
-	}
+	r, stopErr := tnRunStoppable(b, src)
+	stop := func() { _ = stopErr() }
 	b.Cleanup(stop)
 	return r, stop
 }

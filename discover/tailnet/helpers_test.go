@@ -72,6 +72,19 @@ type tnRun struct {
 
 func tnStart(tb testing.TB, src discover.Source) *tnRun {
 	tb.Helper()
+	r, stop := tnRunStoppable(tb, src)
+	tb.Cleanup(func() {
+		if err := stop(); err != nil {
+			tb.Errorf("Run: %v", err)
+		}
+	})
+	return r
+}
+
+// tnRunStoppable runs src, recording its snapshots, and returns a stop
+// that cancels it, waits (bounded) for Run to return and returns Run's
+// error; stop runs once, later calls return the same error.
+func tnRunStoppable(tb testing.TB, src discover.Source) (*tnRun, func() error) {
 	r := &tnRun{wake: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -86,18 +99,20 @@ func tnStart(tb testing.TB, src discover.Source) *tnRun {
 			}
 		})
 	}()
-	tb.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				tb.Errorf("Run: %v", err)
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(5 * time.Second):
+				tb.Error("Run did not return after cancel")
 			}
-		case <-time.After(5 * time.Second):
-			tb.Error("Run did not return after cancel")
-		}
-	})
-	return r
+		})
+		return runErr
+	}
+	return r, stop
 }
 
 // count is how many snapshots were emitted so far.
