@@ -172,6 +172,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	current := buildsInterval(interval, facts.Capacity.RunningBuilds)
 	tick := time.NewTicker(current)
 	defer tick.Stop()
+	// A build starting on an idle builder is measured within
+	// buildWakeDelay, not at the next tick: Nix locks a build user's file
+	// as it starts a build, and the watch sees the open.
+	var buildWake <-chan struct{}
+	var wokenUntil time.Time // measure every second until then
+	if facts.BuildUsers.Group != "" || facts.BuildUsers.AutoAllocate {
+		if buildWake, err = watchBuildStarts(ctx, a.Facts.withDefaults().NixStateDir); err != nil {
+			log.Warn("cannot watch for build starts; running builds are measured every --interval while idle", "err", err)
+		}
+	}
 	var watchdog <-chan time.Time
 	if a.Tick != nil && a.TickEvery > 0 {
 		wd := time.NewTicker(a.TickEvery)
@@ -215,6 +225,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		case <-watchdog:
 			a.Tick()
+		case <-buildWake:
+			wokenUntil = time.Now().Add(buildWakeHold)
+			tick.Reset(buildWakeDelay)
+			current = buildWakeDelay
 		case <-a.drain:
 			o.Draining = !o.Draining
 			log.Info("draining changed", "draining", o.Draining)
@@ -238,7 +252,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			// While builds run, their count is measured every second:
 			// clients hold the slots other clients' builds fill, so a
 			// finished build should free its slot there soon.
-			if next := buildsInterval(interval, c.RunningBuilds); next != current {
+			running := c.RunningBuilds
+			if now.Before(wokenUntil) {
+				running = max(running, 1) // a build may be starting
+			}
+			if next := buildsInterval(interval, running); next != current {
 				tick.Reset(next)
 				current = next
 			}

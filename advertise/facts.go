@@ -40,6 +40,10 @@ type FactsOptions struct {
 	// GroupFile and PasswdFile resolve the build users ("/etc/group",
 	// "/etc/passwd").
 	GroupFile, PasswdFile string
+	// NixStateDir is the Nix daemon's state directory
+	// (DefaultNixStateDir), whose build-user lock files tell the agent the
+	// instant a build starts or ends.
+	NixStateDir string
 	// NixTimeout bounds each nix command (DefaultNixTimeout).
 	NixTimeout time.Duration
 	// Overrides are facts the user set: detectFacts does not look them up,
@@ -60,6 +64,7 @@ func (o FactsOptions) withDefaults() FactsOptions {
 	def(&o.HostKeyPath, DefaultHostKeyPath)
 	def(&o.GroupFile, "/etc/group")
 	def(&o.PasswdFile, "/etc/passwd")
+	def(&o.NixStateDir, DefaultNixStateDir)
 	if o.NixTimeout <= 0 {
 		o.NixTimeout = DefaultNixTimeout
 	}

@@ -25,14 +25,25 @@ type laptop struct {
 // newLaptop adds a client host to f's bridge and starts its client.
 func (f *fleet) newLaptop(t testing.TB, name string) *laptop {
 	t.Helper()
+	return f.newLaptopHolding(t, name, true)
+}
+
+// newLaptopHolding is newLaptop whose client holds the laptop Nix's slot
+// locks only when hold (else --nix-state-dir "": a plain managed file).
+func (f *fleet) newLaptopHolding(t testing.TB, name string, hold bool) *laptop {
+	t.Helper()
 	l := &laptop{h: newHostTB(t, f.topo, name), nixDir: nixtest.WorkDir(t, "e2e-"+name+"-nix")}
 	if err := os.MkdirAll(nixtest.ClientStateDir(l.nixDir), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	stateDir := ""
+	if hold {
+		stateDir = nixtest.ClientStateDir(l.nixDir)
+	}
 	l.machines, l.socket = filepath.Join(l.h.dir, "machines"), filepath.Join(l.h.dir, "client.sock")
 	l.h.start(t, "client", f.bin, "client", "--tailnet=false", "--mdns", "--mdns-iface", netnstest.HostIface,
 		"--trust-key", f.fleetPub, "--ssh-key", f.key, "--machines", l.machines, "--socket", l.socket,
-		"--nix-state-dir", nixtest.ClientStateDir(l.nixDir), "--log-level", "debug")
+		"--nix-state-dir", stateDir, "--log-level", "debug")
 	return l
 }
 
@@ -151,4 +162,44 @@ func readLines(t testing.TB, path string) []string {
 		}
 	}
 	return lines
+}
+
+// TestIdleBuildersAgentSeesABuildStartAtOnce: on a builder with nothing
+// running, the agent measures capacity only every --interval (here an
+// hour), yet a build another laptop starts there is in its advert at
+// once: Nix locks a build user's file as the build starts, the agent's
+// watch on userpool/ sees it, and laptop 1's client holds the slot for
+// that load while the build runs, then releases it when it ends.
+func TestIdleBuildersAgentSeesABuildStartAtOnce(t *testing.T) {
+	f := newFleetWith(t, 1, false, func(_ string, o *nixtest.BuilderOptions) {
+		o.BuildUsers, o.ExtraNixConf = 1, "max-jobs = 1"
+	})
+	a := f.builders[0]
+	f.agentArgs = []string{"--interval", "1h"}
+	f.startAgent(t, a)
+	l1 := &laptop{h: f.laptop, nixDir: f.nixDir, machines: f.machines, socket: f.socket}
+	f.startClient(t)
+	l2 := f.newLaptop(t, "laptop2")
+	for _, l := range []*laptop{l1, l2} {
+		waitFor(t, joinWithin, fmt.Sprintf("%s in %s's file, nothing held", a.name, l.h.Name), func() bool {
+			s := l.slots(f, a)
+			return s != nil && s.Max == 1 && s.Held == 0
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), buildWithin)
+	defer cancel()
+	long := f.startBuild(t, ctx, l2.buildOpts(spreadExpr(1, 30*time.Second)))
+	defer long.wait()
+	// Bounded well inside the build's 30 s and the agent's hour.
+	waitFor(t, 20*time.Second, "laptop 1's client holding A's slot for laptop 2's just-started build", func() bool {
+		s := l1.slots(f, a)
+		return s != nil && s.Held == 1 && s.Reason == discover.HoldLoad
+	})
+	if res := long.wait(); res.err != nil {
+		t.Fatalf("laptop 2's build: %v\n%s", res.err, res.stderr)
+	}
+	waitFor(t, leaveWithin, "laptop 1's client releasing A's slot once the build ended", func() bool {
+		s := l1.slots(f, a)
+		return s != nil && s.Held == 0
+	})
 }

@@ -35,7 +35,7 @@ type advertiseFlags struct {
 	mdnsIfaces                           repeated
 	drain                                bool
 	watchSSHD                            bool
-	nixPath                              string
+	nixPath, nixStateDir                 string
 	logLevel                             string
 	enrollTags, enrollCaps               repeated
 	enrollStore, enrollSocket            string
@@ -67,6 +67,7 @@ func newAdvertiseCmd(e *env) *ffcli.Command {
 	fs.BoolVar(&f.drain, "drain", false, "start draining: clients send no new builds (SIGUSR1 toggles)")
 	fs.BoolVar(&f.watchSSHD, "watch-sshd", true, "advertise draining while the local sshd on --ssh-port is dead, stopped or hung (read from the kernel 4 times a second; no connection is made)")
 	fs.StringVar(&f.nixPath, "nix", "nix", "the nix binary to read the configuration from")
+	fs.StringVar(&f.nixStateDir, "nix-state-dir", advertise.DefaultNixStateDir, "the Nix daemon's state directory: a build starting is seen at once by its build-user lock (userpool/), not at the next --interval")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.Var(&f.enrollTags, "enroll-allow-tag", "accept SSH key enrolment (POST /v1/enroll) from tailnet callers with this tag (repeatable)")
 	fs.Var(&f.enrollCaps, "enroll-allow-cap", "accept SSH key enrolment from tailnet callers granted this peer capability (repeatable)")
@@ -137,6 +138,7 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 		Facts: advertise.FactsOptions{
 			NixPath:     f.nixPath,
 			HostKeyPath: hostKey,
+			NixStateDir: f.nixStateDir,
 			Overrides: advertise.Overrides{
 				Hostname:          f.hostname,
 				SSHUser:           f.sshUser,
