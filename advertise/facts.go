@@ -19,8 +19,10 @@ const (
 	DefaultStoreDir    = "/nix/store"
 	DefaultHostKeyPath = "/etc/ssh/ssh_host_ed25519_key.pub"
 	DefaultNixTimeout  = 10 * time.Second
-	// DefaultSSHUser is the user of NixOS's nix.sshServe, made for this.
-	DefaultSSHUser     = "nix-ssh"
+	// DefaultSSHUser is the user Nix logs in as, as the NixOS module
+	// names it. Not "nix-ssh": that is NixOS's nix.sshServe user, which
+	// has its own forced command (pass --ssh-user nix-ssh to use it).
+	DefaultSSHUser     = "nixrb-builder"
 	DefaultSSHPort     = 22
 	DefaultSpeedFactor = 1.0
 )

@@ -34,6 +34,9 @@ let
   # writes ssh_config Host aliases that root's ssh must include.
   needSSHConfig = builtins.compareVersions config.nix.package.version "2.31" < 0;
 
+  # NixOS rejects user and group names of 32 characters or more.
+  userNameFits = builtins.stringLength cfg.advertise.sshUser < 32;
+
   enrollment = cfg.advertise.enrollment.allowTags != [ ] || cfg.advertise.enrollment.allowCaps != [ ];
 
   # A JSON --config file: its keys are the flag names.
@@ -156,8 +159,12 @@ in
       package = packageOption;
       sshUser = mkOption {
         type = types.str;
-        default = "nix-ssh";
-        description = "User Nix logs in as on this builder (`sshUser` in nix.buildMachines).";
+        default = "nixrb-builder";
+        description = ''
+          User Nix logs in as on this builder (`sshUser` in nix.buildMachines).
+          Not `nix-ssh`: that is `nix.sshServe`'s user, with its own forced
+          command.
+        '';
       };
       sshPort = mkOption {
         type = types.port;
@@ -406,6 +413,10 @@ in
             assertion = !cfg.advertise.mdns.enable || cfg.advertise.mdns.interfaces != [ ];
             message = "services.nixrb-discover.advertise.mdns.enable needs mdns.interfaces";
           }
+          {
+            assertion = !cfg.advertise.createUser || userNameFits;
+            message = "services.nixrb-discover.advertise.createUser: sshUser \"${cfg.advertise.sshUser}\" is ${toString (builtins.stringLength cfg.advertise.sshUser)} characters; NixOS user and group names have at most 31";
+          }
         ];
         environment.systemPackages = [ cfg.advertise.package ];
         systemd.services.nixrb-discover-advertise = service "nixrb-discover-advertise.service" cfg.advertise.package (
@@ -417,7 +428,9 @@ in
           ++ cfg.advertise.extraArgs
         );
       }
-      (mkIf cfg.advertise.createUser {
+      # A name that does not fit is not defined at all: NixOS's own length
+      # check aborts evaluation, hiding the assertion above.
+      (mkIf (cfg.advertise.createUser && userNameFits) {
         users.users.${cfg.advertise.sshUser} = {
           isSystemUser = true;
           group = cfg.advertise.sshUser;
@@ -528,8 +541,12 @@ in
       }
       (mkIf needSSHConfig {
         # Host aliases for builders on a port other than 22 (Nix < 2.31
-        # cannot say host:port). A missing file is fine for ssh.
-        programs.ssh.extraConfig = ''
+        # cannot say host:port). A missing file is fine for ssh. The
+        # Include must be top-level: after a user's `Host ward` line it
+        # would apply only to ward. So it goes first (mkBefore), and
+        # `Match all` makes it top-level wherever it lands.
+        programs.ssh.extraConfig = lib.mkBefore ''
+          Match all
           Include ${sshConfigFile}
         '';
       })

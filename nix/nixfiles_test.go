@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/internal/hoststate"
-	"github.com/nixrb-discover/nixrb-discover/render"
 	"github.com/nixrb-discover/nixrb-discover/systemd"
 )
 
@@ -52,11 +51,15 @@ func evalJSON(t *testing.T, expr string, v any) {
 	}
 }
 
-// nixFiles is every Nix file we ship: flake.nix and nix/**.
+// nixFiles is every Nix file we ship: flake.nix and nix/** (but the
+// vendored nixpkgs lib).
 func nixFiles(t *testing.T) []string {
 	t.Helper()
 	files := []string{"../flake.nix"}
 	err := filepath.WalkDir(".", func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() && p == filepath.Join("testdata", "nixpkgs-lib") {
+			return filepath.SkipDir // vendored nixpkgs lib, not ours
+		}
 		if err == nil && !d.IsDir() && strings.HasSuffix(p, ".nix") {
 			files = append(files, p)
 		}
@@ -126,94 +129,6 @@ func TestUnitsNix(t *testing.T) {
 	}
 }
 
-// advertiseCfg and clientCfg are option values as the module system
-// would hand them to settings.nix.
-const advertiseCfg = `{
-  sshUser = "nix-ssh"; sshPort = 2222; protocol = "ssh-ng";
-  systems = [ "x86_64-linux" "i686-linux" ]; supportedFeatures = [ ]; mandatoryFeatures = null;
-  maxJobs = 8; speedFactor = 1.5; hostName = null; signKeyFile = "/run/keys/fleet";
-  tailnet.enable = true; advertPort = 7461; allowTags = [ "tag:nix-client" ]; allowCaps = [ ];
-  mdns = { enable = true; interfaces = [ "eth0" ]; };
-  enrollment = { allowTags = [ ]; allowCaps = [ ]; commandUser = "root"; };
-}`
-
-const clientCfg = `{
-  sshKey = "/var/lib/nixrb-discover/id_ed25519"; tailnet.enable = true;
-  tags = [ "tag:nix-builder" ]; builders = [ ]; address = "magicdns";
-  mdns = { enable = false; interfaces = [ "eth0" ]; };
-  trustKeys = [ "/etc/nixrb/fleet.pub" ]; pins = { ward = "ssh-ed25519 AAAA"; };
-  checkStatic = true;
-}`
-
-// TestSettingsNix: the JSON --config each daemon gets. Unset options are
-// left out (the binary's defaults apply); comma-list flags are one
-// string (a JSON array would set the flag once per item, each replacing
-// the last).
-func TestSettingsNix(t *testing.T) {
-	t.Run("advertise", func(t *testing.T) {
-		var got map[string]any
-		evalJSON(t, `(import ./settings.nix).advertise `+advertiseCfg, &got)
-		want := map[string]any{
-			"ssh-user": "nix-ssh", "ssh-port": 2222.0, "protocol": "ssh-ng",
-			"systems": "x86_64-linux,i686-linux", "features": "",
-			"max-jobs": 8.0, "speed-factor": 1.5, "sign-key": "/run/keys/fleet",
-			"tailnet": true, "advert-port": 7461.0, "allow-tag": []any{"tag:nix-client"},
-			"mdns": true, "mdns-iface": []any{"eth0"},
-		}
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("got  %v\nwant %v", got, want)
-		}
-	})
-	t.Run("client", func(t *testing.T) {
-		var got map[string]any
-		evalJSON(t, `(import ./settings.nix).client `+clientCfg+` { machines = "/var/lib/nixrb-discover/machines"; staticFile = "/nix/store/x-static"; sshConfig = null; }`, &got)
-		want := map[string]any{
-			"machines": "/var/lib/nixrb-discover/machines", "static": "/nix/store/x-static", "check-static": true,
-			"ssh-key": "/var/lib/nixrb-discover/id_ed25519", "tailnet": true, "tag": []any{"tag:nix-builder"},
-			"address": "magicdns", "mdns": false, "trust-key": []any{"/etc/nixrb/fleet.pub"},
-			"pin": []any{"ward=ssh-ed25519 AAAA"},
-		}
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("got  %v\nwant %v", got, want)
-		}
-	})
-	t.Run("enrollment-keys", func(t *testing.T) {
-		var got map[string]any
-		cfg := strings.Replace(advertiseCfg, `enrollment = { allowTags = [ ]`, `enrollment = { allowTags = [ "tag:nix-client" ]`, 1)
-		evalJSON(t, `(import ./settings.nix).advertise `+cfg, &got)
-		if !reflect.DeepEqual(got["enroll-allow-tag"], []any{"tag:nix-client"}) {
-			t.Errorf("enroll-allow-tag = %v", got["enroll-allow-tag"])
-		}
-	})
-}
-
-// TestStaticMachinesNix: nix.buildMachines-shaped entries become a
-// machines file that our parser (as Nix's) reads back to the same
-// builders.
-func TestStaticMachinesNix(t *testing.T) {
-	var text string
-	evalJSON(t, `(import ./settings.nix).staticMachines [
-	  { hostName = "ward.tail1234.ts.net"; protocol = "ssh-ng"; system = null; systems = [ "x86_64-linux" "aarch64-linux" ];
-	    sshUser = "nix-ssh"; sshKey = "/etc/nix/id_builder"; maxJobs = 8; speedFactor = 2;
-	    supportedFeatures = [ "kvm" ]; mandatoryFeatures = [ "big-parallel" ];
-	    publicHostKey = "c3NoLWVkMjU1MTkgQUFBQUMzTnphQzFsWkRJMU5URTVBQUFBSUxjakEwNWYyN1BHZ3pXNTFRUHc3Nk9US2Q4ZDdBSE5OMlBwZXc4aVNEa2Qgcm9vdEBiMQo="; }
-	  { hostName = "old"; protocol = "ssh"; system = "x86_64-linux"; systems = [ ]; sshUser = null; sshKey = null;
-	    maxJobs = 1; speedFactor = 1; supportedFeatures = [ ]; mandatoryFeatures = [ ]; publicHostKey = null; }
-	]`, &text)
-	want := "ssh-ng://nix-ssh@ward.tail1234.ts.net x86_64-linux,aarch64-linux /etc/nix/id_builder 8 2 kvm,big-parallel big-parallel c3NoLWVkMjU1MTkgQUFBQUMzTnphQzFsWkRJMU5URTVBQUFBSUxjakEwNWYyN1BHZ3pXNTFRUHc3Nk9US2Q4ZDdBSE5OMlBwZXc4aVNEa2Qgcm9vdEBiMQo=\n" +
-		"ssh://old x86_64-linux - 1 1 - - -\n"
-	if text != want {
-		t.Errorf("got\n%s\nwant\n%s", text, want)
-	}
-	entries, err := render.Parse([]byte(text), render.ParseOptions{})
-	if err != nil {
-		t.Fatalf("our parser rejects the static file: %v", err)
-	}
-	if len(entries) != 2 || entries[0].Machine.URI.Host != "ward.tail1234.ts.net" || entries[0].Machine.SpeedFactor != 2 {
-		t.Errorf("parsed %+v", entries)
-	}
-}
-
 // TestVendorHash recomputes package.nix's vendorHash the way
 // buildGoModule's vendor derivation makes it: `go mod vendor`, then the
 // NAR hash of the tree. It fails, naming the new value, when a change of
@@ -262,236 +177,6 @@ func TestVendorHash(t *testing.T) {
 	if got := strings.TrimSpace(string(out)); got != string(m[1]) {
 		t.Errorf("nix/package.nix vendorHash is stale: set it to %q (was %q)", got, m[1])
 	}
-}
-
-// moduleResult is what testdata/eval-module.nix returns.
-type moduleResult struct {
-	Config struct {
-		Environment struct {
-			Etc map[string]struct {
-				Enable *bool
-				Mode   string
-				Text   string
-			}
-		}
-		Nix struct {
-			DistributedBuilds *bool
-			Settings          map[string]any
-		}
-		Programs struct{ SSH struct{ ExtraConfig string } }
-		Services struct{ OpenSSH struct{ ExtraConfig string } }
-		Systemd  struct {
-			Services map[string]struct {
-				After, Wants, WantedBy []string
-				Environment            map[string]string
-				ServiceConfig          map[string]any
-			}
-		}
-		Users struct{ Users map[string]map[string]any }
-	}
-	FailedAssertions []string
-}
-
-// evalModule evaluates nix/module.nix with a stub lib (see
-// testdata/eval-module.nix) for one configuration.
-func evalModule(t *testing.T, user, nixVersion, buildMachines string) moduleResult {
-	t.Helper()
-	out, err := nixCmd(t, "nix-instantiate", "--eval", "--strict", "--json", "testdata/eval-module.nix",
-		"--arg", "user", user, "--argstr", "nixVersion", nixVersion, "--arg", "buildMachines", buildMachines)
-	if err != nil {
-		t.Fatalf("evaluate the module with %s: %v", user, err)
-	}
-	// JSON keys are camelCase; map them onto the struct case-insensitively.
-	var r moduleResult
-	if err := json.Unmarshal(bytes.ReplaceAll(out, []byte(`"openssh"`), []byte(`"OpenSSH"`)), &r); err != nil {
-		t.Fatalf("%s: %v", out, err)
-	}
-	return r
-}
-
-// TestModule checks the module's wiring for the configurations that
-// docs/NIXOS.md shows.
-func TestModule(t *testing.T) {
-	units := map[string]map[string]map[string]any{}
-	for name, b := range systemd.Units() {
-		units[strings.TrimSuffix(name, ".service")] = goParse(b)
-	}
-	// The service is the embedded unit: every [Service] directive but
-	// ExecStart and Environment (PATH comes from `path`, HOME from
-	// `environment`), with the same value.
-	sameAsUnit := func(t *testing.T, r moduleResult, name, execStart string) {
-		t.Helper()
-		s, ok := r.Config.Systemd.Services[name]
-		if !ok {
-			t.Fatalf("no systemd.services.%s", name)
-		}
-		want := map[string]any{}
-		for k, v := range units[name]["Service"] {
-			want[k] = v
-		}
-		delete(want, "Environment")
-		want["ExecStart"] = execStart
-		if !reflect.DeepEqual(s.ServiceConfig, want) {
-			t.Errorf("%s serviceConfig:\n got %v\nwant %v", name, s.ServiceConfig, want)
-		}
-		if !strings.HasPrefix(s.Environment["HOME"], "/run/nixrb-discover") {
-			t.Errorf("%s: environment.HOME = %q", name, s.Environment["HOME"])
-		}
-		if !reflect.DeepEqual(s.After, []string{"tailscaled.service", "network-online.target"}) || !reflect.DeepEqual(s.WantedBy, []string{"multi-user.target"}) {
-			t.Errorf("%s: after %v, wantedBy %v", name, s.After, s.WantedBy)
-		}
-	}
-	const pkg = "/nix/store/00000000000000000000000000000000-nixrb-discover/bin/nixrb-discover"
-	const store = "/nix/store/00000000000000000000000000000000-"
-
-	t.Run("laptop", func(t *testing.T) {
-		r := evalModule(t, `{ client = { enable = true; tags = [ "tag:nix-builder" ]; }; }`, "2.28.3", "[ ]")
-		if len(r.FailedAssertions) > 0 {
-			t.Errorf("assertions: %v", r.FailedAssertions)
-		}
-		sameAsUnit(t, r, "nixrb-discover-client", pkg+" client --config "+store+"nixrb-discover-client.json")
-		if got := r.Config.Nix.Settings["builders"]; got != "@/var/lib/nixrb-discover/machines" {
-			t.Errorf("nix.settings.builders = %v", got)
-		}
-		if r.Config.Nix.DistributedBuilds == nil || !*r.Config.Nix.DistributedBuilds {
-			t.Error("nix.distributedBuilds is not set")
-		}
-		// Nix 2.28 cannot say host:port: root's ssh includes our aliases.
-		if r.Config.Programs.SSH.ExtraConfig != "Include /var/lib/nixrb-discover/ssh_config\n" {
-			t.Errorf("programs.ssh.extraConfig = %q", r.Config.Programs.SSH.ExtraConfig)
-		}
-		if _, ok := r.Config.Environment.Etc["nix/machines"]; ok {
-			t.Error("touches /etc/nix/machines although nix.buildMachines is empty")
-		}
-		if _, ok := r.Config.Systemd.Services["nixrb-discover-advertise"]; ok {
-			t.Error("the agent runs on a client-only machine")
-		}
-	})
-	t.Run("laptop-nix-2.31-needs-no-ssh-config", func(t *testing.T) {
-		r := evalModule(t, `{ client.enable = true; }`, "2.31.1", "[ ]")
-		if r.Config.Programs.SSH.ExtraConfig != "" {
-			t.Errorf("programs.ssh.extraConfig = %q", r.Config.Programs.SSH.ExtraConfig)
-		}
-	})
-	t.Run("static-from-buildMachines-hides-etc-nix-machines", func(t *testing.T) {
-		r := evalModule(t, `{ client = { enable = true; static = [ { hostName = "old"; } ]; }; }`, "2.28.3", `[ { hostName = "old"; } ]`)
-		e, ok := r.Config.Environment.Etc["nix/machines"]
-		if !ok || e.Enable == nil || *e.Enable {
-			t.Errorf("environment.etc.\"nix/machines\" = %+v, want enable = false", e)
-		}
-	})
-	t.Run("builder", func(t *testing.T) {
-		r := evalModule(t, `{ advertise.enable = true; }`, "2.28.3", "[ ]")
-		if len(r.FailedAssertions) > 0 {
-			t.Errorf("assertions: %v", r.FailedAssertions)
-		}
-		sameAsUnit(t, r, "nixrb-discover-advertise", pkg+" advertise --config "+store+"nixrb-discover-advertise.json")
-		// Opt-in only: no user, no trust, no sshd change.
-		if len(r.Config.Users.Users) > 0 || r.Config.Nix.Settings["trusted-users"] != nil || r.Config.Services.OpenSSH.ExtraConfig != "" {
-			t.Errorf("users %v, trusted-users %v, sshd %q", r.Config.Users.Users, r.Config.Nix.Settings["trusted-users"], r.Config.Services.OpenSSH.ExtraConfig)
-		}
-		if _, ok := r.Config.Nix.Settings["builders"]; ok {
-			t.Error("a builder-only machine changes its own builders")
-		}
-	})
-	t.Run("builder-trusted-with-enrolment", func(t *testing.T) {
-		r := evalModule(t, `{ advertise = { enable = true; sshUser = "builder"; createUser = true; trustedUser = true;
-		  enrollment.allowTags = [ "tag:nix-client" ]; extraArgs = [ "--log-level=debug" ]; }; }`, "2.28.3", "[ ]")
-		if len(r.FailedAssertions) > 0 {
-			t.Errorf("assertions: %v", r.FailedAssertions)
-		}
-		if u := r.Config.Users.Users["builder"]; u["isSystemUser"] != true || u["useDefaultShell"] != true {
-			t.Errorf("users.users.builder = %v", u)
-		}
-		if got := r.Config.Nix.Settings["trusted-users"]; !reflect.DeepEqual(got, []any{"builder"}) {
-			t.Errorf("trusted-users = %v", got)
-		}
-		sshd := r.Config.Services.OpenSSH.ExtraConfig
-		for _, want := range []string{
-			"Match User builder\n",
-			"  AuthorizedKeysCommand /etc/ssh/nixrb-discover-authorized-keys %u\n",
-			"  AuthorizedKeysCommandUser root\n",
-			"  PermitTTY no\n",
-			"Match All\n",
-		} {
-			if !strings.Contains(sshd, want) {
-				t.Errorf("sshd extraConfig lacks %q:\n%s", want, sshd)
-			}
-		}
-		// The command is a copied file (mode set), not a store symlink.
-		w := r.Config.Environment.Etc["ssh/nixrb-discover-authorized-keys"]
-		if w.Mode != "0755" || !strings.Contains(w.Text, "exec "+pkg+` authorized-keys "$@"`) {
-			t.Errorf("authorized-keys wrapper = %+v", w)
-		}
-		exec, _ := r.Config.Systemd.Services["nixrb-discover-advertise"].ServiceConfig["ExecStart"].(string)
-		if !strings.HasSuffix(exec, " --log-level=debug") {
-			t.Errorf("extraArgs not after --config: %s", exec)
-		}
-	})
-	t.Run("mistakes-fail-assertions", func(t *testing.T) {
-		r := evalModule(t, `{ client = { enable = true; tailnet.enable = false; mdns.enable = true; };
-		  advertise = { enable = true; tailnet.enable = false; }; }`, "2.28.3", "[ ]")
-		want := []string{
-			"services.nixrb-discover.advertise: nothing to advertise on; keep tailnet.enable or set mdns.enable",
-			"services.nixrb-discover.client.mdns.enable needs mdns.interfaces",
-			"services.nixrb-discover.client.mdns.enable needs trustKeys or pins: unsigned, unpinned mDNS adverts are never used",
-		}
-		if !reflect.DeepEqual(r.FailedAssertions, want) {
-			t.Errorf("failed assertions:\n%q\nwant\n%q", r.FailedAssertions, want)
-		}
-	})
-}
-
-// TestSettingsAreFlags feeds the JSON that settings.nix makes to the real
-// binary: ff rejects a config key that is not a flag, so every key the
-// module writes must exist. The run stops at a bad --interval, before the
-// daemon does anything.
-func TestSettingsAreFlags(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	tmp := t.TempDir()
-	bin := filepath.Join(tmp, "nixrb-discover")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/nixrb-discover")
-	build.Dir = ".."
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	run := func(t *testing.T, role, expr string) string {
-		t.Helper()
-		var settings map[string]any
-		evalJSON(t, expr, &settings)
-		b, _ := json.Marshal(settings)
-		file := filepath.Join(tmp, role+".json")
-		if err := os.WriteFile(file, b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		out, _ := exec.CommandContext(ctx, bin, role, "--config", file, "--interval=0s").CombinedOutput()
-		return string(out)
-	}
-	paths := ` { machines = "/var/lib/nixrb-discover/machines"; staticFile = "/nix/store/x-static"; sshConfig = "/var/lib/nixrb-discover/ssh_config"; }`
-	for role, expr := range map[string]string{
-		"advertise": `(import ./settings.nix).advertise ` + advertiseCfg,
-		"client":    `(import ./settings.nix).client ` + strings.Replace(clientCfg, "enable = false", "enable = true", 1) + paths,
-	} {
-		t.Run(role, func(t *testing.T) {
-			out := run(t, role, expr)
-			if !strings.Contains(out, `--interval "0s": want a positive duration`) {
-				t.Errorf("the %s config file was not accepted up to --interval:\n%s", role, out)
-			}
-		})
-	}
-	t.Run("enrolment", func(t *testing.T) {
-		cfg := strings.Replace(advertiseCfg, `enrollment = { allowTags = [ ]; allowCaps = [ ]`, `enrollment = { allowTags = [ "tag:nix-client" ]; allowCaps = [ "example.com/cap/nix" ]`, 1)
-		out := run(t, "advertise", `(import ./settings.nix).advertise `+cfg)
-		if !strings.Contains(out, `--interval "0s": want a positive duration`) {
-			t.Errorf("the enrolment settings were not accepted up to --interval:\n%s", out)
-		}
-	})
 }
 
 // TestAuthorizedKeysCommandPath shows why the module's

@@ -1,7 +1,7 @@
 # Turns the module's options into the daemons' settings: an attrset whose
 # keys are the flag names (the JSON --config file of each daemon), and the
 # static builders into a machines file. Builtins only, so it evaluates
-# without nixpkgs (nix/nixfiles_test.go checks it with Debian's nix).
+# without nixpkgs (nix/module_test.go evaluates it through the module).
 let
   # Unset settings (null) and empty repeatable flags are left out, so the
   # binary's own defaults apply.

@@ -95,7 +95,7 @@ tag or capability enrol their SSH keys themselves (POST /v1/enroll); sshd
 reads them with 'nixrb-discover authorized-keys' (see its help).
 
 Example:
-  nixrb-discover advertise --ssh-user nix-ssh --features kvm,big-parallel`),
+  nixrb-discover advertise --ssh-user nixrb-builder --features kvm,big-parallel`),
 		FlagSet: fs,
 		Options: configOptions(fs),
 		Exec: func(ctx context.Context, args []string) error {
