@@ -11,13 +11,13 @@ import (
 const DefaultNixStateDir = "/nix/var/nix"
 
 // buildWakeDelay is how long after a build user's lock file is opened or
-// closed the agent measures running builds: long enough for the build's
-// first process to run as its build user, short against a build.
-const buildWakeDelay = 100 * time.Millisecond
+// closed the agent measures running builds: Nix flocks the file right
+// after opening it (and a burst of opens is measured once).
+const buildWakeDelay = 20 * time.Millisecond
 
 // buildWakeHold is how long after a build-user lock event the agent keeps
-// measuring every runningBuildsEvery even if it counted none: a build's
-// first process may start later than buildWakeDelay (sandbox setup).
+// measuring every runningBuildsEvery even if it counted none (a lock
+// taken later than buildWakeDelay).
 const buildWakeHold = 3 * time.Second
 
 // userPoolDirs are the directories under stateDir where Nix keeps its

@@ -201,9 +201,13 @@ func countRunningBuilds(o FactsOptions, bu BuildUsers) (int, error) {
 	if len(uids) == 0 && !bu.AutoAllocate {
 		return 0, nil
 	}
+	// A build holds its build user's lock from the moment Nix picks the
+	// user, before its first process runs as that user: the locks see a
+	// build starting sooner, the processes see one without a lock file.
+	locked := countLockedBuildUsers(o.ProcRoot, o.NixStateDir)
 	entries, err := os.ReadDir(o.ProcRoot)
 	if err != nil {
-		return 0, err
+		return locked, err
 	}
 	busy := map[int64]bool{}
 	for _, e := range entries {
@@ -219,7 +223,71 @@ func countRunningBuilds(o FactsOptions, bu BuildUsers) (int, error) {
 			busy[-1-(uid-bu.StartID)/autoUIDSlot] = true // slots never clash with real UIDs
 		}
 	}
-	return len(busy), nil
+	return max(len(busy), locked), nil
+}
+
+// maxLockFiles bounds how many lock files of a user pool are looked at
+// (a pool has one per build user: tens, or hundreds on a big builder).
+const maxLockFiles = 4096
+
+// countLockedBuildUsers is how many of Nix's build-user lock files under
+// stateDir (see [userPoolDirs]) are flocked now, read from
+// <procRoot>/locks: Nix holds a build user's lock for as long as a build
+// runs as it (libstore/lock.cc, 2.8; libstore/unix/user-lock.cc, 2.19+),
+// and the lock is there before the build's first process. 0 when there
+// is nothing to read (no pool yet, no /proc/locks off Linux).
+func countLockedBuildUsers(procRoot, stateDir string) int {
+	files := map[fileID]bool{}
+	for _, dir := range userPoolDirs(stateDir) {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries[:min(len(entries), maxLockFiles)] {
+			if id, err := statID(filepath.Join(dir, e.Name())); err == nil {
+				files[id] = true
+			}
+		}
+	}
+	if len(files) == 0 {
+		return 0
+	}
+	b, err := readSmall(filepath.Join(procRoot, "locks"))
+	if err != nil {
+		return 0
+	}
+	held := map[fileID]bool{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if id, ok := parseProcLock(l); ok && files[id] {
+			held[id] = true
+		}
+	}
+	return len(held)
+}
+
+// parseProcLock reads the file a /proc/locks line names, e.g.
+// "3: FLOCK  ADVISORY  WRITE 1234 00:2e:5678 0 EOF" (major and minor in
+// hex, the inode in decimal; fs/locks.c). A waiter's line ("3: -> FLOCK
+// ...") holds nothing and is skipped.
+func parseProcLock(line string) (fileID, bool) {
+	f := strings.Fields(line)
+	if len(f) < 6 || f[1] == "->" {
+		return fileID{}, false
+	}
+	for _, field := range f[2:] {
+		parts := strings.Split(field, ":")
+		if len(parts) != 3 {
+			continue
+		}
+		major, err1 := strconv.ParseUint(parts[0], 16, 32)
+		minor, err2 := strconv.ParseUint(parts[1], 16, 32)
+		ino, err3 := strconv.ParseUint(parts[2], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil {
+			return fileID{}, false
+		}
+		return fileID{uint32(major), uint32(minor), ino}, true
+	}
+	return fileID{}, false
 }
 
 // processUID is the real UID on the "Uid:" line of a /proc/PID/status.
