@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -29,6 +30,8 @@ type holdRun struct {
 	src      handSource
 	machines string
 	stateDir string
+	// stop stops the client and waits for it (also run at cleanup).
+	stop func()
 }
 
 func startHoldRun(t *testing.T, maxJobs int, mc MembershipConfig) *holdRun {
@@ -53,6 +56,13 @@ func startHoldRun(t *testing.T, maxJobs int, mc MembershipConfig) *holdRun {
 	checker := &health.Checker{Signer: signer, BannerTimeout: 300 * time.Millisecond}
 	t.Cleanup(func() { checker.Close() })
 	h.machines = filepath.Join(t.TempDir(), "machines")
+	h.startClient(t, locker, checker, mc)
+	return h
+}
+
+// startClient starts h's client (h.c, h.stop) on h's file and source.
+func (h *holdRun) startClient(t *testing.T, locker *slots.Locker, checker *health.Checker, mc MembershipConfig) {
+	t.Helper()
 	h.c = &Client{
 		Sources:      []Source{h.src},
 		Checker:      checker,
@@ -65,9 +75,10 @@ func startHoldRun(t *testing.T, maxJobs int, mc MembershipConfig) *holdRun {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- h.c.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	var once sync.Once
+	h.stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(h.stop)
 	h.src <- Snapshot{Source: SourceTailnet, Candidates: []Candidate{h.b1}}
-	return h
 }
 
 // builder waits (bounded) until b1's status satisfies ok, and returns it.
@@ -239,5 +250,42 @@ func TestOtherClientsLoadIsHeld(t *testing.T) {
 		if n := h.lockedByOthers(t, jobs); n != tc.want {
 			t.Errorf("running %d: Nix would find %d slots busy, want %d", tc.running, n, tc.want)
 		}
+	}
+}
+
+// TestRestartWithItsBuilderDownKeepsTheLine: the client restarts (an
+// upgrade, a reboot of the laptop) while a builder in its file is down.
+// Its first check fails, yet the line the client wrote before stays,
+// with all the builder's slots held: the file is not rewritten without
+// it, and not again when the builder comes back.
+func TestRestartWithItsBuilderDownKeepsTheLine(t *testing.T) {
+	const jobs = 2
+	mc := MembershipConfig{Interval: 200 * time.Millisecond}
+	h := startHoldRun(t, jobs, mc)
+	h.builder(t, "healthy in the file", func(b BuilderStatus) bool { return b.InFile && b.State == StateHealthy })
+	h.stop()
+	fi0, b0 := fileState(t, h.machines)
+
+	h.sshd.Pause(t)
+	t.Cleanup(func() { h.sshd.Resume(t) })
+	locker, err := slots.New(h.stateDir, slots.Legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { locker.Close() })
+	checker := &health.Checker{Signer: h.c.Checker.(*health.Checker).Signer, BannerTimeout: 300 * time.Millisecond}
+	t.Cleanup(func() { checker.Close() })
+	h.startClient(t, locker, checker, mc)
+	b := h.builder(t, "kept in the file, held down", func(b BuilderStatus) bool {
+		return b.InFile && b.State == StateDown && b.Slots != nil && b.Slots.Held == jobs && b.Slots.Reason == HoldDown
+	})
+	if n := h.lockedByOthers(t, jobs); n != jobs {
+		t.Errorf("Nix would find %d of %d slots busy, want all (state %s, %s)", n, jobs, b.State, b.Reason)
+	}
+	h.sshd.Resume(t)
+	h.builder(t, "released after sshd answered again", func(b BuilderStatus) bool { return b.State == StateHealthy && b.Slots == nil })
+	fi1, b1 := fileState(t, h.machines)
+	if !bytes.Equal(b0, b1) || !fi1.ModTime().Equal(fi0.ModTime()) || !os.SameFile(fi0, fi1) {
+		t.Errorf("the machines file was rewritten across the restart:\nbefore %v\n%s\nafter %v\n%s", fi0.ModTime(), b0, fi1.ModTime(), b1)
 	}
 }

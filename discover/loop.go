@@ -308,6 +308,31 @@ func (l *loop) onResult(now time.Time, d checkDone) {
 	l.slotsDirty = true
 	watched := l.watcher != nil && l.watcher.Watched(d.key)
 	l.changes(now, l.mem.result(now, d.key, checkOutcome{kind: d.kind, r: d.r, enrolled: d.enrolled, watched: watched}))
+	if !d.r.OK && !l.ready && l.c.Slots != nil && l.inWrittenFile(*m) {
+		l.changes(now, l.mem.carryOver(now, d.key))
+	}
+}
+
+// inWrittenFile reports whether the machines file as the client found it
+// (or last wrote it) holds exactly the line m would get now.
+func (l *loop) inWrittenFile(m member) bool {
+	if m.Advert == nil || len(l.written) == 0 {
+		return false
+	}
+	mach, _, err := l.machineFor(m)
+	if err != nil {
+		return false
+	}
+	line, err := mach.Line(l.c.NixVersion)
+	if err != nil || line == "" {
+		return false
+	}
+	for _, have := range strings.Split(string(l.written), "\n") {
+		if have == line {
+			return true
+		}
+	}
+	return false
 }
 
 // changes logs builders entering and leaving the file, drops the

@@ -528,6 +528,23 @@ func (m *membership) holdDown(now time.Time, mem *member) []change {
 	return nil
 }
 
+// carryOver keeps the line of a builder the client found in the file it
+// wrote before it (re)started, when the builder's first check fails:
+// instead of a rewrite without it (and another when it passes), it is in
+// the file, down, with its slots held, as if it had failed while the
+// client ran; it leaves after the hold like any failing builder. Only
+// with HoldSlots, and never after a host key mismatch.
+func (m *membership) carryOver(now time.Time, key string) []change {
+	mem := m.members[key]
+	if !m.cfg.HoldSlots || mem == nil || mem.InFile || mem.Next.IsZero() || mem.Last.OK ||
+		mem.Last.When.IsZero() || mem.Last.Reason == health.ReasonHostKeyMismatch {
+		return nil
+	}
+	mem.InFile, mem.Since, mem.State = true, now, StateDown
+	ch := []change{{Key: key, Name: mem.Name, Joined: true, Reason: "kept from the file found at start, its slots held: " + mem.Reason}}
+	return append(ch, m.holdDown(now, mem)...)
+}
+
 // expireHolds takes out of the file the draining builders whose slots
 // have been held for longer than the hold (failing ones leave on their
 // next failed check, see holdDown).
