@@ -34,6 +34,6 @@ build {
     description = "Make Nix remote builders configure themselves: discover builders on a tailnet or by mDNS, health-check them, keep the machines file";
     homepage = "https://github.com/nixrb-discover/nixrb-discover";
     mainProgram = "nixrb-discover";
-    platforms = lib.platforms.linux;
+    platforms = lib.platforms.linux ++ lib.platforms.darwin;
   };
 }
