@@ -19,7 +19,7 @@ build {
   pname = "nixrb-discover";
   version = "0.1.0";
   src = lib.cleanSource ../.;
-  vendorHash = "sha256-rNzhZLSh0AAVjdKLC49aQuZZEK2CE01kC8nk7NeCMrQ=";
+  vendorHash = "sha256-F5UG4bzvcqs+M3hNZvzsYX/lZ8gB5mqFqFkfpW+3Aek=";
   subPackages = [ "cmd/nixrb-discover" ];
   env.CGO_ENABLED = 0;
   ldflags = [

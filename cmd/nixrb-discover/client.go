@@ -57,7 +57,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&f.checkStatic, "check-static", false, "health-gate the --static builders too (they need a host key)")
 	fs.StringVar(&f.sshKey, "ssh-key", discover.DefaultSSHKey, "SSH identity Nix and the checks use (created if absent); written into the machines file")
 	fs.StringVar(&f.sshConfig, "ssh-config", "", "file for ssh_config Host aliases of builders on a port other than 22 (Nix < 2.31); Include it in root's ssh_config")
-	fs.StringVar(&f.socket, "socket", discover.DefaultSocket, "unix socket where list reads the client's state")
+	fs.StringVar(&f.socket, "socket", discover.SocketFor(runtime.GOOS), "unix socket where list reads the client's state")
 	fs.BoolVar(&f.tailnet, "tailnet", true, "discover builders among the tailnet's peers")
 	fs.StringVar(&f.tailscaleSocket, "tailscale-socket", "", "tailscaled's LocalAPI socket (default: tailscaled's usual path)")
 	fs.Var(&f.tags, "tag", "tailnet tag that marks builders (repeatable; default tag:nix-builder)")
