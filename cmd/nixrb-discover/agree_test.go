@@ -55,7 +55,7 @@ func TestHelpAgreesWithREADME(t *testing.T) {
 		t.Errorf("README's install line and systemd-units --help should both say %s", install)
 	}
 
-	mac := `launchd-plist --dir /Library/LaunchDaemons --bin "$(command -v nixrb-discover)"`
+	mac := `/usr/local/bin/nixrb-discover launchd-plist --dir /Library/LaunchDaemons`
 	plist := newLaunchdPlistCmd(&env{stdout: io.Discard, stderr: io.Discard})
 	if !strings.Contains(readme, mac) || !strings.Contains(plist.LongHelp, mac) {
 		t.Errorf("README's macOS install line and launchd-plist --help should both say %s", mac)

@@ -59,7 +59,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.sshConfig, "ssh-config", "", "file for ssh_config Host aliases of builders on a port other than 22 (Nix < 2.31); Include it in root's ssh_config")
 	fs.StringVar(&f.socket, "socket", discover.SocketFor(runtime.GOOS), "unix socket where list reads the client's state")
 	fs.BoolVar(&f.tailnet, "tailnet", true, "discover builders among the tailnet's peers")
-	fs.StringVar(&f.tailscaleSocket, "tailscale-socket", "", "tailscaled's LocalAPI socket (default: tailscaled's usual path)")
+	fs.StringVar(&f.tailscaleSocket, "tailscale-socket", "", "tailscaled's LocalAPI socket (default: tailscaled's usual path; on macOS first the standalone Tailscale app's LocalAPI port, never the App Store app's)")
 	fs.Var(&f.tags, "tag", "tailnet tag that marks builders (repeatable; default tag:nix-builder)")
 	fs.Var(&f.builders, "builder", "MagicDNS name (short or full) of a tailnet peer that is a builder (repeatable)")
 	fs.StringVar(&f.address, "address", tailnet.AddressMagicDNS, "how the machines file names tailnet builders: magicdns or ip")

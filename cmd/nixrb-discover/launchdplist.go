@@ -29,11 +29,13 @@ a daemon run as root at boot (RunAtLoad) and again whenever it exits
 (KeepAlive), logging to ` + launchd.LogFile + `, keeping
 ` + launchd.StateDir + `/machines. Or writes it into --dir (never over an
 existing plist without --force). It runs ` + launchd.DefaultBinary + `
-unless --bin says otherwise. With nix-darwin use the module instead
+unless --bin says otherwise: a binary only root may change (launchd runs
+it as root). With nix-darwin use the module instead
 (darwinModules.default, services.nixrb-discover.client).
 
 Example:
-  sudo nixrb-discover launchd-plist --dir /Library/LaunchDaemons --bin "$(command -v nixrb-discover)"
+  sudo install -m 0755 "$(command -v nixrb-discover)" /usr/local/bin/nixrb-discover
+  sudo /usr/local/bin/nixrb-discover launchd-plist --dir /Library/LaunchDaemons
   sudo launchctl bootstrap system /Library/LaunchDaemons/` + launchd.ClientPlist + `
 then add "builders = @` + launchd.StateDir + `/machines" to /etc/nix/nix.conf
 (Determinate Nix: /etc/nix/nix.custom.conf) and restart the Nix daemon.`),
