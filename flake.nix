@@ -11,6 +11,8 @@
       systems = [
         "x86_64-linux"
         "aarch64-linux"
+        "aarch64-darwin"
+        "x86_64-darwin"
       ];
       forAll = f: nixpkgs.lib.genAttrs systems (system: f nixpkgs.legacyPackages.${system});
     in
@@ -23,6 +25,10 @@
       # services.nixrb-discover.{advertise,client}; see docs/NIXOS.md.
       nixosModules.default = ./nix/module.nix;
       nixosModules.nixrb-discover = ./nix/module.nix;
+
+      # services.nixrb-discover.client on macOS (nix-darwin); see README.md.
+      darwinModules.default = ./nix/darwin-module.nix;
+      darwinModules.nixrb-discover = ./nix/darwin-module.nix;
 
       overlays.default = final: prev: { nixrb-discover = final.callPackage ./nix/package.nix { }; };
 

@@ -14,6 +14,7 @@ require (
 	golang.org/x/crypto v0.59.0
 	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.50.0
+	howett.net/plist v1.0.0
 	tailscale.com v1.102.5
 )
 

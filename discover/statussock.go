@@ -15,8 +15,20 @@ import (
 	"github.com/nixrb-discover/nixrb-discover/internal/unixhttp"
 )
 
-// DefaultSocket is where the client serves its status.
+// DefaultSocket is where the client serves its status on Linux.
 const DefaultSocket = "/run/nixrb-discover/client.sock"
+
+// DarwinSocket is where it serves it on macOS, which has no /run: its
+// runtime directory is /var/run (cleared at boot, as /run is).
+const DarwinSocket = "/var/run/nixrb-discover/client.sock"
+
+// SocketFor returns the default status socket on goos (runtime.GOOS).
+func SocketFor(goos string) string {
+	if goos == "darwin" {
+		return DarwinSocket
+	}
+	return DefaultSocket
+}
 
 // maxStatusSize bounds a status document read from the socket.
 const maxStatusSize = 16 << 20

@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 
 	"github.com/nixrb-discover/nixrb-discover/internal/localnix"
@@ -16,8 +18,7 @@ import (
 // real nix and checks that it reaches our machines file.
 func checkBuildersSetting(ctx context.Context, r *Report, opts Options) {
 	name := fmt.Sprintf("Nix's builders setting includes @%s", opts.MachinesPath)
-	fix := fmt.Sprintf("on NixOS set nix.settings.builders = \"@%s\" (the nixrb-discover client module does); "+
-		"elsewhere put the line `builders = @%s` in /etc/nix/nix.conf and restart nix-daemon", opts.MachinesPath, opts.MachinesPath)
+	fix := buildersFix(runtime.GOOS, opts.MachinesPath, os.DirFS("/"))
 	value, err := buildersSetting(ctx, opts)
 	if err != nil {
 		r.fail(name, err.Error(), "make `nix config show` (`nix show-config` before Nix 2.20) work for root (or pass --nix PATH); then "+fix)
@@ -88,4 +89,25 @@ func cleanAbs(p string) string {
 		return r
 	}
 	return a
+}
+
+// buildersFix says how to make Nix read path on goos, looking at the
+// machine's /etc/nix in root (the file system at "/").
+func buildersFix(goos, path string, root fs.FS) string {
+	line := "builders = @" + path
+	if goos != "darwin" {
+		return fmt.Sprintf("on NixOS set nix.settings.builders = \"@%s\" (the nixrb-discover client module does); "+
+			"elsewhere put the line `%s` in /etc/nix/nix.conf and restart nix-daemon", path, line)
+	}
+	// Determinate Nix owns nix.conf and includes nix.custom.conf (so
+	// does the Nix installer since 2.33); nix-darwin with nix.enable
+	// writes nix.conf from nix.settings.
+	conf, _ := fs.ReadFile(root, "etc/nix/nix.conf")
+	if strings.Contains(string(conf), "nix.custom.conf") {
+		return fmt.Sprintf("put the line `%s` in /etc/nix/nix.custom.conf (nix.conf includes it; with nix-darwin and nix.enable = false "+
+			"the nixrb-discover client module writes it), then restart the Nix daemon (sudo launchctl kickstart -k system/systems.determinate.nix-daemon, "+
+			"or system/org.nixos.nix-daemon)", line)
+	}
+	return fmt.Sprintf("with nix-darwin set nix.settings.builders = \"@%s\" (the nixrb-discover client module, darwinModules.default, does); "+
+		"without it put the line `%s` in /etc/nix/nix.conf, then restart the Nix daemon (sudo launchctl kickstart -k system/org.nixos.nix-daemon)", path, line)
 }

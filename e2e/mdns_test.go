@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package e2e runs the built nixrb-discover binaries as separate processes
 // on hosts made of network namespaces, with real sshd, real Nix and real
 // multicast, and checks what users see: the machines file and list.

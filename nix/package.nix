@@ -19,7 +19,7 @@ build {
   pname = "nixrb-discover";
   version = "0.1.0";
   src = lib.cleanSource ../.;
-  vendorHash = "sha256-rNzhZLSh0AAVjdKLC49aQuZZEK2CE01kC8nk7NeCMrQ=";
+  vendorHash = "sha256-F5UG4bzvcqs+M3hNZvzsYX/lZ8gB5mqFqFkfpW+3Aek=";
   subPackages = [ "cmd/nixrb-discover" ];
   env.CGO_ENABLED = 0;
   ldflags = [
@@ -34,6 +34,6 @@ build {
     description = "Make Nix remote builders configure themselves: discover builders on a tailnet or by mDNS, health-check them, keep the machines file";
     homepage = "https://github.com/nixrb-discover/nixrb-discover";
     mainProgram = "nixrb-discover";
-    platforms = lib.platforms.linux;
+    platforms = lib.platforms.linux ++ lib.platforms.darwin;
   };
 }

@@ -32,7 +32,9 @@ var ErrSymlink = errors.New("file is a symlink nixrb-discover did not create")
 const SymlinkHint = "remove the symlink and point Nix at a file of ours (builders = @/var/lib/nixrb-discover/machines, --machines /var/lib/nixrb-discover/machines), or pass --machines with the symlink's target itself"
 
 // StoreSymlinkHint tells the user what to do about ErrStoreSymlink.
-const StoreSymlinkHint = `point Nix at a file of ours instead: on NixOS set nix.settings.builders = "@/var/lib/nixrb-discover/machines" (the nixrb-discover client module does this) and run the client with --machines /var/lib/nixrb-discover/machines`
+// NixOS and nix-darwin both make /etc/nix/machines such a symlink
+// (environment.etc) when nix.buildMachines is set.
+const StoreSymlinkHint = `point Nix at a file of ours instead: on NixOS or nix-darwin set nix.settings.builders = "@/var/lib/nixrb-discover/machines" (the nixrb-discover client modules do this) and run the client with --machines /var/lib/nixrb-discover/machines`
 
 // WriteResult says what WriteAtomic did.
 type WriteResult struct {

@@ -34,6 +34,14 @@ fi
 echo "test.sh: go vet"
 go vet ./...
 
+# macOS laptops run the client (launchd, nix-darwin): the whole tree,
+# tests included, must build and vet for darwin. Only a Mac can run it.
+for arch in arm64 amd64; do
+	echo "test.sh: go vet and go build for darwin/$arch"
+	GOOS=darwin GOARCH=$arch go vet ./...
+	GOOS=darwin GOARCH=$arch go build -o /dev/null ./cmd/...
+done
+
 if [ -d internal/nixtest ]; then
 	echo "test.sh: preparing the Nix 2.26 (Debian trixie) chroot, cached after the first run"
 	start=$(date +%s)

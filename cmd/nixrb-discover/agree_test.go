@@ -12,6 +12,7 @@ import (
 
 	"github.com/nixrb-discover/nixrb-discover/discover"
 	"github.com/nixrb-discover/nixrb-discover/doctor"
+	"github.com/nixrb-discover/nixrb-discover/launchd"
 )
 
 // TestHelpAgreesWithREADME: what the README tells a new user, --help and
@@ -52,6 +53,15 @@ func TestHelpAgreesWithREADME(t *testing.T) {
 	units := newSystemdUnitsCmd(&env{stdout: io.Discard, stderr: io.Discard})
 	if !strings.Contains(readme, install) || !strings.Contains(units.LongHelp, install) {
 		t.Errorf("README's install line and systemd-units --help should both say %s", install)
+	}
+
+	mac := `/usr/local/bin/nixrb-discover launchd-plist --dir /Library/LaunchDaemons`
+	plist := newLaunchdPlistCmd(&env{stdout: io.Discard, stderr: io.Discard})
+	if !strings.Contains(readme, mac) || !strings.Contains(plist.LongHelp, mac) {
+		t.Errorf("README's macOS install line and launchd-plist --help should both say %s", mac)
+	}
+	if !strings.Contains(readme, "launchctl bootstrap system /Library/LaunchDaemons/"+launchd.ClientPlist) {
+		t.Errorf("README does not say how to load %s", launchd.ClientPlist)
 	}
 
 	doc := newDoctorCmd(&env{stdout: io.Discard, stderr: io.Discard})

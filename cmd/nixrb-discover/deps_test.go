@@ -40,12 +40,13 @@ func TestDepsProductionBinary(t *testing.T) {
 // client.
 func TestDepsDataFlowsOneWay(t *testing.T) {
 	const mod = "github.com/nixrb-discover/nixrb-discover/"
-	ours := []string{"advertise", "cmd/", "discover", "doctor", "health", "metrics", "render", "systemd", "wire"}
+	ours := []string{"advertise", "cmd/", "discover", "doctor", "health", "metrics", "render", "systemd", "launchd", "wire"}
 	sources := []string{"discover/tailnet", "discover/mdns", "discover/static"}
 	rules := map[string][]string{
 		"wire":             ours,
 		"render":           ours,
 		"health":           ours,
+		"launchd":          ours,
 		"advertise":        {"discover", "health", "render", "doctor", "metrics", "cmd/"},
 		"discover":         append([]string{"advertise", "doctor", "metrics", "cmd/"}, sources...),
 		"discover/tailnet": {"advertise", "doctor", "metrics", "cmd/", "discover/mdns", "discover/static"},

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"runtime"
 	"strings"
 	"time"
 
@@ -16,7 +17,7 @@ import (
 func newDoctorCmd(e *env) *ffcli.Command {
 	fs := flag.NewFlagSet("nixrb-discover doctor", flag.ContinueOnError)
 	machines := fs.String("machines", "", "machines file the client writes (default: the running client's, asked over --socket, else /etc/nix/machines)")
-	socket := fs.String("socket", discover.DefaultSocket, "the running client's status socket, to learn its machines file")
+	socket := fs.String("socket", discover.SocketFor(runtime.GOOS), "the running client's status socket, to learn its machines file")
 	nixPath := fs.String("nix", doctor.DefaultNixPath, "nix program whose settings and version to check")
 	sshConfig := fs.String("ssh-config", "", "ssh_config Host aliases the client writes for non-22 ports (default: the running client's --ssh-config, asked over --socket, else "+doctor.DefaultSSHConfigPath+", the NixOS module's)")
 	nixStateDir := fs.String("nix-state-dir", doctor.DefaultNixStateDir, "state directory of the Nix that reads the machines file (the client's --nix-state-dir)")

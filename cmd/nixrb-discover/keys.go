@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"strings"
 
+	"github.com/nixrb-discover/nixrb-discover/discover/tailnet"
 	"github.com/nixrb-discover/nixrb-discover/wire"
-	"tailscale.com/paths"
 )
 
 // loadSigningKey reads --sign-key; given the fleet's public key instead,
@@ -42,12 +43,13 @@ func loadTrustKey(path string) (wire.TrustKey, error) {
 }
 
 // warnNoTailscaled says at once, not after a silent retry, that the
-// tailnet waits for a tailscaled that is not there.
+// tailnet waits for a tailscaled that is not there (on macOS: one of the
+// two Tailscales a root daemon can reach, see tailnet.FindLocalAPI).
 func warnNoTailscaled(log *slog.Logger, socket, otherwise string) {
 	if socket == "" {
-		socket = paths.DefaultTailscaledSocket()
-	}
-	if socket == "" {
+		if where, found := tailnet.FindLocalAPI(runtime.GOOS, os.DirFS("/")); !found {
+			log.Warn(fmt.Sprintf("waiting for %s (or use %s)", where, otherwise))
+		}
 		return
 	}
 	if _, err := os.Stat(socket); err != nil {

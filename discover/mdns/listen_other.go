@@ -1,4 +1,4 @@
-//go:build !linux
+//go:build !linux && !darwin
 
 package mdns
 
@@ -10,8 +10,8 @@ import (
 	"sync"
 )
 
-// mdnsListener is Linux-only for now (it relies on IP_MULTICAST_ALL and
-// binding to the group address).
+// mdnsListener is for Linux and macOS only (it relies on binding to the
+// group address and per-socket multicast membership).
 type mdnsListener struct{}
 
 func listenMDNS([]*net.Interface) (*mdnsListener, error) {

@@ -1,4 +1,4 @@
-//go:build !linux
+//go:build !linux && !darwin
 
 package slots
 
@@ -6,7 +6,7 @@ import "errors"
 
 type fileID struct{ dev, ino uint64 }
 
-var errUnsupported = errors.New("slot locks are implemented on Linux only")
+var errUnsupported = errors.New("slot locks are implemented on Linux and macOS only")
 
 func openSlot(string) (int, error)  { return -1, errUnsupported }
 func tryLock(int) (bool, error)     { return false, errUnsupported }

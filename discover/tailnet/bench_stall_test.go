@@ -1,3 +1,5 @@
+//go:build linux
+
 package tailnet_test
 
 import (
