@@ -38,7 +38,7 @@ func decideTrust(adv *wire.Advert, instance string, keys []wire.TrustKey, pins *
 	pin := pins.Check(adv.HostKey, instance, instance+".local")
 	hostPin, pinnedFor := PinNone, instance
 	if h := adv.Hostname; h != "" && !strings.EqualFold(h, instance) {
-		hostPin = pins.Check(adv.HostKey, h, h+".local")
+		hostPin = pins.Check(adv.HostKey, h, h+".local", strings.TrimSuffix(h, ".local"))
 	}
 	if hostPin == PinMismatch && pin != PinMismatch {
 		pin, pinnedFor = PinMismatch, adv.Hostname
