@@ -77,6 +77,11 @@ const (
 	DefaultHold = 10 * time.Minute
 )
 
+// recheckEvery is the shortest time between two checks of one builder
+// that a source's Recheck (an mDNS goodbye, which anyone can forge) makes
+// due early; a Recheck sooner than that moves the check to then.
+const recheckEvery = time.Second
+
 // heldRetry bounds the backoff of a builder whose slots are held: it is
 // checked at least this often, so that it is released soon after it
 // comes back.
@@ -125,6 +130,9 @@ type member struct {
 	downSince time.Time
 	// slots is what the client holds of its Nix build slots.
 	slots slotRecord
+	// recheckAt is when the last check a source's Recheck asked for was
+	// due (zero: none yet).
+	recheckAt time.Time
 }
 
 // slotRecord is what the client holds of one builder's Nix build slots.
@@ -224,7 +232,13 @@ func (m *membership) apply(now time.Time, s Snapshot) (changes []change, removed
 	m.bySource[s.Source] = seen
 	for _, key := range s.Recheck {
 		if mem := m.members[key]; mem != nil && !mem.Next.IsZero() {
-			mem.Next = now
+			// At most one re-check per recheckEvery: a hint anyone on the
+			// link can send (a forged mDNS goodbye) must not turn into a
+			// flood of SSH logins.
+			at := maxTime(now, mem.recheckAt.Add(recheckEvery))
+			if at.Before(mem.Next) {
+				mem.Next, mem.recheckAt = at, at
+			}
 		}
 	}
 	sort.Strings(removed)

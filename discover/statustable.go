@@ -3,8 +3,11 @@ package discover
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode"
+	"unicode/utf8"
 )
 
 // WriteTable writes the status as `nixrb-discover list` shows it: an
@@ -38,8 +41,8 @@ func (s *Status) WriteTable(w io.Writer, all bool) {
 		if b.InFile {
 			in = "yes"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%g\t%s\t%s\t%s\t%s\n", b.Name, b.State, b.Source,
-			strings.Join(b.Systems, ","), b.MaxJobs, b.SpeedFactor, rtt, in, slotsColumn(b.Slots), why)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%g\t%s\t%s\t%s\t%s\n", TerminalSafe(b.Name), TerminalSafe(string(b.State)), TerminalSafe(b.Source),
+			TerminalSafe(strings.Join(b.Systems, ",")), b.MaxJobs, b.SpeedFactor, rtt, in, TerminalSafe(slotsColumn(b.Slots)), TerminalSafe(why))
 	}
 	tw.Flush()
 	if hidden > 0 {
@@ -48,18 +51,38 @@ func (s *Status) WriteTable(w io.Writer, all bool) {
 	for _, src := range s.Sources {
 		switch {
 		case src.State == SourceStarting:
-			fmt.Fprintf(w, "source %s is starting: nothing heard from it yet\n", src.Name)
+			fmt.Fprintf(w, "source %s is starting: nothing heard from it yet\n", TerminalSafe(src.Name))
 		case !src.OK:
-			fmt.Fprintf(w, "source %s is down: %s (its last builders are kept)\n", src.Name, src.Error)
+			fmt.Fprintf(w, "source %s is down: %s (its last builders are kept)\n", TerminalSafe(src.Name), TerminalSafe(src.Error))
 		}
 	}
 	if s.ConfigError != "" {
-		fmt.Fprintf(w, "config not applied, running on the previous one: %s\n", s.ConfigError)
+		fmt.Fprintf(w, "config not applied, running on the previous one: %s\n", TerminalSafe(s.ConfigError))
 	}
 	if s.WriteError != "" {
-		fmt.Fprintf(w, "cannot write %s: %s\n", s.MachinesFile, s.WriteError)
+		fmt.Fprintf(w, "cannot write %s: %s\n", TerminalSafe(s.MachinesFile), TerminalSafe(s.WriteError))
 	}
-	fmt.Fprintf(w, "machines file: %s (Nix %s); client key %s %s\n", s.MachinesFile, s.NixVersion, s.ClientKey, s.ClientKeyFingerprint)
+	fmt.Fprintf(w, "machines file: %s (Nix %s); client key %s %s\n", TerminalSafe(s.MachinesFile), TerminalSafe(s.NixVersion),
+		TerminalSafe(s.ClientKey), TerminalSafe(s.ClientKeyFingerprint))
+}
+
+// TerminalSafe returns s as it is when every rune of it is printable
+// (unicode.IsPrint: no control characters such as ESC, tab or newline,
+// no format characters such as bidi overrides, valid UTF-8), else quoted
+// and escaped as strconv.Quote does, as log/slog's text handler quotes
+// values. Builder names, reasons and errors come from adverts and peers:
+// printed raw, a name holding escape sequences could redraw the table
+// (a forged "healthy" row) or a hint to copy and paste.
+func TerminalSafe(s string) string {
+	if !utf8.ValidString(s) {
+		return strconv.Quote(s)
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
+	}
+	return s
 }
 
 // slotsColumn shows a builder's slots: "-" when none is held or used,

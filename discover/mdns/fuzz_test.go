@@ -22,17 +22,39 @@ func mdnsFuzzFleet() *wire.SigningKey {
 	return &wire.SigningKey{KeyID: wire.KeyID(priv.Public().(ed25519.PublicKey)), Private: priv}
 }
 
+// mdnsFuzzHostKey is a fixed host key, pinned for b1 in the fuzz target.
+func mdnsFuzzHostKey(seed string) string {
+	priv := ed25519.NewKeyFromSeed([]byte(seed))
+	sp, _ := ssh.NewPublicKey(priv.Public())
+	return wire.CanonicalHostKey(sp)
+}
+
 // mdnsFuzzSeeds are real packets: an announcement of a signed advert, of
-// an unsigned one, a goodbye, a TXT-only update and a query.
+// an unsigned one, a goodbye, a TXT-only update and a query; and the
+// hostile ones of the security review (issue 17): an instance name with
+// escape sequences, a newline and shell syntax; an unsigned advert for
+// pinned b1 with its key, draining, TTL 2^32-1; a fleet-signed advert for
+// b1 with another key under instance zzz.
 func mdnsFuzzSeeds(t testing.TB) map[string][]byte {
 	fleet := mdnsFuzzFleet()
-	hostPriv := ed25519.NewKeyFromSeed([]byte("nixrb-discover mdns fuzz host!!!"))
-	sp, _ := ssh.NewPublicKey(hostPriv.Public())
-	hk := wire.CanonicalHostKey(sp)
+	hk := mdnsFuzzHostKey("nixrb-discover mdns fuzz host!!!")
 	signed := mdnsTXT(t, mdnsAdvert(t, "b1", hk, fleet, mdnsT0))
 	unsigned := mdnsTXT(t, mdnsAdvert(t, "b1", hk, nil, mdnsT0))
+	drain := mdnsAdvert(t, "b1", hk, nil, mdnsT0)
+	drain.Draining = true
+	draining := mdnsTXT(t, drain)
+	otherKey := mdnsTXT(t, mdnsAdvert(t, "b1", mdnsFuzzHostKey("nixrb-discover mdns fuzz other!!"), fleet, mdnsT0))
 	svc := mdnsServiceName()
 	inst := "b1." + svc
+	named := func(label string, ttl uint32, txt []string) []dns.RR {
+		in := label + "." + svc
+		return []dns.RR{
+			&dns.PTR{Hdr: dns.RR_Header{Name: svc, Rrtype: dns.TypePTR, Class: dns.ClassINET, Ttl: ttl}, Ptr: in},
+			&dns.SRV{Hdr: dns.RR_Header{Name: in, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: ttl}, Port: 22, Target: "b1.local."},
+			&dns.A{Hdr: dns.RR_Header{Name: "b1.local.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: ttl}, A: net.IPv4(10, 0, 0, 2)},
+			&dns.TXT{Hdr: dns.RR_Header{Name: in, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: ttl}, Txt: txt},
+		}
+	}
 	records := func(ttl uint32, txt []string) []dns.RR {
 		h := func(name string, typ uint16, flush uint16) dns.RR_Header {
 			return dns.RR_Header{Name: name, Rrtype: typ, Class: dns.ClassINET | flush, Ttl: ttl}
@@ -63,6 +85,9 @@ func mdnsFuzzSeeds(t testing.TB) map[string][]byte {
 		"goodbye":           resp(records(0, signed)),
 		"txt-only":          resp(records(120, signed)[4:]),
 		"query":             pack(q),
+		"hostile-instance":  resp(named(`b1\027[2K\027[1A\027[32mok\ $(touch\ X)\010`, 120, unsigned)),
+		"ttl-max-draining":  resp(named("b1", ^uint32(0), draining)),
+		"signed-other-key":  resp(named("zzz", 120, otherKey)),
 	}
 }
 
@@ -94,10 +119,15 @@ func FuzzHandlePacket(f *testing.F) {
 		f.Add(b)
 	}
 	fleet := mdnsFuzzFleet()
-	from := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 2), Port: 5353}
+	pinned := mdnsFuzzHostKey("nixrb-discover mdns fuzz host!!!")
+	pins := &Pins{}
+	if err := pins.AddFlag("b1=" + pinned); err != nil {
+		f.Fatal(err)
+	}
+	from := &net.UDPAddr{IP: net.IPv4(10, 0, 0, 66), Port: 5353}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		const bound = 4
-		s := newMDNSState([]wire.TrustKey{fleet.TrustKey()}, nil, wire.DefaultMaxAge, 120*time.Second, bound, bound)
+		s := newMDNSState([]wire.TrustKey{fleet.TrustKey()}, pins, wire.DefaultMaxAge, 120*time.Second, bound, bound)
 		for i := range 3 { // the same packet thrice, as announcements repeat
 			for _, o := range handleMDNSPacket(b, from, "veth0") {
 				if len(o.txt) > wire.MaxTXTStrings || len(o.addrs) > maxAddrsPerInstance {
@@ -109,6 +139,11 @@ func FuzzHandlePacket(f *testing.F) {
 		if len(s.entries) > bound {
 			t.Fatalf("%d entries, more than the bound %d", len(s.entries), bound)
 		}
+		for k, e := range s.entries {
+			if e.expires.After(mdnsT0.Add(2*time.Second + maxMDNSTTL)) {
+				t.Fatalf("%s held until %v, past the TTL cap %v", k, e.expires, maxMDNSTTL)
+			}
+		}
 		snap, _ := s.snapshot(true)
 		for i, c := range snap.Candidates {
 			if i > 0 && snap.Candidates[i-1].Key >= c.Key {
@@ -119,6 +154,15 @@ func FuzzHandlePacket(f *testing.F) {
 			}
 			if c.Trusted && c.Advert == nil {
 				t.Fatalf("trusted candidate without advert: %+v", c)
+			}
+			if c.Trusted && c.Advert.HostKey != pinned && (strings.EqualFold(c.Advert.Hostname, "b1") || strings.EqualFold(c.Name, "b1")) {
+				t.Fatalf("b1 is pinned to another key, yet trusted: %+v", c)
+			}
+			if strings.Contains(c.TrustHint, "--pin") && !strings.HasPrefix(c.TrustHint, "--pin '") {
+				t.Fatalf("pin hint is not shell-quoted: %q", c.TrustHint)
+			}
+			if h := c.TrustHint; strings.ContainsFunc(h, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+				t.Fatalf("control character in the hint %q", h)
 			}
 		}
 		if len(b) > maxMDNSPacket && len(snap.Candidates) > 0 {

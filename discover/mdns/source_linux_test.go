@@ -275,7 +275,7 @@ func TestMDNSSourceTrustDecisions(t *testing.T) {
 		hint    string // prefix
 	}{
 		{"signed", mdnsAdvert(t, "signed", mdnsHostKey(t), fleet, now), true, "signed by fleet key " + fleet.KeyID, ""},
-		{"unsigned", mdnsAdvert(t, "unsigned", mdnsHostKey(t), nil, now), false, "unsigned advert", "--pin unsigned=ssh-ed25519 AAAA"},
+		{"unsigned", mdnsAdvert(t, "unsigned", mdnsHostKey(t), nil, now), false, "unsigned advert", "--pin 'unsigned=ssh-ed25519 AAAA"},
 		{"unknown", mdnsAdvert(t, "unknown", mdnsHostKey(t), other, now), false, "signature by unknown key " + other.KeyID, "--trust-key FILE"},
 		{"forged", forged, false, "bad signature by fleet key " + fleet.KeyID, ""},
 		{"pinned", mdnsAdvert(t, "pinned", pinnedKey, nil, now), true, "host key pinned for pinned", ""},

@@ -12,6 +12,12 @@ import (
 	"github.com/nixrb-discover/nixrb-discover/wire"
 )
 
+// maxMDNSTTL caps the TTL of what an mDNS packet says, as RFC 6762
+// section 10 recommends for records other than host names (75 minutes):
+// one packet with TTL 2^32-1 s (~136 years) must not pin an entry, or the
+// cache slot it holds, for good.
+const maxMDNSTTL = 75 * time.Minute
+
 // mdnsEntry is one candidate the mDNS source holds, with the evidence it
 // came from.
 type mdnsEntry struct {
@@ -35,7 +41,9 @@ type mdnsEntry struct {
 // from anyone else (a rogue reusing a builder's instance name) lands under
 // another key and can neither replace nor remove a trusted entry; within
 // one trusted key a signed advert is replaced only by one at least as new,
-// and a pin-trusted (unsigned) one only by its own source. Untrusted
+// and a pin-trusted (unsigned) one only by its own source, or by a host
+// announcing itself when the held one came from an address it does not
+// advertise. TTLs are capped at maxMDNSTTL. Untrusted
 // candidates are keyed "mdns-untrusted:<instance>@<source>". Goodbyes only
 // mark keys for Snapshot.Recheck; entries leave when their TTL (or, for
 // signed adverts, their signature's max age) runs out.
@@ -94,7 +102,7 @@ func (s *mdnsState) observe(now time.Time, o mdnsObs) {
 	if !o.hasSRV || !o.hasTXT {
 		return
 	}
-	ttl := time.Duration(o.ttl) * time.Second
+	ttl := min(time.Duration(o.ttl)*time.Second, maxMDNSTTL)
 	switch {
 	case !o.ttlKnown && prev != nil:
 		ttl = prev.ttl
@@ -149,8 +157,13 @@ func (s *mdnsState) observe(now time.Time, o mdnsObs) {
 			return
 		case !e.signed && old.signed:
 			return // a pin alone never displaces a signature
-		case !e.signed && !old.signed && e.src != old.src:
-			return // pin-trusted: the first source keeps it until it expires
+		case !e.signed && !old.signed && e.src != old.src && (announcesItself(old) || !announcesItself(e)):
+			// Pin-trusted: the first source keeps it until it expires,
+			// unless it spoke for another host (its packet came from an
+			// address it does not advertise) and the newcomer speaks
+			// for itself: the first sender cannot lock out the address
+			// that serves the pinned key.
+			return
 		}
 	}
 	if s.entries[e.cand.Key] == nil && !s.makeRoom(now, e) {
@@ -194,6 +207,12 @@ func (s *mdnsState) rekey(e *mdnsEntry, adv *wire.Advert, fp string) {
 			delete(s.entries, k)
 		}
 	}
+}
+
+// announcesItself reports whether e's packet came from one of the
+// addresses it advertises: a host announcing itself, not another.
+func announcesItself(e *mdnsEntry) bool {
+	return slices.ContainsFunc(e.addrs, func(a netip.Addr) bool { return a.WithZone("") == e.src.WithZone("") })
 }
 
 // sameHost reports whether two entries came from one machine: an address

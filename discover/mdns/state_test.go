@@ -84,7 +84,7 @@ func TestMDNSStateStories(t *testing.T) {
 			t.Fatalf("real builder changed: %+v", c)
 		}
 		u := mdnsCandidate(t, snap, "mdns-untrusted:b1@10.0.0.66")
-		if u.Trusted || u.TrustReason != "unsigned advert" || !strings.HasPrefix(u.TrustHint, "--pin b1=ssh-ed25519 ") {
+		if u.Trusted || u.TrustReason != "unsigned advert" || !strings.HasPrefix(u.TrustHint, "--pin 'b1=ssh-ed25519 ") {
 			t.Errorf("rogue candidate %+v", u)
 		}
 		if len(snap.Recheck) == 0 || !strings.Contains(strings.Join(snap.Recheck, " "), realFP) {

@@ -3,6 +3,8 @@ package mdns
 import (
 	"errors"
 	"fmt"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/wire"
@@ -21,16 +23,26 @@ type advertTrust struct {
 }
 
 // decideTrust trusts an advert when wire.Verify accepts its fleet-key
-// signature, or when its host key is pinned for the instance name; a pin
-// for that name with another key distrusts it even when signed.
+// signature, or when its host key is pinned for the instance name. A pin
+// with another key for the instance name, or for the hostname the advert
+// claims (signed or not), distrusts it even when signed: a fleet-signed
+// advert for a pinned host cannot bring an unpinned key under another
+// instance name.
 func decideTrust(adv *wire.Advert, instance string, keys []wire.TrustKey, pins *Pins, now time.Time, maxAge time.Duration) advertTrust {
 	var t advertTrust
 	if pub, _, _, _, err := ssh.ParseAuthorizedKey([]byte(adv.HostKey)); err == nil {
 		t.fp = ssh.FingerprintSHA256(pub)
 	}
-	pinHint := "--pin " + instance + "=" + adv.HostKey
+	pinHint := pinHintFor(instance, adv.HostKey)
 	verr := wire.Verify(adv, keys, now, maxAge)
 	pin := pins.Check(adv.HostKey, instance, instance+".local")
+	hostPin, pinnedFor := PinNone, instance
+	if h := adv.Hostname; h != "" && !strings.EqualFold(h, instance) {
+		hostPin = pins.Check(adv.HostKey, h, h+".local", strings.TrimSuffix(h, ".local"))
+	}
+	if hostPin == PinMismatch && pin != PinMismatch {
+		pin, pinnedFor = PinMismatch, adv.Hostname
+	}
 	var fe *wire.FieldError
 	switch {
 	case errors.As(verr, &fe) || t.fp == "":
@@ -38,8 +50,10 @@ func decideTrust(adv *wire.Advert, instance string, keys []wire.TrustKey, pins *
 		t.problem = "advert invalid: " + errString(verr, "host key unreadable")
 		return t
 	case pin == PinMismatch:
-		t.reason = "host key differs from the key pinned for " + instance
-		t.hint = pinHint + " (only if the builder was re-keyed)"
+		t.reason = "host key differs from the key pinned for " + pinnedFor
+		if pinHint != "" && pinnedFor == instance {
+			t.hint = pinHint + " (only if the builder was re-keyed)"
+		}
 		return t
 	case verr == nil:
 		t.trusted, t.signed = true, true
@@ -59,7 +73,10 @@ func decideTrust(adv *wire.Advert, instance string, keys []wire.TrustKey, pins *
 		t.hint = pinHint
 	case errors.Is(verr, wire.ErrUntrusted):
 		t.reason = "signature by unknown key " + adv.Signature.KeyID
-		t.hint = fmt.Sprintf("--trust-key FILE (the fleet public key %s), or %s", adv.Signature.KeyID, pinHint)
+		t.hint = fmt.Sprintf("--trust-key FILE (the fleet public key %s)", adv.Signature.KeyID)
+		if pinHint != "" {
+			t.hint += ", or " + pinHint
+		}
 	case errors.Is(verr, wire.ErrBadSignature):
 		t.reason = "bad signature by fleet key " + adv.Signature.KeyID
 	default: // stale or from the future: a replay or a wrong clock
@@ -67,6 +84,38 @@ func decideTrust(adv *wire.Advert, instance string, keys []wire.TrustKey, pins *
 	}
 	return t
 }
+
+// pinnableName matches the instance names a --pin hint is offered for:
+// one DNS label (letters, digits, inner '-'), as agents announce their
+// host names. Anything else on the link (escape sequences, spaces, shell
+// syntax) gets no hint to copy and paste.
+var pinnableName = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$`)
+
+// pinHintFor is the `--pin NAME=KEY` argument that would trust hostKey
+// for instance, shell-quoted, or "" when instance is not pinnable or the
+// key is not a plain "TYPE BASE64" line.
+func pinHintFor(instance, hostKey string) string {
+	f := strings.Fields(hostKey)
+	if !pinnableName.MatchString(instance) || len(f) != 2 || f[0]+" "+f[1] != hostKey || !safeKeyLine.MatchString(hostKey) {
+		return ""
+	}
+	return "--pin " + shellQuote(instance+"="+hostKey)
+}
+
+// safeKeyLine is what an SSH public key line may hold to be quoted in a
+// hint: a key type and base64.
+var safeKeyLine = regexp.MustCompile(`^[a-z0-9@.-]+ [A-Za-z0-9+/]+=*$`)
+
+// shellQuote quotes s for a POSIX shell: as it is when it holds only
+// characters no shell treats specially, else in single quotes.
+func shellQuote(s string) string {
+	if s != "" && shellSafe.MatchString(s) {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+var shellSafe = regexp.MustCompile(`^[A-Za-z0-9@%+=:,./_-]+$`)
 
 func errString(err error, otherwise string) string {
 	if err != nil {

@@ -84,6 +84,7 @@ type tnLoop struct {
 	port     string
 	refresh  time.Duration
 	peers    tnPeers
+	suffix   string // this tailnet's MagicDNS suffix, from InitialStatus
 	entries  map[tailcfg.NodeID]*tnEntry
 	seq      uint64
 	inflight int
@@ -194,7 +195,13 @@ func (l *tnLoop) onBus(ev busEvent) {
 		l.down = nil
 	}
 	now := time.Now()
-	if l.peers.apply(ev.n) {
+	resuffixed := false
+	if st := ev.n.InitialStatus; st != nil {
+		if sfx := tnMagicDNSSuffix(st); sfx != l.suffix {
+			l.suffix, resuffixed = sfx, true
+		}
+	}
+	if l.peers.apply(ev.n) || resuffixed {
 		l.reconcile(now)
 	}
 	if back {
@@ -260,7 +267,7 @@ func (l *tnLoop) qualifies(p *tnPeer) (string, bool) {
 		}
 	}
 	for _, b := range l.s.Builders {
-		if tnNameMatches(b, p.name) {
+		if tnNameMatches(b, p.name, l.suffix) {
 			return "named by --builder", true
 		}
 	}

@@ -170,16 +170,41 @@ func (p *tnPeer) fetchAddr() (netip.Addr, bool) {
 
 // tnNameMatches reports whether a user-given builder name ("b1",
 // "b1.tail1234.ts.net" or "b1.tail1234.ts.net.") names the peer with
-// MagicDNS FQDN fqdn. Case does not matter.
-func tnNameMatches(want, fqdn string) bool {
+// MagicDNS FQDN fqdn. A full name must equal fqdn; a short name matches
+// only a peer of this tailnet, whose FQDN is the name then suffix (this
+// tailnet's MagicDNS suffix, "tail1234.ts.net"): a node shared in from
+// another tailnet ("ward.attacker.ts.net") never answers to "ward". With
+// no suffix known, a short name matches nothing. Case does not matter.
+func tnNameMatches(want, fqdn, suffix string) bool {
 	want = strings.ToLower(strings.TrimSuffix(want, "."))
-	fqdn = strings.ToLower(fqdn)
+	fqdn = strings.ToLower(strings.TrimSuffix(fqdn, "."))
+	suffix = strings.ToLower(strings.Trim(suffix, "."))
 	if want == "" || fqdn == "" {
 		return false
 	}
 	if want == fqdn {
 		return true
 	}
-	short, _, _ := strings.Cut(fqdn, ".")
-	return !strings.Contains(want, ".") && want == short
+	return suffix != "" && !strings.Contains(want, ".") && fqdn == want+"."+suffix
+}
+
+// tnMagicDNSSuffix is this tailnet's MagicDNS suffix ("tail1234.ts.net")
+// as a status says: its CurrentTailnet, else the legacy field, else the
+// local node's own name less its first label; "" when none says.
+func tnMagicDNSSuffix(st *ipnstate.Status) string {
+	if st == nil {
+		return ""
+	}
+	if st.CurrentTailnet != nil && st.CurrentTailnet.MagicDNSSuffix != "" {
+		return strings.Trim(st.CurrentTailnet.MagicDNSSuffix, ".")
+	}
+	if st.MagicDNSSuffix != "" {
+		return strings.Trim(st.MagicDNSSuffix, ".")
+	}
+	if st.Self != nil {
+		if _, rest, ok := strings.Cut(strings.Trim(st.Self.DNSName, "."), "."); ok {
+			return rest
+		}
+	}
+	return ""
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/nixrb-discover/nixrb-discover/discover"
 	"github.com/nixrb-discover/nixrb-discover/wire"
 	"tailscale.com/ipn"
+	"tailscale.com/ipn/ipnstate"
 )
 
 // TestTailnetBusSteps replays constructed IPN bus notifications
@@ -149,10 +150,27 @@ func TestTailnetBackoff(t *testing.T) {
 		{"b1.other.ts.net", "b1.tail-scale.ts.net", false},
 		{"b", "b1.tail-scale.ts.net", false},
 		{"", "b1.tail-scale.ts.net", false},
+		// A node shared in from another tailnet keeps that tailnet's
+		// name: a short name never reaches it; its full name does.
+		{"ward", "ward.attacker-tailnet.ts.net.", false},
+		{"ward", "ward.tail-scale.ts.net.evil.ts.net", false},
+		{"ward.attacker-tailnet.ts.net", "ward.attacker-tailnet.ts.net.", true},
+		{"ward", "ward.tail-scale.ts.net.", true},
 	} {
-		if got := tnNameMatches(c.want, c.fqdn); got != c.ok {
+		if got := tnNameMatches(c.want, c.fqdn, "tail-scale.ts.net"); got != c.ok {
 			t.Errorf("tnNameMatches(%q, %q) = %v", c.want, c.fqdn, got)
 		}
+	}
+	if tnNameMatches("b1", "b1.tail-scale.ts.net", "") {
+		t.Error("a short name matched with no MagicDNS suffix known")
+	}
+	st := &ipnstate.Status{Self: &ipnstate.PeerStatus{DNSName: "c1.tail-scale.ts.net."}}
+	if got := tnMagicDNSSuffix(st); got != "tail-scale.ts.net" {
+		t.Errorf("suffix from the self node's name = %q", got)
+	}
+	st.CurrentTailnet = &ipnstate.TailnetStatus{MagicDNSSuffix: "tail1234.ts.net"}
+	if got := tnMagicDNSSuffix(st); got != "tail1234.ts.net" {
+		t.Errorf("suffix from CurrentTailnet = %q", got)
 	}
 }
 

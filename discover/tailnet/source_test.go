@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -157,5 +158,53 @@ func (s *tnSwitchDial) setDown(down bool) {
 			c.Close()
 		}
 		s.conns = nil
+	}
+}
+
+// TestTailnetSourceShortNameSkipsSharedInNode: a node shared in from
+// another tailnet keeps that tailnet's MagicDNS name
+// (ward.attacker-tailnet.ts.net). `--builder ward` must not make it a
+// builder: a short name names only a peer of this tailnet. Its full name,
+// given on purpose, still does (which also shows the node is visible and
+// serves an advert, so the first half can fail).
+func TestTailnetSourceShortNameSkipsSharedInNode(t *testing.T) {
+	tn := tailnettest.New(t)
+	ward := tnBuilder(t, tn, "ward") // untagged, serves an advert
+	local := tnBuilder(t, tn, "b1")  // untagged, of this tailnet
+	c := tn.AddNode(t, "c1")
+	tn.WaitPeer(t, c, ward)
+	tn.WaitPeer(t, c, local)
+	const shared = "ward.attacker-tailnet.ts.net."
+	cn := tn.Control.Node(ward.Key)
+	cn.Name = shared // how control names a node shared in from another tailnet
+	tn.Control.UpdateNode(cn)
+	ctx, cancel := context.WithTimeout(context.Background(), tailnettest.Timeout)
+	defer cancel()
+	for {
+		st, err := c.LocalClient.Status(ctx)
+		if err == nil && st.Peer[ward.Key] != nil && st.Peer[ward.Key].DNSName == shared {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("c1 never saw ward renamed %s", shared)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+
+	run := tnStart(t, &tailnet.Source{LocalAPI: c.LocalClient, Dial: c.Server.Dial, Builders: []string{"ward", "b1"}})
+	snap, _ := run.wait(t, 0, 10*time.Second, "b1 in a settled snapshot", func(s discover.Snapshot) bool {
+		return !s.Partial && tnHas(local)(s)
+	})
+	for _, got := range snap.Candidates {
+		if got.Key == "tailnet:"+string(ward.StableID) {
+			t.Fatalf("--builder ward made the shared-in node %s a candidate: %+v", shared, got)
+		}
+	}
+
+	run = tnStart(t, &tailnet.Source{LocalAPI: c.LocalClient, Dial: c.Server.Dial, Builders: []string{shared}})
+	snap, _ = run.wait(t, 0, 10*time.Second, "ward by its full name", tnHas(ward))
+	if got := snap.Candidates[0]; got.Name != strings.TrimSuffix(shared, ".") && got.Name != shared {
+		t.Errorf("ward by full name: candidate name %q", got.Name)
 	}
 }
