@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"tailscale.com/ipn/ipnstate"
 	"tailscale.com/tailcfg"
 
 	"github.com/nixrb-discover/nixrb-discover/advertise"
@@ -215,6 +216,9 @@ func TestHeadscale(t *testing.T) {
 		_, i := run.wait(t, 0, wait, "b1, b2 and b3", tnHasExactly(b1, b2, b3))
 		start := time.Now()
 		hs.Delete(t, b3)
+		// First the laptop's tailscaled must drop b3 from its netmap.
+		hs.WaitPeerStatus(t, c, b3, "gone", func(ps *ipnstate.PeerStatus) bool { return ps == nil || !ps.Online })
+		t.Logf("deleted b3 gone from the laptop's status %v after the CLI call began", time.Since(start).Round(time.Millisecond))
 		run.wait(t, i, wait, "b1 and b2 after b3 is deleted", tnHasExactly(b1, b2))
 		t.Logf("deleted b3 left the snapshot %v after the CLI call began", time.Since(start).Round(time.Millisecond))
 	})

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"tailscale.com/ipn/ipnstate"
-	"tailscale.com/ipn/store/mem"
 	"tailscale.com/net/netns"
 	"tailscale.com/tailcfg"
 	"tailscale.com/tsnet"
@@ -342,7 +341,6 @@ func (s *Server) AddNode(tb testing.TB, name string, tags ...string) *tailnettes
 	tb.Helper()
 	ts := &tsnet.Server{
 		Dir:        filepath.Join(tb.TempDir(), name),
-		Store:      new(mem.Store),
 		Hostname:   name,
 		ControlURL: s.URL,
 		AuthKey:    s.AuthKey(tb, tags...),
