@@ -60,6 +60,10 @@ type Options struct {
 	Timeout time.Duration
 	// LookupHost resolves a host name; nil uses net.DefaultResolver.
 	LookupHost func(ctx context.Context, host string) ([]string, error)
+	// Tailnet is the local tailscaled's LocalAPI, to tell whether the
+	// tailnet's control server is too old for tags (headscale < 0.28);
+	// nil skips that check.
+	Tailnet TailnetAPI
 }
 
 func (o *Options) defaults() {
@@ -154,6 +158,7 @@ func Run(ctx context.Context, opts Options) Report {
 	checkSlotLocks(&r, opts)
 	machines := checkMachinesFile(&r, opts, v)
 	aliases := checkAliases(&r, opts, v, machines)
+	checkTailnetControl(ctx, &r, opts)
 	checkBuilders(ctx, &r, opts, machines, aliases)
 	return r
 }

@@ -6,7 +6,7 @@
 # behind fails here, as it would on CI's next machine.
 #
 #   sudo ./scripts/fresh-check.sh                # everything fresh (~16 min on 2 cores)
-#   sudo ./scripts/fresh-check.sh --keep-chroot  # keep the cached Nix 2.26 (trixie) tarball
+#   sudo ./scripts/fresh-check.sh --keep-chroot  # keep the cached Nix 2.26 (trixie) tarball and headscale binary
 #   sudo ./scripts/fresh-check.sh --dry-run      # say what it would change, change nothing
 #
 # What "fresh" means (a Debian machine after `apt-get install nix-bin
@@ -15,7 +15,7 @@
 #   - /nix/store is 0755 root:root (nix-bin makes no 1775 root:nixbld store)
 #   - no nixbld group and no nixbld build users (nix-setup-systemd makes those)
 #   - no users the tests create (nixrbhealth, nixtest, nix-ssh, nix-builder)
-#   - no cached trixie chroot (~/.cache/nixrb-discover) unless --keep-chroot
+#   - no cached trixie chroot nor headscale binary (~/.cache/nixrb-discover) unless --keep-chroot
 # The Go module and build caches are kept: they hold no machine state a
 # test may rely on, only time.
 set -euo pipefail
@@ -73,7 +73,7 @@ if getent group nixbld >/dev/null; then
 fi
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/nixrb-discover"
 if [ "$keep_chroot" = 0 ] && [ -d "$cache" ] && [ -n "$(ls -A "$cache")" ]; then
-	do_change "remove the cached trixie chroot in $cache ($(du -sh "$cache" | cut -f1))" rm -rf "$cache"
+	do_change "remove the cached trixie chroot and headscale binary in $cache ($(du -sh "$cache" | cut -f1))" rm -rf "$cache"
 fi
 echo "fresh-check.sh: $changed change(s)"
 [ "$dry" = 1 ] && exit 0

@@ -49,5 +49,12 @@ if [ -d internal/nixtest ]; then
 	echo "test.sh: Nix 2.26 lane ready in $(( $(date +%s) - start ))s"
 fi
 
+if [ -d internal/headscaletest ]; then
+	echo "test.sh: preparing headscale (built once from its Go module, cached under ~/.cache)"
+	start=$(date +%s)
+	go test -count=1 -timeout 20m -run '^TestPrepareHeadscale$' ./internal/headscaletest
+	echo "test.sh: headscale lane ready in $(( $(date +%s) - start ))s"
+fi
+
 echo "test.sh: go test -race ./..."
 go test -race -count=1 -timeout 45m ./...

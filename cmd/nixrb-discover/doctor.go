@@ -12,6 +12,7 @@ import (
 	"github.com/nixrb-discover/nixrb-discover/discover"
 	"github.com/nixrb-discover/nixrb-discover/doctor"
 	"github.com/peterbourgon/ff/v3/ffcli"
+	"tailscale.com/client/local"
 )
 
 func newDoctorCmd(e *env) *ffcli.Command {
@@ -23,6 +24,7 @@ func newDoctorCmd(e *env) *ffcli.Command {
 	nixStateDir := fs.String("nix-state-dir", doctor.DefaultNixStateDir, "state directory of the Nix that reads the machines file (the client's --nix-state-dir)")
 	user := fs.String("user", doctor.DefaultUser, "SSH user for a URI without one: the user nix-daemon builds as")
 	timeout := fs.Duration("timeout", doctor.DefaultTimeout, "bound on each step: command, lookup, connect, SSH step")
+	tailscaleSocket := fs.String("tailscale-socket", "", "tailscaled's LocalAPI socket, to check the tailnet's control server (default: tailscaled's usual path)")
 	return &ffcli.Command{
 		Name:       "doctor",
 		ShortUsage: "nixrb-discover doctor [--machines FILE] [--nix PATH] [--ssh-config FILE] [BUILDER]",
@@ -38,6 +40,9 @@ meets them, each printed as "✔ what" or "✘ what — fix: …":
   - the machines file parses for the local Nix (FILE:LINE for each problem);
   - a builder on a non-22 port has an ssh_config Host alias (Nix < 2.31)
     and root's ssh_config includes the alias file;
+  - when tailscaled runs and a peer is tagged: the control server makes
+    tags the identity of tagged nodes (WhoIs shows them owned by
+    tagged-devices, as Tailscale and headscale >= 0.28 do);
   - per builder (or only BUILDER, by host or name): the SSH key in field 3
     is readable and has no passphrase, the host resolves with root's
     resolver (MagicDNS names only if it asks tailscaled), TCP reaches sshd
@@ -77,6 +82,7 @@ Example:
 				NixStateDir:   *nixStateDir,
 				User:          *user,
 				Timeout:       *timeout,
+				Tailnet:       &local.Client{Socket: *tailscaleSocket, UseSocketOnly: *tailscaleSocket != ""},
 			}
 			if len(args) == 1 {
 				opts.Builder = args[0]

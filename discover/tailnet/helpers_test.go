@@ -41,7 +41,15 @@ func tnAdvertFor(host string) *wire.Advert {
 func tnBuilder(tb testing.TB, tn *tailnettest.Net, name string, tags ...string) *tailnettest.Node {
 	tb.Helper()
 	n := tn.AddNode(tb, name, tags...)
-	body, err := wire.EncodeJSON(tnAdvertFor("advertised-" + name))
+	tnServeAdvert(tb, n)
+	return n
+}
+
+// tnServeAdvert serves on n, until the test ends, an advert whose
+// hostname is "advertised-<name>" on the default port.
+func tnServeAdvert(tb testing.TB, n *tailnettest.Node) {
+	tb.Helper()
+	body, err := wire.EncodeJSON(tnAdvertFor("advertised-" + n.Name))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -54,7 +62,6 @@ func tnBuilder(tb testing.TB, tn *tailnettest.Net, name string, tags ...string) 
 	done := make(chan struct{})
 	go func() { defer close(done); s.Run(ctx) }()
 	tb.Cleanup(func() { cancel(); <-done })
-	return n
 }
 
 // tnSnap is one emitted snapshot and when it was emitted.

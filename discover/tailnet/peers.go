@@ -33,7 +33,8 @@ type tnPeers map[tailcfg.NodeID]*tnPeer
 // apply folds one IPN bus notification into the table and reports whether
 // any peer was added, removed or changed. An InitialStatus replaces the
 // whole table; PeersChanged upserts whole nodes (tailscaled repeats
-// unchanged ones); PeerChangedPatch changes Online or the disco key of a
+// unchanged ones), and with SelfChange (a full netmap) it is the whole
+// peer set: peers missing from it are removed; PeerChangedPatch changes Online or the disco key of a
 // known peer; PeersRemoved deletes. A whole node without a disco key keeps
 // the one known.
 func (p tnPeers) apply(n *ipn.Notify) (changed bool) {
@@ -51,6 +52,24 @@ func (p tnPeers) apply(n *ipn.Notify) (changed bool) {
 			p[ps.NodeID] = np
 		}
 		changed = !tnPeersEqual(old, p)
+	}
+	if n.SelfChange != nil && n.InitialStatus == nil && len(n.PeersChanged) > 0 {
+		// A full netmap: tailscaled sends it as SelfChange with every
+		// peer in PeersChanged and no PeersRemoved (headscale sends full
+		// maps, e.g. after `headscale nodes delete`). A known peer not in
+		// it is gone. An empty list is not trusted to mean "no peers".
+		in := make(map[tailcfg.NodeID]bool, len(n.PeersChanged))
+		for _, node := range n.PeersChanged {
+			if node != nil {
+				in[node.ID] = true
+			}
+		}
+		for id := range p {
+			if !in[id] {
+				delete(p, id)
+				changed = true
+			}
+		}
 	}
 	for _, node := range n.PeersChanged {
 		if node == nil || node.ID == 0 {

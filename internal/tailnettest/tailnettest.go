@@ -155,9 +155,6 @@ func (n *Net) Restart(tb testing.TB, node *Node, between func()) *Node {
 
 func (n *Net) start(tb testing.TB, name, dir string, ephemeral bool, tags []string) *Node {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
-	defer cancel()
-
 	s := &tsnet.Server{
 		Dir:           dir,
 		Hostname:      name,
@@ -170,6 +167,28 @@ func (n *Net) start(tb testing.TB, name, dir string, ephemeral bool, tags []stri
 	if ephemeral {
 		s.Store = new(mem.Store)
 	}
+	node := Join(tb, s)
+	node.dir, node.ephemeral, node.tags = dir, ephemeral, tags
+	if node.FQDN == "" {
+		node.FQDN = name + "." + Domain
+	}
+	if got := n.Control.Node(node.Key); got != nil && !slices.Equal(got.Tags, tags) && len(tags) > 0 {
+		tb.Fatalf("tailnettest: node %s: control has tags %v, want %v", name, got.Tags, tags)
+	}
+	n.SetOnline(tb, node, true)
+	return node
+}
+
+// Join brings s up on whatever control server its ControlURL names (this
+// package's testcontrol, or another one such as a real headscale), waits
+// until it is Running with an address and has heard from its home DERP,
+// and returns it as a Node. s is closed in tb.Cleanup. Call
+// netns.SetEnabled(false) first, as [New] does.
+func Join(tb testing.TB, s *tsnet.Server) *Node {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	name := s.Hostname
 	tb.Cleanup(func() { s.Close() })
 	st, err := s.Up(ctx)
 	if err != nil {
@@ -181,7 +200,7 @@ func (n *Net) start(tb testing.TB, name, dir string, ephemeral bool, tags []stri
 	}
 	waitHomeDERP(tb, ctx, s, name)
 
-	node := &Node{Server: s, LocalClient: lc, Name: name, dir: dir, ephemeral: ephemeral, tags: tags}
+	node := &Node{Server: s, LocalClient: lc, Name: name}
 	if st.Self != nil {
 		node.Key = st.Self.PublicKey
 		node.StableID = st.Self.ID
@@ -194,13 +213,6 @@ func (n *Net) start(tb testing.TB, name, dir string, ephemeral bool, tags []stri
 			node.IPv6 = ip
 		}
 	}
-	if node.FQDN == "" {
-		node.FQDN = name + "." + Domain
-	}
-	if got := n.Control.Node(node.Key); got != nil && !slices.Equal(got.Tags, tags) && len(tags) > 0 {
-		tb.Fatalf("tailnettest: node %s: control has tags %v, want %v", name, got.Tags, tags)
-	}
-	n.SetOnline(tb, node, true)
 	return node
 }
 
