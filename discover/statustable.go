@@ -59,7 +59,11 @@ func (s *Status) WriteTable(w io.Writer, all bool) {
 	if s.WriteError != "" {
 		fmt.Fprintf(w, "cannot write %s: %s\n", s.MachinesFile, s.WriteError)
 	}
-	fmt.Fprintf(w, "machines file: %s (Nix %s); client key %s %s\n", s.MachinesFile, s.NixVersion, s.ClientKey, s.ClientKeyFingerprint)
+	nix := s.Nix
+	if nix == "" { // a status from a client before the implementation was named
+		nix = "Nix " + s.NixVersion
+	}
+	fmt.Fprintf(w, "machines file: %s (written for %s); client key %s %s\n", s.MachinesFile, nix, s.ClientKey, s.ClientKeyFingerprint)
 }
 
 // slotsColumn shows a builder's slots: "-" when none is held or used,

@@ -154,7 +154,7 @@ func Run(ctx context.Context, opts Options) Report {
 	checkSlotLocks(&r, opts)
 	machines := checkMachinesFile(&r, opts, v)
 	aliases := checkAliases(&r, opts, v, machines)
-	checkBuilders(ctx, &r, opts, machines, aliases)
+	checkBuilders(ctx, &r, opts, v, machines, aliases)
 	return r
 }
 
@@ -171,7 +171,8 @@ func nixVersion(ctx context.Context, r *Report, opts Options) render.NixVersion 
 		r.fail(name, err.Error(), "pass --nix PATH of a working nix")
 		return render.NixVersion{}
 	}
-	r.pass(name, "Nix "+v.String())
+	r.pass(name, v.String()+": the machines file is read by its rules (port "+v.PortStyle().String()+
+		map[bool]string{true: ", fractional speed factors", false: ", whole speed factors"}[v.FractionalSpeed()]+")")
 	return v
 }
 

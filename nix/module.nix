@@ -30,9 +30,21 @@ let
   machinesFile = "${stateDir}/machines";
   sshConfigFile = "${stateDir}/ssh_config";
 
-  # Nix before 2.31 cannot take host:port in a machines URI: the client
-  # writes ssh_config Host aliases that root's ssh must include.
-  needSSHConfig = builtins.compareVersions config.nix.package.version "2.31" < 0;
+  # How the local Nix reads a port in a machines URI (the client's rule,
+  # render.NixVersion.PortStyle): CppNix 2.31 as host:port, Lix 2.93 as
+  # ?port=N. Any other Nix (older ones, or Determinate Nix, whose own
+  # version number says nothing of the CppNix under it) gets the client's
+  # ssh_config Host aliases, which root's ssh must include; the
+  # conservative choice, since a missing alias file is fine for ssh.
+  nixPackageName = config.nix.package.pname or "nix";
+  readsPortInURI =
+    if nixPackageName == "nix" then
+      builtins.compareVersions config.nix.package.version "2.31" >= 0
+    else if nixPackageName == "lix" then
+      builtins.compareVersions config.nix.package.version "2.93" >= 0
+    else
+      false;
+  needSSHConfig = !readsPortInURI;
 
   enrollment = cfg.advertise.enrollment.allowTags != [ ] || cfg.advertise.enrollment.allowCaps != [ ];
 
@@ -527,8 +539,8 @@ in
         );
       }
       (mkIf needSSHConfig {
-        # Host aliases for builders on a port other than 22 (Nix < 2.31
-        # cannot say host:port). A missing file is fine for ssh.
+        # Host aliases for builders on a port other than 22 (for a Nix
+        # that reads no port in a URI). A missing file is fine for ssh.
         programs.ssh.extraConfig = ''
           Include ${sshConfigFile}
         '';

@@ -296,8 +296,15 @@ type moduleResult struct {
 // testdata/eval-module.nix) for one configuration.
 func evalModule(t *testing.T, user, nixVersion, buildMachines string) moduleResult {
 	t.Helper()
+	return evalModuleNix(t, user, "nix", nixVersion, buildMachines)
+}
+
+// evalModuleNix is evalModule with nix.package of another pname (lix,
+// determinate-nix).
+func evalModuleNix(t *testing.T, user, pname, nixVersion, buildMachines string) moduleResult {
+	t.Helper()
 	out, err := nixCmd(t, "nix-instantiate", "--eval", "--strict", "--json", "testdata/eval-module.nix",
-		"--arg", "user", user, "--argstr", "nixVersion", nixVersion, "--arg", "buildMachines", buildMachines)
+		"--arg", "user", user, "--argstr", "nixVersion", nixVersion, "--argstr", "nixPname", pname, "--arg", "buildMachines", buildMachines)
 	if err != nil {
 		t.Fatalf("evaluate the module with %s: %v", user, err)
 	}
@@ -373,6 +380,20 @@ func TestModule(t *testing.T) {
 			t.Errorf("programs.ssh.extraConfig = %q", r.Config.Programs.SSH.ExtraConfig)
 		}
 	})
+	// The alias file follows the implementation's rule, not its number:
+	// Lix 2.91 and Determinate Nix 3.8 (on CppNix 2.30) read no port in a
+	// URI although their numbers are above 2.31; Lix 2.93 reads ?port=.
+	for _, tt := range []struct {
+		pname, version string
+		aliases        bool
+	}{{"lix", "2.91.1", true}, {"lix", "2.93.3", false}, {"determinate-nix", "3.8.2", true}, {"nix", "2.30.2", true}} {
+		t.Run("laptop-"+tt.pname+"-"+tt.version, func(t *testing.T) {
+			r := evalModuleNix(t, `{ client.enable = true; }`, tt.pname, tt.version, "[ ]")
+			if got := r.Config.Programs.SSH.ExtraConfig != ""; got != tt.aliases {
+				t.Errorf("%s %s: programs.ssh.extraConfig = %q, want the alias Include: %v", tt.pname, tt.version, r.Config.Programs.SSH.ExtraConfig, tt.aliases)
+			}
+		})
+	}
 	t.Run("static-from-buildMachines-hides-etc-nix-machines", func(t *testing.T) {
 		r := evalModule(t, `{ client = { enable = true; static = [ { hostName = "old"; } ]; }; }`, "2.28.3", `[ { hostName = "old"; } ]`)
 		e, ok := r.Config.Environment.Etc["nix/machines"]

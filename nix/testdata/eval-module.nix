@@ -9,6 +9,7 @@
 {
   user,
   nixVersion ? "2.28.0",
+  nixPname ? "nix",
   buildMachines ? [ ],
 }:
 let
@@ -143,8 +144,9 @@ let
   stubConfig = {
     nix = {
       package = {
+        pname = nixPname;
         version = nixVersion;
-        outPath = "/nix/store/00000000000000000000000000000000-nix-${nixVersion}";
+        outPath = "/nix/store/00000000000000000000000000000000-${nixPname}-${nixVersion}";
       };
       inherit buildMachines;
       settings = out.nix.settings or { };
