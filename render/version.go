@@ -180,6 +180,7 @@ const (
 	PortParam
 )
 
+// String names the style as list and doctor show it.
 func (p PortStyle) String() string {
 	switch p {
 	case PortInHost:
