@@ -27,7 +27,7 @@ type Status struct {
 	// "determinate-3.8.2-nix-2.30.1"), "unknown" for the oldest rules.
 	NixVersion string `json:"nix_version"`
 	// Nix names it for people: "Nix 2.26.3", "Lix 2.93.3",
-	// "Determinate Nix 3.8.2 (Nix 2.30.1)", "unknown".
+	// "Determinate Nix 3.8.2 (Nix 2.30.1)", "an unknown Nix".
 	Nix                  string `json:"nix"`
 	ClientKey            string `json:"client_key,omitempty"`
 	ClientKeyFingerprint string `json:"client_key_fingerprint,omitempty"`

@@ -114,11 +114,11 @@ func (v NixVersion) Release() Release {
 
 // String names the implementation and release the file is written for:
 // "Nix 2.26.3", "Lix 2.93.3", "Determinate Nix 3.8.2 (Nix 2.30.1)", or
-// "unknown". [ParseNixVersion] reads it back.
+// "an unknown Nix". [ParseNixVersion] reads it back (but the unknown one).
 func (v NixVersion) String() string {
 	switch {
 	case !v.Known():
-		return "unknown"
+		return "an unknown Nix"
 	case v.Impl == DeterminateNix:
 		return fmt.Sprintf("%s %s (Nix %s)", v.Impl, v.Release(), v.Upstream)
 	}
