@@ -36,10 +36,16 @@ let
   # version number says nothing of the CppNix under it) gets the client's
   # ssh_config Host aliases, which root's ssh must include; the
   # conservative choice, since a missing alias file is fine for ssh.
+  # CppNix has no 3.x: a "nix" 3.x (or any name with "determinate") is
+  # Determinate Nix, whose package may carry either number.
   nixPackageName = config.nix.package.pname or "nix";
+  isDeterminate = builtins.match ".*[Dd]eterminate.*" (config.nix.package.name or "") != null;
   readsPortInURI =
-    if nixPackageName == "nix" then
+    if isDeterminate then
+      false
+    else if nixPackageName == "nix" then
       builtins.compareVersions config.nix.package.version "2.31" >= 0
+      && builtins.compareVersions config.nix.package.version "3" < 0
     else if nixPackageName == "lix" then
       builtins.compareVersions config.nix.package.version "2.93" >= 0
     else

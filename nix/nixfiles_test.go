@@ -386,7 +386,7 @@ func TestModule(t *testing.T) {
 	for _, tt := range []struct {
 		pname, version string
 		aliases        bool
-	}{{"lix", "2.91.1", true}, {"lix", "2.93.3", false}, {"determinate-nix", "3.8.2", true}, {"nix", "2.30.2", true}} {
+	}{{"lix", "2.91.1", true}, {"lix", "2.93.3", false}, {"determinate-nix", "3.8.2", true}, {"nix", "3.8.2", true}, {"nix", "2.30.2", true}, {"nix", "2.35.1", false}} {
 		t.Run("laptop-"+tt.pname+"-"+tt.version, func(t *testing.T) {
 			r := evalModuleNix(t, `{ client.enable = true; }`, tt.pname, tt.version, "[ ]")
 			if got := r.Config.Programs.SSH.ExtraConfig != ""; got != tt.aliases {
