@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -74,13 +75,46 @@ func parseNixConfig(settings map[string]json.RawMessage, cores int) (nixConfig, 
 	return c, nil
 }
 
-// readNixVersion runs `nix --version` ("nix (Nix) 2.8.0") and returns
-// the version ("2.8.0").
+// readNixVersion runs `nix --version` and returns the builder's Nix as
+// the advert's nix_version names it (see nixVersionToken).
 func readNixVersion(ctx context.Context, nix string, timeout time.Duration) (string, error) {
 	out, err := localnix.Version(ctx, nix, timeout)
 	if err != nil {
 		return "", err
 	}
-	f := strings.Fields(out)
-	return f[len(f)-1], nil
+	return nixVersionToken(out), nil
+}
+
+// versionLineRE is the first line of `nix --version`: "nix (Nix) 2.8.0",
+// "nix (Lix, like Nix) 2.93.3", "nix (Determinate Nix 3.8.2) 2.30.1".
+var versionLineRE = regexp.MustCompile(`^nix(?:-[a-z-]+)? \(([^()]{1,64})\) (\S{1,80})$`)
+
+// nixVersionToken names the implementation and release in one word, as
+// wire allows and render.NixVersion.Token writes it (the client reads it
+// with render.ParseNixVersion): "2.8.0" for CppNix (what adverts always
+// said), "lix-2.93.3", "determinate-3.8.2-nix-2.30.1". Output of another
+// shape gives its last word, as before.
+func nixVersionToken(out string) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(out), "\n")
+	line = strings.TrimSpace(line)
+	m := versionLineRE.FindStringSubmatch(line)
+	if m == nil {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			return ""
+		}
+		return f[len(f)-1]
+	}
+	name, ver := m[1], m[2]
+	tok := ver
+	switch {
+	case name == "Lix" || strings.HasPrefix(name, "Lix,"):
+		tok = "lix-" + ver
+	case strings.HasPrefix(name, "Determinate Nix "):
+		tok = "determinate-" + strings.TrimPrefix(name, "Determinate Nix ") + "-nix-" + ver
+	}
+	if strings.ContainsAny(tok, " \t,;#") {
+		return ver // never a value wire refuses
+	}
+	return tok
 }

@@ -199,3 +199,27 @@ func testHostKey(t testing.TB) string {
 	}
 	return wire.CanonicalHostKey(pub)
 }
+
+// The advert names the builder's implementation in one word that wire
+// accepts and render.ParseNixVersion reads (render's
+// TestParseNixVersionReadsEveryImplementation reads these tokens back).
+func TestNixVersionTokenNamesTheImplementation(t *testing.T) {
+	for out, want := range map[string]string{
+		"nix (Nix) 2.8.0":                    "2.8.0",
+		"nix (Nix) 2.26.3\n":                 "2.26.3",
+		"nix (Lix, like Nix) 2.93.3":         "lix-2.93.3",
+		"nix (Determinate Nix 3.8.2) 2.30.1": "determinate-3.8.2-nix-2.30.1",
+		"nix (Lix, like Nix) 2.92.0-dev-pre20250117-0d14c2b\nSystem type: x86_64-linux\nFeatures: gc, signed-caches\n": "lix-2.92.0-dev-pre20250117-0d14c2b",
+		"nix (Determinate Nix 3.8.2 beta) 2.30.1": "2.30.1", // a space would make the advert invalid
+		"something else 1.2":                      "1.2",
+	} {
+		got := nixVersionToken(out)
+		if got != want {
+			t.Errorf("nixVersionToken(%q) = %q, want %q", out, got, want)
+		}
+		facts := Facts{Hostname: "b1", HostKey: testHostKey(t), System: "x86_64-linux", MaxJobs: 1, NixVersion: got}
+		if a, err := buildAdvert(facts, Overrides{}, time.Now()); err != nil || a.NixVersion != got {
+			t.Errorf("advert with nix_version %q: %v", got, err)
+		}
+	}
+}

@@ -74,12 +74,15 @@ func (l *loop) machineFor(m member) (render.Machine, string, error) {
 	if a.SSHPort == 0 || a.SSHPort == 22 {
 		return mach, "", nil
 	}
-	if l.c.NixVersion.AtLeast(2, 31) {
+	// How the port reaches Nix is the local implementation's rule:
+	// host:port (CppNix 2.31), ?port= (Lix 2.93), else an ssh_config
+	// alias (render.NixVersion.PortStyle).
+	if l.c.NixVersion.PortStyle() != render.PortAlias {
 		mach.URI.Port = a.SSHPort
 		return mach, "", nil
 	}
 	if l.c.SSHConfigPath == "" {
-		return mach, "", fmt.Errorf("SSH port %d: Nix %s cannot read a port in the machines file (needs 2.31); run the client with --ssh-config FILE and Include that file in root's ssh_config", a.SSHPort, l.c.NixVersion)
+		return mach, "", fmt.Errorf("SSH port %d: %s cannot read a port in the machines file (CppNix needs 2.31, Lix 2.93); run the client with --ssh-config FILE and Include that file in root's ssh_config", a.SSHPort, l.c.NixVersion)
 	}
 	alias := "nixrb-" + strings.Trim(aliasUnsafe.ReplaceAllString(m.Name, "-"), "-")
 	mach.URI.Host = alias

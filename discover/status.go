@@ -1,6 +1,7 @@
 package discover
 
 import (
+	"github.com/nixrb-discover/nixrb-discover/render"
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/wire"
@@ -18,13 +19,19 @@ type Status struct {
 	MachinesFile string    `json:"machines_file"`
 	// SSHConfig is the ssh_config alias file the client writes (its
 	// --ssh-config), empty when it writes none.
-	SSHConfig            string     `json:"ssh_config,omitempty"`
-	LastWrite            *time.Time `json:"last_write,omitempty"`
-	WriteError           string     `json:"write_error,omitempty"`
-	NixVersion           string     `json:"nix_version"`
-	ClientKey            string     `json:"client_key,omitempty"`
-	ClientKeyFingerprint string     `json:"client_key_fingerprint,omitempty"`
-	Ready                bool       `json:"ready"`
+	SSHConfig  string     `json:"ssh_config,omitempty"`
+	LastWrite  *time.Time `json:"last_write,omitempty"`
+	WriteError string     `json:"write_error,omitempty"`
+	// NixVersion is the local Nix the file is written for as one word
+	// (render.NixVersion.Token: "2.26.3" for CppNix, "lix-2.93.3",
+	// "determinate-3.8.2-nix-2.30.1"), "unknown" for the oldest rules.
+	NixVersion string `json:"nix_version"`
+	// Nix names it for people: "Nix 2.26.3", "Lix 2.93.3",
+	// "Determinate Nix 3.8.2 (Nix 2.30.1)", "an unknown Nix".
+	Nix                  string `json:"nix"`
+	ClientKey            string `json:"client_key,omitempty"`
+	ClientKeyFingerprint string `json:"client_key_fingerprint,omitempty"`
+	Ready                bool   `json:"ready"`
 	// ConfigError, when set, says why a changed configuration was
 	// refused: the client runs on the configuration it started with.
 	ConfigError string          `json:"config_error,omitempty"`
@@ -75,7 +82,11 @@ type BuilderStatus struct {
 	LastCheck         *time.Time     `json:"last_check,omitempty"`
 	RTTMillis         float64        `json:"rtt_ms,omitempty"`
 	RemoteNix         string         `json:"remote_nix,omitempty"`
-	TrustedUser       string         `json:"trusted_user,omitempty"`
+	// BuilderNix is the Nix the builder's advert names (its nix_version
+	// read by render.ParseNixVersion: "Nix 2.26.3", "Lix 2.93.3"), empty
+	// when it names none or one not known.
+	BuilderNix  string `json:"builder_nix,omitempty"`
+	TrustedUser string `json:"trusted_user,omitempty"`
 	// Slots is what the client holds of the builder's Nix build slots
 	// (nil when it holds none and the local Nix uses none, or does not
 	// hold slots at all).
@@ -103,7 +114,8 @@ func (l *loop) status(now time.Time) *Status {
 		Generated:            now,
 		MachinesFile:         l.c.MachinesPath,
 		SSHConfig:            l.c.SSHConfigPath,
-		NixVersion:           l.c.NixVersion.String(),
+		NixVersion:           nixToken(l.c.NixVersion),
+		Nix:                  l.c.NixVersion.String(),
 		ClientKey:            l.c.SSHKeyPath,
 		ClientKeyFingerprint: l.c.ClientKeyFingerprint,
 		Ready:                l.ready,
@@ -150,6 +162,11 @@ func (l *loop) status(now time.Time) *Status {
 		if sl := m.slots; sl.uri != "" && (sl.held > 0 || sl.nixRunning > 0) {
 			b.Slots = &SlotsStatus{Max: sl.max, Held: sl.held, Reason: sl.reason, NixRunning: sl.nixRunning}
 		}
+		if m.Advert != nil && m.Advert.NixVersion != "" {
+			if v, err := render.ParseNixVersion(m.Advert.NixVersion); err == nil {
+				b.BuilderNix = v.String()
+			}
+		}
 		if !m.Last.When.IsZero() {
 			t := m.Last.When
 			b.LastCheck = &t
@@ -160,4 +177,12 @@ func (l *loop) status(now time.Time) *Status {
 		s.Builders = append(s.Builders, b)
 	}
 	return s
+}
+
+// nixToken is v as status's nix_version gives it.
+func nixToken(v render.NixVersion) string {
+	if !v.Known() {
+		return "unknown"
+	}
+	return v.Token()
 }

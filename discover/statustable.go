@@ -62,7 +62,11 @@ func (s *Status) WriteTable(w io.Writer, all bool) {
 	if s.WriteError != "" {
 		fmt.Fprintf(w, "cannot write %s: %s\n", TerminalSafe(s.MachinesFile), TerminalSafe(s.WriteError))
 	}
-	fmt.Fprintf(w, "machines file: %s (Nix %s); client key %s %s\n", TerminalSafe(s.MachinesFile), TerminalSafe(s.NixVersion),
+	nix := s.Nix
+	if nix == "" { // a status from a client before the implementation was named
+		nix = "Nix " + s.NixVersion
+	}
+	fmt.Fprintf(w, "machines file: %s (written for %s); client key %s %s\n", TerminalSafe(s.MachinesFile), TerminalSafe(nix),
 		TerminalSafe(s.ClientKey), TerminalSafe(s.ClientKeyFingerprint))
 }
 

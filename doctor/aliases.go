@@ -14,8 +14,8 @@ import (
 const aliasPrefix = "nixrb-"
 
 // checkAliases checks the ssh_config Host aliases that builders on a
-// non-22 port need with a Nix before 2.31, and that root's ssh reads the
-// alias file. It returns the aliases, which say where such builders are.
+// non-22 port need with a Nix that reads no port in a store URI
+// (render.PortAlias), and that root's ssh reads the alias file. It returns the aliases, which say where such builders are.
 func checkAliases(r *Report, opts Options, v render.NixVersion, entries []render.Entry) map[string]*alias {
 	aliases, err := readAliases(opts.SSHConfigPath)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -28,10 +28,10 @@ func checkAliases(r *Report, opts Options, v render.NixVersion, entries []render
 		host := m.URI.Host
 		a := aliases[host]
 		switch {
-		case m.URI.Port != 0 && !v.AtLeast(2, 31):
+		case m.URI.Port != 0 && v.PortStyle() == render.PortAlias:
 			name := aliasPrefix + strings.Trim(aliasUnsafe(host), "-")
-			r.fail(fmt.Sprintf("builder %s: Nix %s can reach port %d", host, v, m.URI.Port),
-				fmt.Sprintf("%s:%d: Nix before 2.31 reads %s:%d as a host name", en.Path, en.Line, host, m.URI.Port),
+			r.fail(fmt.Sprintf("builder %s: %s can reach port %d", host, v, m.URI.Port),
+				fmt.Sprintf("%s:%d: %s reads no port in a store URI (CppNix 2.31 reads %s:%d, Lix 2.93 ?port=%d)", en.Path, en.Line, v, host, m.URI.Port, m.URI.Port),
 				fmt.Sprintf("run the client with --ssh-config %s (it writes a Host alias and puts the alias in the machines file), "+
 					"or add to %s the lines `Host %s`, `HostName %s`, `Port %d`, `HostKeyAlias %s`, write %s as the host in the URI, "+
 					"and Include %s from /etc/ssh/ssh_config",

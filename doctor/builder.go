@@ -17,7 +17,7 @@ import (
 )
 
 // checkBuilders runs the per-builder checks on every selected machine.
-func checkBuilders(ctx context.Context, r *Report, opts Options, entries []render.Entry, aliases map[string]*alias) {
+func checkBuilders(ctx context.Context, r *Report, opts Options, v render.NixVersion, entries []render.Entry, aliases map[string]*alias) {
 	sel := selected(entries, opts.Builder, aliases)
 	if opts.Builder != "" && len(sel) == 0 {
 		r.fail(fmt.Sprintf("builder %s is in %s", opts.Builder, opts.MachinesPath),
@@ -29,11 +29,11 @@ func checkBuilders(ctx context.Context, r *Report, opts Options, entries []rende
 		if ctx.Err() != nil {
 			return
 		}
-		checkBuilder(ctx, r, opts, en, aliases[en.Machine.URI.Host])
+		checkBuilder(ctx, r, opts, v, en, aliases[en.Machine.URI.Host])
 	}
 }
 
-func checkBuilder(ctx context.Context, r *Report, opts Options, en render.Entry, a *alias) {
+func checkBuilder(ctx context.Context, r *Report, opts Options, v render.NixVersion, en render.Entry, a *alias) {
 	m := en.Machine
 	label := "builder " + m.URI.Host
 	host, port := m.URI.Host, m.URI.Port
@@ -97,10 +97,14 @@ func checkBuilder(ctx context.Context, r *Report, opts Options, en render.Entry,
 		return // the key check failed: nothing to log in with
 	}
 
-	c := &health.Checker{Signer: signer, Timeout: opts.Timeout, BannerTimeout: opts.Timeout, RefreshChecks: -1}
+	// The check applies the local Nix's rules, as the client does: whether
+	// it builds on a daemon that does not trust it, and the oldest daemon
+	// it still speaks to.
+	c := &health.Checker{Signer: signer, Timeout: opts.Timeout, BannerTimeout: opts.Timeout, RefreshChecks: -1,
+		UntrustedBuilds: v.BuildsOnUntrustedDaemon(), MinDaemonProtocol: v.MinDaemonProtocol()}
 	defer c.Close()
 	res := c.Check(ctx, health.Target{Key: m.URI.Host, Addr: dialAddr, User: user, Protocol: m.URI.Scheme, HostKey: hostKey})
-	sshChecks(r, label, addr, user, kp, ident, m, res)
+	sshChecks(r, v, label, addr, user, kp, ident, m, res)
 }
 
 // checkResolve resolves host with root's resolver, as ssh will, and

@@ -159,7 +159,7 @@ func Run(ctx context.Context, opts Options) Report {
 	machines := checkMachinesFile(&r, opts, v)
 	aliases := checkAliases(&r, opts, v, machines)
 	checkTailnetControl(ctx, &r, opts)
-	checkBuilders(ctx, &r, opts, machines, aliases)
+	checkBuilders(ctx, &r, opts, v, machines, aliases)
 	return r
 }
 
@@ -176,7 +176,8 @@ func nixVersion(ctx context.Context, r *Report, opts Options) render.NixVersion 
 		r.fail(name, err.Error(), "pass --nix PATH of a working nix")
 		return render.NixVersion{}
 	}
-	r.pass(name, "Nix "+v.String())
+	r.pass(name, v.String()+": the machines file is read by its rules (port "+v.PortStyle().String()+
+		map[bool]string{true: ", fractional speed factors", false: ", whole speed factors"}[v.FractionalSpeed()]+")")
 	return v
 }
 

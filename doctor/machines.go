@@ -14,7 +14,7 @@ import (
 // leniently (ports allowed), so that a builder on a line the local Nix
 // rejects is still diagnosed.
 func checkMachinesFile(r *Report, opts Options, v render.NixVersion) []render.Entry {
-	name := fmt.Sprintf("machines file %s parses for Nix %s", opts.MachinesPath, v)
+	name := fmt.Sprintf("machines file %s parses for %s", opts.MachinesPath, v)
 	parse := render.ParseOptions{NixVersion: v, LocalSystem: localnix.System()}
 	entries, err := render.ParseFile(opts.MachinesPath, parse)
 	var problems render.ParseErrors
@@ -38,8 +38,9 @@ func checkMachinesFile(r *Report, opts Options, v render.NixVersion) []render.En
 		r.pass(name, fmt.Sprintf("%d machines", len(entries)))
 	}
 	lenient := entries
-	if !v.AtLeast(2, 31) {
-		parse.NixVersion = render.NixVersion{Major: 2, Minor: 31}
+	if v.PortStyle() == render.PortAlias {
+		// Read host:port (CppNix 2.31's rule) to find the builder anyway.
+		parse.NixVersion = render.CppNixVersion(2, 31, 0)
 		lenient, _ = render.ParseFile(opts.MachinesPath, parse)
 	}
 	ssh := 0

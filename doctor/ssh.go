@@ -12,7 +12,7 @@ import (
 // sshChecks turns the Checker's verdict into one check per step Nix takes
 // after the banner: host key, login, Nix on PATH and handshake, trust.
 // Steps before the failing one passed; later ones are not reported.
-func sshChecks(r *Report, label, addr, user, keyPath, ident string, m render.Machine, res health.Result) {
+func sshChecks(r *Report, v render.NixVersion, label, addr, user, keyPath, ident string, m render.Machine, res health.Result) {
 	hostKey := label + ": host key matches field 8"
 	login := fmt.Sprintf("%s: %s accepts key %s for user %s", label, addr, keyPath, user)
 	prog := "nix-daemon --stdio"
@@ -37,6 +37,9 @@ func sshChecks(r *Report, label, addr, user, keyPath, ident string, m render.Mac
 		switch res.Trusted {
 		case health.TrustedYes:
 			r.pass(trusted, "the daemon says so")
+		case health.TrustedNo:
+			r.pass(fmt.Sprintf("%s: %s may build without being a trusted user", label, user),
+				fmt.Sprintf("the daemon does not trust %s; %s copies the derivation and builds it by path, which an untrusted user may do", user, v))
 		default:
 			r.pass(fmt.Sprintf("%s: whether %s is trusted is not reported by protocol %s (Nix before 2.15, or ssh://)",
 				label, user, res.ProtocolVersion),
@@ -61,8 +64,8 @@ func sshChecks(r *Report, label, addr, user, keyPath, ident string, m render.Mac
 		r.pass(onPath, "")
 		r.pass(handshake, "protocol "+res.ProtocolVersion+", Nix "+res.NixVersion)
 		r.fail(trusted, res.Detail,
-			fmt.Sprintf("add %s to trusted-users on the builder (nix.settings.trusted-users on NixOS); "+
-				"Nix before 2.26 refuses input-addressed builds otherwise", user))
+			fmt.Sprintf("add %s to trusted-users on the builder (nix.settings.trusted-users on NixOS): "+
+				"%s sends a bare derivation, which only a trusted user may build (CppNix 2.16 and Lix build by path instead)", user, v))
 	case health.ReasonDaemonError:
 		loginOK()
 		r.pass(onPath, "")

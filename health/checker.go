@@ -81,13 +81,21 @@ type Checker struct {
 	// DefaultRefreshAfter.
 	RefreshAfter time.Duration
 	// UntrustedBuilds says the local Nix builds on a daemon that does not
-	// trust its SSH user: Nix 2.26 and later (tested; maybe earlier) sees
-	// from the handshake that it is not trusted and sends the .drv by
-	// path, which an untrusted user may build. A "not trusted" answer then
-	// passes the check (Result.Trusted stays TrustedNo, so `list` still
-	// says so). Older Nix gets "not privileged to build input-addressed
+	// trust its SSH user: it sees from the handshake that it is not
+	// trusted and sends the .drv by path, which an untrusted user may
+	// build. A "not trusted" answer then passes the check
+	// (Result.Trusted stays TrustedNo, so `list` still says so). Which
+	// Nix does is the local implementation's rule
+	// (render.NixVersion.BuildsOnUntrustedDaemon: CppNix 2.16, every
+	// Lix); older Nix gets "not privileged to build input-addressed
 	// derivations": leave it false.
 	UntrustedBuilds bool
+	// MinDaemonProtocol is the oldest worker protocol minor (1.N) the
+	// local Nix still speaks over ssh-ng (render.NixVersion
+	// .MinDaemonProtocol: 35 for Lix 2.94); a daemon announcing less
+	// fails the check with ReasonDaemonError, since Nix could not use it.
+	// Zero: no limit. ssh:// (nix-store --serve) is not affected.
+	MinDaemonProtocol int
 	// Logger gets a debug line per check and a warning per host key
 	// mismatch; nil discards.
 	Logger *slog.Logger

@@ -56,6 +56,8 @@ type healthRow struct {
 	extra        func(t *testing.T, dir string) []string
 	unauthorized bool // the Checker's key is not in authorized_keys
 	wrongHostKey bool // the Target pins another key
+	// checker sets the Checker as the local Nix's rules would.
+	checker func(c *Checker)
 	// run drives the scenario and returns the Result under test; nil
 	// means one Check.
 	run    func(t *testing.T, h *harness) Result
@@ -94,6 +96,28 @@ func healthRows() []healthRow {
 					t.Errorf("got protocol %q nix %q trusted %v, want 2.7, none, unknown", r.ProtocolVersion, r.NixVersion, r.Trusted)
 				}
 			},
+		},
+		{
+			// A Lix 2.94 laptop (render.LixVersion(2, 94, 0)
+			// .MinDaemonProtocol() is 35) and the real Nix 2.8 daemon,
+			// which speaks 1.34: Lix would refuse it over ssh-ng, so the
+			// check does too, and says what to do.
+			name:    "lix-2.94-client-old-daemon-ssh-ng",
+			checker: func(c *Checker) { c.MinDaemonProtocol = 35 },
+			want:    ReasonDaemonError,
+			verify: func(t *testing.T, lane nixLane, _ *harness, r Result) {
+				if !strings.Contains(r.Detail, lane.protocol) || !strings.Contains(r.Detail, "1.35") || !strings.Contains(r.Detail, "ssh://") {
+					t.Errorf("Detail %q does not name the daemon's protocol %s, the minimum 1.35 and the ssh:// way out", r.Detail, lane.protocol)
+				}
+			},
+		},
+		{
+			// The same daemon over ssh:// (nix-store --serve): Lix 2.94
+			// still speaks it.
+			name:     "lix-2.94-client-old-nix-ssh-serve",
+			protocol: ProtocolSSH,
+			checker:  func(c *Checker) { c.MinDaemonProtocol = 35 },
+			want:     ReasonOK,
 		},
 		{
 			name:         "wrong-pinned-host-key",
@@ -278,6 +302,9 @@ func runHealthRow(t *testing.T, lane nixLane, row healthRow) {
 	c := &Checker{Signer: signer, Timeout: 10 * time.Second}
 	if row.unauthorized {
 		c.Signer = sshdtest.NewSigner(t)
+	}
+	if row.checker != nil {
+		row.checker(c)
 	}
 	t.Cleanup(func() { _ = c.Close() })
 	proto := row.protocol

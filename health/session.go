@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,6 +104,13 @@ func (c *Checker) nixHandshake(ctx context.Context, cl *ssh.Client, t Target) Re
 		// explains a failure, so a passed check does not wait for it:
 		// the remote program ends on the EOF just sent, and the deferred
 		// Close ends the session.
+		if t.Protocol != ProtocolSSH && c.MinDaemonProtocol > 0 && !protoAtLeast(r.ProtocolVersion, c.MinDaemonProtocol) {
+			r.Reason = ReasonDaemonError
+			r.Detail = fmt.Sprintf("the nix-daemon on %s speaks worker protocol %s; the local Nix speaks ssh-ng only to 1.%d "+
+				"and later: upgrade the builder's Nix, or have it advertise ssh:// (nix-store --serve)",
+				t.Addr, r.ProtocolVersion, c.MinDaemonProtocol)
+			return r
+		}
 		if r.Trusted == TrustedNo && !c.UntrustedBuilds {
 			r.Reason = ReasonNotTrusted
 			r.Detail = fmt.Sprintf("the nix-daemon on %s does not trust user %q: Nix cannot build "+
@@ -228,4 +236,18 @@ func (c *capBuffer) String() string {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return string(c.b)
+}
+
+// protoAtLeast reports whether a "1.N" protocol version is 1.min or newer.
+func protoAtLeast(v string, min int) bool {
+	major, minor, ok := strings.Cut(v, ".")
+	if !ok {
+		return false
+	}
+	ma, err1 := strconv.Atoi(major)
+	mi, err2 := strconv.Atoi(minor)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return ma > 1 || ma == 1 && mi >= min
 }

@@ -40,10 +40,26 @@ let
   logFile = "/var/log/nixrb-discover-client.log";
   managedNix = config.nix.enable;
 
-  # Nix before 2.31 cannot take host:port in a machines URI: the client
-  # writes ssh_config Host aliases that root's ssh must include. Under
-  # Determinate Nix the version is not known here: keep the aliases.
-  needSSHConfig = !managedNix || builtins.compareVersions config.nix.package.version "2.31" < 0;
+  # How the local Nix reads a port in a machines URI, as in module.nix
+  # (the client's rule, render.NixVersion.PortStyle): CppNix 2.31 as
+  # host:port, Lix 2.93 as ?port=N; any other Nix gets the client's
+  # ssh_config Host aliases, which root's ssh must include. Under
+  # Determinate Nix (nix.enable = false, or a package named
+  # *determinate*, or a "nix" 3.x) the CppNix under it is not known here:
+  # keep the aliases.
+  nixPackageName = config.nix.package.pname or "nix";
+  isDeterminate = builtins.match ".*[Dd]eterminate.*" (config.nix.package.name or "") != null;
+  readsPortInURI =
+    if !managedNix || isDeterminate then
+      false
+    else if nixPackageName == "nix" then
+      builtins.compareVersions config.nix.package.version "2.31" >= 0
+      && builtins.compareVersions config.nix.package.version "3" < 0
+    else if nixPackageName == "lix" then
+      builtins.compareVersions config.nix.package.version "2.93" >= 0
+    else
+      false;
+  needSSHConfig = !readsPortInURI;
 
   staticFile =
     if cfg.static == [ ] then null else "${pkgs.writeText "nixrb-discover-static-machines" (settings.staticMachines cfg.static)}";

@@ -30,9 +30,27 @@ let
   machinesFile = "${stateDir}/machines";
   sshConfigFile = "${stateDir}/ssh_config";
 
-  # Nix before 2.31 cannot take host:port in a machines URI: the client
-  # writes ssh_config Host aliases that root's ssh must include.
-  needSSHConfig = builtins.compareVersions config.nix.package.version "2.31" < 0;
+  # How the local Nix reads a port in a machines URI (the client's rule,
+  # render.NixVersion.PortStyle): CppNix 2.31 as host:port, Lix 2.93 as
+  # ?port=N. Any other Nix (older ones, or Determinate Nix, whose own
+  # version number says nothing of the CppNix under it) gets the client's
+  # ssh_config Host aliases, which root's ssh must include; the
+  # conservative choice, since a missing alias file is fine for ssh.
+  # CppNix has no 3.x: a "nix" 3.x (or any name with "determinate") is
+  # Determinate Nix, whose package may carry either number.
+  nixPackageName = config.nix.package.pname or "nix";
+  isDeterminate = builtins.match ".*[Dd]eterminate.*" (config.nix.package.name or "") != null;
+  readsPortInURI =
+    if isDeterminate then
+      false
+    else if nixPackageName == "nix" then
+      builtins.compareVersions config.nix.package.version "2.31" >= 0
+      && builtins.compareVersions config.nix.package.version "3" < 0
+    else if nixPackageName == "lix" then
+      builtins.compareVersions config.nix.package.version "2.93" >= 0
+    else
+      false;
+  needSSHConfig = !readsPortInURI;
 
   # NixOS rejects user and group names of 32 characters or more.
   userNameFits = builtins.stringLength cfg.advertise.sshUser < 32;
@@ -540,8 +558,8 @@ in
         );
       }
       (mkIf needSSHConfig {
-        # Host aliases for builders on a port other than 22 (Nix < 2.31
-        # cannot say host:port). A missing file is fine for ssh. The
+        # Host aliases for builders on a port other than 22 (for a Nix
+        # that reads no port in a URI). A missing file is fine for ssh. The
         # Include must be top-level: after a user's `Host ward` line it
         # would apply only to ward. So it goes first (mkBefore), and
         # `Match all` makes it top-level wherever it lands.

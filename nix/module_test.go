@@ -74,7 +74,13 @@ type nixosResult struct {
 // (testdata/eval.nix with testdata/nixos-options.nix) with the machine's
 // own configuration user (a module) and shows it through view.
 func nixosExpr(nixVersion, user, view string) string {
-	return `let r = import ./testdata/eval.nix { platform = ./testdata/nixos-options.nix; nixVersion = "` + nixVersion + `"; user = ` + user + `; }; in ` + view
+	return nixosExprPackage("nix", nixVersion, user, view)
+}
+
+// nixosExprPackage is nixosExpr with nix.package named pname ("lix",
+// "determinate-nix").
+func nixosExprPackage(pname, nixVersion, user, view string) string {
+	return `let r = import ./testdata/eval.nix { platform = ./testdata/nixos-options.nix; nixPname = "` + pname + `"; nixVersion = "` + nixVersion + `"; user = ` + user + `; }; in ` + view
 }
 
 // evalNixOS evaluates the module with the real module system; err and
@@ -282,6 +288,27 @@ func TestModuleUnderNixOS(t *testing.T) {
 			t.Errorf("client --config:\n got %v\nwant %v", cfg, want)
 		}
 	})
+	// The alias file follows the implementation's rule, not its number:
+	// Lix 2.91 and Determinate Nix 3.8 (on CppNix 2.30) read no port in a
+	// URI although their numbers are above 2.31; Lix 2.93 reads ?port=.
+	for _, tt := range []struct {
+		pname, version string
+		aliases        bool
+	}{{"lix", "2.91.1", true}, {"lix", "2.93.3", false}, {"determinate-nix", "3.8.2", true}, {"nix", "3.8.2", true}, {"nix", "2.30.2", true}, {"nix", "2.35.1", false}} {
+		t.Run("laptop-"+tt.pname+"-"+tt.version, func(t *testing.T) {
+			out, stderr, err := nixInstantiate(t, nixosExprPackage(tt.pname, tt.version, `{ services.nixrb-discover.client.enable = true; }`, "r.config.programs.ssh.extraConfig"))
+			if err != nil {
+				t.Fatalf("does not evaluate: %v\n%s", err, stderr)
+			}
+			var extra string
+			if err := json.Unmarshal(out, &extra); err != nil {
+				t.Fatalf("%s: %v", out, err)
+			}
+			if got := strings.Contains(extra, "Include /var/lib/nixrb-discover/ssh_config"); got != tt.aliases {
+				t.Errorf("%s %s: programs.ssh.extraConfig = %q, want the alias Include: %v", tt.pname, tt.version, extra, tt.aliases)
+			}
+		})
+	}
 	t.Run("laptop-nix-2.31-needs-no-ssh-config", func(t *testing.T) {
 		r := mustEvalNixOS(t, "2.31.1", `{ services.nixrb-discover.client.enable = true; }`)
 		if r.Config.Programs.SSH.ExtraConfig != "" {

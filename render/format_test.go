@@ -120,7 +120,7 @@ func TestFormatForNixVersion(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Nix %s cannot read back %q: %v", tt.v, line, err)
 			}
-			if tt.v.AtLeast(2, 20) && !reflect.DeepEqual(back, m) {
+			if tt.v.FractionalSpeed() && !reflect.DeepEqual(back, m) {
 				t.Errorf("round trip changed the machine:\n got  %#v\n want %#v", back, m)
 			}
 		})
@@ -180,16 +180,17 @@ func TestMerge(t *testing.T) {
 	}
 }
 
-// TestGolden formats each testdata/*.machines file as Nix 2.8 and 2.26
-// would read it and compares with the .golden file.
+// TestGolden formats each testdata/*.machines file as CppNix 2.8 and
+// 2.26, Lix 2.91 and 2.93 and Determinate Nix 3.8 would read it and
+// compares with the .golden file.
 func TestGolden(t *testing.T) {
 	files, _ := filepath.Glob("testdata/*.machines")
 	if len(files) == 0 {
 		t.Fatal("no testdata/*.machines files")
 	}
 	for _, f := range files {
-		for _, v := range []NixVersion{nix28, nix226} {
-			t.Run(filepath.Base(f)+"/nix-"+v.String(), func(t *testing.T) {
+		for _, v := range []NixVersion{nix28, nix226, lix291, lix293, det38} {
+			t.Run(filepath.Base(f)+"/"+goldenName(v), func(t *testing.T) {
 				var out strings.Builder
 				es, err := ParseFile(f, ParseOptions{NixVersion: v, LocalSystem: "x86_64-linux"})
 				if err != nil {
@@ -204,7 +205,7 @@ func TestGolden(t *testing.T) {
 					out.WriteString("format: " + err.Error() + "\n")
 				}
 				out.Write(b)
-				golden := strings.TrimSuffix(f, ".machines") + ".nix-" + v.String() + ".golden"
+				golden := strings.TrimSuffix(f, ".machines") + "." + goldenName(v) + ".golden"
 				if *update {
 					writeFile(t, golden, out.String())
 				}
@@ -218,4 +219,9 @@ func TestGolden(t *testing.T) {
 			})
 		}
 	}
+}
+
+// goldenName is "nix-2.26.3", "lix-2.93.3" or "determinate-nix-3.8.2".
+func goldenName(v NixVersion) string {
+	return strings.ToLower(strings.ReplaceAll(v.Impl.String(), " ", "-")) + "-" + v.Release().String()
 }

@@ -46,8 +46,10 @@ type StoreURI struct {
 	User string
 	// Host is a host name or IP address (IPv6 without brackets).
 	Host string
-	// Port is the SSH port; 0 means ssh's default (22). Only Nix 2.31 and
-	// later read a port in the URI.
+	// Port is the SSH port; 0 means ssh's default (22). How it is written
+	// depends on the Nix ([NixVersion.PortStyle]): host:port for CppNix
+	// 2.31 and later, ?port=N for Lix 2.93 and later, not at all for the
+	// others (they need an ssh_config alias).
 	Port int
 	// Params are the store parameters after '?', e.g. remote-store.
 	Params url.Values
@@ -59,10 +61,13 @@ type StoreURI struct {
 // IsSSH reports whether the URI names an SSH store.
 func (u StoreURI) IsSSH() bool { return u.Opaque == "" }
 
+// newest is the CppNix whose rules String uses.
+var newest = CppNixVersion(2, 31, 0)
+
 // String returns the URI as written in the machines file for the newest
-// Nix (a port, if set, as host:port).
+// CppNix (a port, if set, as host:port).
 func (u StoreURI) String() string {
-	s, _ := u.format(NixVersion{Major: 2, Minor: 31})
+	s, _ := u.format(newest)
 	return s
 }
 
@@ -78,21 +83,29 @@ func (u StoreURI) format(v NixVersion) (string, error) {
 		b.WriteString(u.User)
 		b.WriteByte('@')
 	}
-	host := u.Host
+	host, params := u.Host, u.Params
 	if u.Port != 0 {
-		if !v.AtLeast(2, 31) {
+		switch v.PortStyle() {
+		case PortInHost:
+			if strings.Contains(host, ":") {
+				host = "[" + host + "]"
+			}
+			host += ":" + strconv.Itoa(u.Port)
+		case PortParam:
+			params = make(url.Values, len(u.Params)+1)
+			for k, vs := range u.Params {
+				params[k] = vs
+			}
+			params.Set("port", strconv.Itoa(u.Port))
+		default:
 			return "", &FieldError{Builder: u.Host, Field: "uri", Value: strconv.Itoa(u.Port),
-				Reason: "Nix " + v.String() + " cannot read a port in the store URI (needs 2.31): use an ssh_config Host alias"}
+				Reason: v.String() + " cannot read a port in the store URI (CppNix needs 2.31, Lix 2.93): use an ssh_config Host alias"}
 		}
-		if strings.Contains(host, ":") {
-			host = "[" + host + "]"
-		}
-		host += ":" + strconv.Itoa(u.Port)
 	}
 	b.WriteString(host)
-	if len(u.Params) > 0 {
+	if len(params) > 0 {
 		b.WriteByte('?')
-		b.WriteString(u.Params.Encode())
+		b.WriteString(params.Encode())
 	}
 	return b.String(), nil
 }
@@ -117,9 +130,10 @@ func (m Machine) Name() string {
 	return m.URI.Host
 }
 
-// String returns the machine's line for the newest Nix, without validation.
+// String returns the machine's line for the newest CppNix, without
+// validation.
 func (m Machine) String() string {
-	line, err := m.line(NixVersion{Major: 2, Minor: 31})
+	line, err := m.line(newest)
 	if err != nil {
 		return "# invalid machine " + strconv.Quote(m.Name())
 	}
@@ -146,11 +160,11 @@ func (m Machine) line(v NixVersion) (string, error) {
 	return strings.Join(fields, " "), nil
 }
 
-// formatSpeed writes the speed factor so that Nix v reads it: Nix before
-// 2.20 reads only whole numbers, so there it is rounded, and a positive
-// factor never rounds down to 0.
+// formatSpeed writes the speed factor so that Nix v reads it: a Nix that
+// reads only whole numbers ([NixVersion.FractionalSpeed]) gets it rounded,
+// and a positive factor never rounds down to 0.
 func formatSpeed(f float64, v NixVersion) string {
-	if !v.AtLeast(2, 20) {
+	if !v.FractionalSpeed() {
 		r := math.Round(f)
 		if r < 1 && f > 0 {
 			r = 1

@@ -21,10 +21,10 @@ const MaxFileSize = 4 << 20
 
 // ParseOptions say which Nix the text is read as.
 type ParseOptions struct {
-	// NixVersion selects version-dependent rules (float speed factors from
-	// 2.20, '#' comments that stop at ';' before 2.29, ports from 2.31).
-	// Unknown means the oldest rules, so a file that passes works on
-	// every Nix since 2.8.
+	// NixVersion selects the implementation's rules (fractional speed
+	// factors, where a '#' comment ends, how a port is written; see the
+	// methods of [NixVersion]). Unknown means the oldest rules, so a file
+	// that passes works on every Nix since 2.8.
 	NixVersion NixVersion
 	// LocalSystem fills Systems when the field is "-", as Nix does with
 	// its own system. Empty leaves Systems nil.
@@ -114,12 +114,12 @@ func (p *parser) fail(path string, line int, err error) {
 }
 
 // text splits text into builder specifications the way Nix does: on
-// newlines and ';', trimmed, with '#' starting a comment. Before Nix 2.29 a
-// comment ended at the next ';'.
+// newlines and ';', trimmed, with '#' starting a comment, which ends at
+// the next ';' unless [NixVersion.CommentEndsAtNewline].
 func (p *parser) text(path string, data []byte) {
 	for i, physical := range strings.Split(string(data), "\n") {
 		lineNo := i + 1
-		if p.opts.NixVersion.AtLeast(2, 29) {
+		if p.opts.NixVersion.CommentEndsAtNewline() {
 			physical, _, _ = strings.Cut(physical, "#")
 		}
 		for _, spec := range strings.Split(physical, ";") {
@@ -284,10 +284,13 @@ func parseUnsigned(s string) (uint32, bool) {
 }
 
 func parseSpeed(s string, v NixVersion) (float64, error) {
-	if !v.AtLeast(2, 20) {
+	if !v.FractionalSpeed() {
 		n, ok := parseUnsigned(s)
-		if !ok {
-			return 0, fmt.Errorf("not an unsigned integer (Nix %s; fractions need 2.20)", v)
+		switch {
+		case !ok && v.Impl == Lix:
+			return 0, fmt.Errorf("not an unsigned integer (%s: the first Lix release that reads fractions is not known here; write a whole number)", v)
+		case !ok:
+			return 0, fmt.Errorf("not an unsigned integer (%s; fractions need CppNix 2.20)", v)
 		}
 		return float64(n), nil
 	}
@@ -367,6 +370,15 @@ func parseStoreURI(s string, v NixVersion) (StoreURI, error) {
 		if err != nil {
 			return u, bad("bad store parameters: " + err.Error())
 		}
+		if p, ok := params["port"]; ok && v.PortStyle() == PortParam {
+			if len(p) != 1 {
+				return u, bad("more than one port parameter")
+			}
+			if u.Port, err = parsePort(p[0]); err != nil {
+				return u, bad(err.Error())
+			}
+			delete(params, "port")
+		}
 		if len(params) > 0 {
 			u.Params = params
 		}
@@ -378,12 +390,18 @@ func parseStoreURI(s string, v NixVersion) (StoreURI, error) {
 	if err != nil {
 		return u, bad(err.Error())
 	}
-	u.Host, u.Port = host, port
+	u.Host = host
 	if u.Host == "" {
 		return u, bad("no host")
 	}
-	if u.Port != 0 && !v.AtLeast(2, 31) {
-		return u, bad(fmt.Sprintf("Nix %s reads %q as a host name (ports in URIs need 2.31): use an ssh_config Host alias", v, authority))
+	if port != 0 {
+		switch {
+		case v.PortStyle() == PortParam:
+			return u, bad(fmt.Sprintf("%s reads %q as a host name: write the port as ?port=%d", v, authority, port))
+		case v.PortStyle() != PortInHost:
+			return u, bad(fmt.Sprintf("%s reads %q as a host name (host:port needs CppNix 2.31): use an ssh_config Host alias", v, authority))
+		}
+		u.Port = port
 	}
 	return u, nil
 }

@@ -19,9 +19,12 @@ const (
 )
 
 var (
-	nix28  = NixVersion{2, 8, 0}
-	nix226 = NixVersion{2, 26, 3}
-	nix231 = NixVersion{2, 31, 0}
+	nix28  = CppNixVersion(2, 8, 0)
+	nix226 = CppNixVersion(2, 26, 3)
+	nix231 = CppNixVersion(2, 31, 0)
+	lix291 = LixVersion(2, 91, 1)
+	lix293 = LixVersion(2, 93, 3)
+	det38  = DeterminateVersion(Release{Major: 3, Minor: 8, Patch: 2}, Release{Major: 2, Minor: 30, Patch: 1})
 )
 
 func TestParseLineAccepts(t *testing.T) {
@@ -227,26 +230,6 @@ func TestParseFileBounded(t *testing.T) {
 	writeFile(t, path, strings.Repeat("#", MaxFileSize+1))
 	if _, err := ParseFile(path, ParseOptions{}); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Fatalf("ParseFile of an oversized file = %v, want a size error", err)
-	}
-}
-
-func TestParseNixVersion(t *testing.T) {
-	for in, want := range map[string]NixVersion{
-		"nix (Nix) 2.8.0":      {2, 8, 0},
-		"nix (Nix) 2.26.3\n":   {2, 26, 3},
-		"2.31":                 {2, 31, 0},
-		"nix (Nix) 2.24.10pre": {2, 24, 10},
-	} {
-		got, err := ParseNixVersion(in)
-		if err != nil || got != want {
-			t.Errorf("ParseNixVersion(%q) = %v, %v; want %v", in, got, err, want)
-		}
-	}
-	if _, err := ParseNixVersion("nix"); err == nil {
-		t.Error("ParseNixVersion(\"nix\") succeeded")
-	}
-	if (NixVersion{}).AtLeast(2, 8) || !nix226.AtLeast(2, 20) || nix226.AtLeast(2, 29) || !(NixVersion{3, 0, 0}).AtLeast(2, 31) {
-		t.Error("AtLeast compares wrongly")
 	}
 }
 

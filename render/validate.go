@@ -145,6 +145,11 @@ func (u StoreURI) validate(name string) error {
 		if !paramRE.MatchString(k) {
 			return bad(k, "bad store parameter name")
 		}
+		if k == "port" {
+			// Lix 2.93 reads it (and the parser moves it to Port); CppNix
+			// has no such setting and would connect to port 22.
+			return bad(k, "a port store parameter: CppNix ignores it; write the port as host:port (CppNix 2.31) or an ssh_config alias")
+		}
 		for _, v := range vs {
 			if len(v) > maxValueLen {
 				return bad(v, "store parameter value too long")

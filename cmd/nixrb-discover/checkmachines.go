@@ -17,7 +17,7 @@ import (
 
 func newCheckMachinesCmd(e *env) *ffcli.Command {
 	fs := flag.NewFlagSet("nixrb-discover check-machines", flag.ContinueOnError)
-	nixVersion := fs.String("nix-version", "", "check against the rules of this Nix version (default: what the local nix reports, else the oldest rules)")
+	nixVersion := fs.String("nix-version", "", `check against the rules of this Nix: what nix --version prints ("nix (Nix) 2.26.3", "nix (Determinate Nix 3.8.2) 2.30.1", "nix (Lix, like Nix) 2.93.3") or a CppNix version such as 2.26.3 (default: what the local nix reports, else the oldest rules)`)
 	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn or error")
 	return &ffcli.Command{
 		Name:       "check-machines",
@@ -29,9 +29,11 @@ Reads each machines file as Nix does (comments, ';' separators, @includes,
 
   FILE:LINE: field NAME: "VALUE": what is wrong
 
-Version-dependent rules follow --nix-version: fractional speed factors need
-Nix 2.20, a port in the store URI needs 2.31, and before 2.29 a '#' comment
-ends at the next ';'. A host key must be the base64 of one SSH public key
+The rules are those of the Nix named by --nix-version (CppNix, Determinate
+Nix by the CppNix it is built on, or Lix): fractional speed factors need
+CppNix 2.20; a port in the store URI is host:port from CppNix 2.31 and
+?port=N from Lix 2.93; a '#' comment ends at the next ';' before CppNix
+2.29 and in every Lix. A host key must be the base64 of one SSH public key
 line. Every FILE is checked, even after one that cannot be read; '-'
 reads standard input. Exit status: 0 valid, 1 invalid, 2 usage or I/O
 error.
@@ -78,7 +80,7 @@ Example:
 					invalid = true
 					continue
 				}
-				fmt.Fprintf(e.stdout, "%s: %d machines, valid for Nix %s\n", displayPath(path), len(entries), v)
+				fmt.Fprintf(e.stdout, "%s: %d machines, valid for %s\n", displayPath(path), len(entries), v)
 			}
 			switch {
 			case ioFailed:
@@ -159,8 +161,9 @@ func spaceHint(p *render.LineError) string {
 	return ""
 }
 
-// checkVersion returns the Nix version to check against: the flag, else
-// the local nix's, else unknown (the oldest rules).
+// checkVersion returns the Nix to format and check for: the flag (what
+// `nix --version` prints, or a CppNix version), else the local nix's,
+// else unknown (the oldest rules).
 func checkVersion(ctx context.Context, flagValue string) (render.NixVersion, error) {
 	if flagValue != "" {
 		v, err := render.ParseNixVersion(flagValue)
@@ -172,7 +175,8 @@ func checkVersion(ctx context.Context, flagValue string) (render.NixVersion, err
 	return localNixVersion(ctx), nil
 }
 
-// localNixVersion runs `nix --version`; unknown if nix is missing.
+// localNixVersion runs `nix --version`; unknown (the oldest rules) if nix
+// is missing or prints what no known implementation prints.
 func localNixVersion(ctx context.Context) render.NixVersion {
 	out, err := localnix.Version(ctx, "nix", 5*time.Second)
 	if err != nil {

@@ -77,7 +77,7 @@ func (f *clientFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.hold, "hold", discover.DefaultHold.String(), "how long a builder that fails its checks keeps its line, all its Nix slots held so Nix never connects to it (builds go elsewhere or wait for it), before it leaves the file")
 	fs.StringVar(&f.nixStateDir, "nix-state-dir", slots.DefaultStateDir, "state directory of the Nix that reads the machines file: the client holds its build hook's slot locks in current-load/ there; empty: hold none, a failing builder leaves the file at once")
 	fs.Var(&f.wait, "wait", "MIN:MAX coalescing of changes before the file is written (a change after MAX without a write is written at once)")
-	fs.StringVar(&f.nixVersion, "nix-version", "", "format for this Nix version (default: what the local nix reports)")
+	fs.StringVar(&f.nixVersion, "nix-version", "", `format for this Nix: what nix --version prints ("nix (Nix) 2.26.3", "nix (Determinate Nix 3.8.2) 2.30.1", "nix (Lix, like Nix) 2.93.3") or a CppNix version such as 2.26.3 (default: what the local nix reports)`)
 	fs.BoolVar(&f.once, "once", false, "do one discovery round, write the file and exit (1 if it could not be written or a source could not be read)")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics on this HOST:PORT at /metrics, e.g. 127.0.0.1:9467 (off by default; no authentication)")
@@ -139,6 +139,12 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	v, err := checkVersion(ctx, f.nixVersion)
 	if err != nil {
 		return nil, nil, err
+	}
+	if !v.Known() {
+		log.Warn("the local Nix is not known (no nix on PATH, or its --version names no known implementation): "+
+			"writing what every Nix since 2.8 reads (no ports in URIs, whole speed factors)", "fix", "pass --nix-version")
+	} else {
+		log.Debug("writing the machines file for the local Nix", "nix", v.String(), "port", v.PortStyle().String())
 	}
 	// Everything that can be refused is, before anything is changed on
 	// disk (adopting the machines file, creating the SSH key).
@@ -205,8 +211,11 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 	// A full check (every --full-check-every) reuses the kept connection
 	// at most 3 times before it logs in afresh: a reinstalled builder that
 	// no longer accepts our key is noticed within minutes.
+	// The checks apply the local Nix's rules (render.NixVersion): whether
+	// it builds on a daemon that does not trust it, and the oldest daemon
+	// it still speaks ssh-ng to.
 	checker := &health.Checker{Signer: id.Signer, Timeout: t.checkTimeout, BannerTimeout: t.banner, RefreshChecks: 3,
-		UntrustedBuilds: v.AtLeast(2, 26), Logger: log}
+		UntrustedBuilds: v.BuildsOnUntrustedDaemon(), MinDaemonProtocol: v.MinDaemonProtocol(), Logger: log}
 	c := &discover.Client{
 		Sources: sources,
 		Checker: checker,
@@ -224,10 +233,15 @@ func (f *clientFlags) build(ctx context.Context, e *env) (*discover.Client, func
 		Logger:               log,
 	}
 	var locker *slots.Locker
-	if f.nixStateDir != "" && !f.once {
+	dialect, knownLocks := slotDialect(v)
+	if f.nixStateDir != "" && !f.once && !knownLocks {
+		log.Warn("the local Nix's slot lock names are not known: holding none, so a failing builder leaves the machines file at once",
+			"nix", v.String())
+	}
+	if f.nixStateDir != "" && !f.once && knownLocks {
 		// Without the locks a failing builder must leave the file at
 		// once, or Nix would connect to it: say so, and go on.
-		if locker, err = slots.New(f.nixStateDir, slots.DialectFor(v.Major, v.Minor)); err != nil {
+		if locker, err = slots.New(f.nixStateDir, dialect); err != nil {
 			log.Warn("cannot hold Nix's build slots; a failing builder leaves the machines file instead",
 				"nix_state_dir", f.nixStateDir, "err", err, "fix", "pass --nix-state-dir of the Nix that reads the machines file (the daemon's: /nix/var/nix)")
 			locker = nil
@@ -505,4 +519,17 @@ func (f *clientFlags) mdnsSource(log *slog.Logger) (discover.Source, error) {
 		log.Warn("mDNS without --trust-key or --pin: every mDNS builder will be listed as untrusted and kept out of the file")
 	}
 	return src, nil
+}
+
+// slotDialect is how the local Nix names its build hook's slot locks
+// (render.NixVersion.SlotLockNames); ok is false when that is not known
+// (Lix), and then no lock is held.
+func slotDialect(v render.NixVersion) (d slots.Dialect, ok bool) {
+	switch v.SlotLockNames() {
+	case render.SlotLocksLegacy:
+		return slots.Legacy, true
+	case render.SlotLocksRendered:
+		return slots.Rendered, true
+	}
+	return 0, false
 }

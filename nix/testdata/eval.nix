@@ -18,12 +18,14 @@
   platform,
   user ? { },
   nixVersion ? "2.28.3",
+  # nix.package's pname: "nix", "lix", "determinate-nix".
+  nixPname ? "nix",
   class ? "nixos",
   module ? ../module.nix,
 }:
 let
   lib = import ./nixpkgs-lib/lib;
-  pkgs = import ./stub-pkgs.nix { inherit nixVersion; };
+  pkgs = import ./stub-pkgs.nix { inherit nixVersion nixPname; };
   eval = lib.evalModules {
     inherit class;
     modules = [

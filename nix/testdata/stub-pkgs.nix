@@ -3,7 +3,10 @@
 # attrsets with fixed store paths (nothing is built); writeText is
 # builtins.toFile, so a file the module writes is a real store file with
 # its real text.
-{ nixVersion }:
+{
+  nixVersion,
+  nixPname ? "nix",
+}:
 let
   fake =
     name: extra:
@@ -22,7 +25,10 @@ let
     self;
 in
 {
-  nix = pkg "nix-${nixVersion}" { version = nixVersion; };
+  nix = pkg "${nixPname}-${nixVersion}" {
+    pname = nixPname;
+    version = nixVersion;
+  };
   coreutils = pkg "coreutils-9.5" { };
   findutils = pkg "findutils-4.10.0" { };
   gnugrep = pkg "gnugrep-3.11" { };
