@@ -61,7 +61,7 @@ func TestDemo(t *testing.T) {
 		regexp.MustCompile(`b1's Nix slots are held \d+(\.\d)? m?s after its SSH endpoint died`),
 		regexp.MustCompile(`b2\.tail-scale\.ts\.net\s+draining\s.*\s4/4 held \(draining\)`),
 		regexp.MustCompile(`b1\.tail-scale\.ts\.net\s+down\s.*\s8/8 held \(down\)`),
-		regexp.MustCompile(`ssh-ng://nix-ssh@b1\.tail-scale\.ts\.net\s+8 of 8 held`),
+		regexp.MustCompile(`ssh-ng://nixrb-builder@b1\.tail-scale\.ts\.net\s+8 of 8 held`),
 	} {
 		if !want.MatchString(o) {
 			t.Errorf("output does not match %s", want)

@@ -172,7 +172,8 @@ func TestHeadscale(t *testing.T) {
 			e := &tailnet.Enroller{Dial: n.Server.Dial, AdvertPort: s.Port, PublicKey: hsKey(t)}
 			var err error
 			for range 50 { // until the listener is bound
-				if err = e.Enroll(ctx, cand); err == nil || !strings.Contains(err.Error(), "connection refused") {
+				// gVisor's netstack says "connection was refused".
+				if err = e.Enroll(ctx, cand); err == nil || !(strings.Contains(err.Error(), "connection refused") || strings.Contains(err.Error(), "connection was refused")) {
 					return err
 				}
 				time.Sleep(100 * time.Millisecond)
