@@ -40,9 +40,10 @@ func tnReportPath(b *testing.B, name string, lat []time.Duration) {
 //	boot      the source and two agents start together (the agents' listeners come up as the source subscribes)
 //	reboot    the builder's tsnet node restarts in place (offline, online, its agent 0-1 s later); from the agent's start
 //	ts-restart the laptop's tsnet node restarts in place; from its restart to the source's first good snapshot again
+//	resume    the laptop's network goes away 2-5 s and comes back (tnLink, a fake); from its return to a change the agent pushes arriving
 //
 // n = max(b.N, 20) for late, killed, start and boot, 5 for the restarts
-// (each costs seconds).
+// and resume (each costs seconds).
 //
 //	go test -run '^$' -bench BenchmarkTailnetJoinPaths -benchtime 20x ./discover/tailnet
 func BenchmarkTailnetJoinPaths(b *testing.B) {
@@ -181,6 +182,35 @@ func BenchmarkTailnetJoinPaths(b *testing.B) {
 		agent.stop()
 	}
 	tnReportPath(b, "ts-restart", tsRestart)
+
+	// The laptop's network away 2–5 s and back (tnLink, a fake for a
+	// fault the in-process tailnet cannot produce): from the link's
+	// return to a change the agent pushes reaching the source, i.e. the
+	// agent long-polled again.
+	var resume []time.Duration
+	{
+		rb := newBuilder("resume")
+		agent := tnStartAgent(b, rb, 0, nil)
+		link := &tnLink{dial: c.Server.Dial}
+		run, stop := tnRunFor(b, &tailnet.Source{LocalAPI: c.LocalClient, Dial: link.Dial, Refresh: time.Hour, FetchTimeout: 500 * time.Millisecond})
+		_, i := run.wait(b, 0, wait, "resume up", tnDraining(rb, false))
+		draining := false
+		for range 5 {
+			time.Sleep(200 * time.Millisecond) // the long poll is held
+			link.setDown(true)
+			time.Sleep(2*time.Second + rand.N(3*time.Second))
+			link.setDown(false)
+			t0 := time.Now()
+			draining = !draining
+			agent.ToggleDrain()
+			var s tnSnap
+			s, i = run.wait(b, i, wait, "the agent's change after the network came back", tnDraining(rb, draining))
+			resume = append(resume, s.at.Sub(t0))
+		}
+		stop()
+		agent.stop()
+	}
+	tnReportPath(b, "resume", resume)
 	b.StopTimer()
 }
 
