@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/nixrb-discover/nixrb-discover/internal/unixhttp"
@@ -78,16 +79,38 @@ func (e *Enroller) ValidKeys(ctx context.Context) ([]EnrolledKey, error) {
 	for _, ps := range st.Peer {
 		peers[ps.ID] = ps
 	}
+	// A public key two nodes hold (a store from before keys were unique)
+	// is valid for neither: it would stay usable while either is tagged.
+	holders := map[string][]EnrolledKey{}
+	for _, k := range keys {
+		holders[k.PublicKey] = append(holders[k.PublicKey], k)
+	}
 	log := e.logger()
 	was := e.wasValid
 	e.wasValid = map[tailcfg.StableNodeID]bool{}
 	var valid []EnrolledKey
+	invalidNow := map[tailcfg.StableNodeID]bool{} // the value: gone or expired
 	for _, k := range keys {
-		reason := e.invalid(ctx, peers[k.NodeID])
+		ps := peers[k.NodeID]
+		reason := e.invalid(ctx, ps)
+		if reason == "" && len(holders[k.PublicKey]) > 1 {
+			var others []string
+			for _, o := range holders[k.PublicKey] {
+				if o.NodeID != k.NodeID {
+					others = append(others, o.NodeName)
+				}
+			}
+			reason = "the same key is enrolled by " + strings.Join(others, ", ")
+		}
 		ok := reason == ""
 		e.wasValid[k.NodeID] = ok
 		if ok {
+			for _, a := range ps.TailscaleIPs {
+				k.Addrs = append(k.Addrs, a.String())
+			}
 			valid = append(valid, k)
+		} else {
+			invalidNow[k.NodeID] = ps == nil || ps.Expired
 		}
 		prev, seen := was[k.NodeID]
 		switch {
@@ -101,14 +124,38 @@ func (e *Enroller) ValidKeys(ctx context.Context) ([]EnrolledKey, error) {
 			log.Info("enrolled key valid again", "node", k.NodeName, "node_id", k.NodeID)
 		}
 	}
+	e.mu.Lock()
+	since := e.invalidSince
+	e.invalidSince = map[tailcfg.StableNodeID]time.Time{}
+	e.gone = map[tailcfg.StableNodeID]bool{}
+	for id, gone := range invalidNow {
+		t, seen := since[id]
+		if !seen {
+			t = now
+		}
+		e.invalidSince[id], e.gone[id] = t, gone
+	}
+	e.mu.Unlock()
+	e.prune(now)
 	e.validAt, e.validGen, e.validKeys = now, gen, valid
 	return valid, nil
+}
+
+// refreshValidity re-checks every stored key now, whatever the cache.
+func (e *Enroller) refreshValidity(ctx context.Context) {
+	e.vmu.Lock()
+	e.validAt = time.Time{}
+	e.vmu.Unlock()
+	e.ValidKeys(ctx)
 }
 
 // invalid says why ps cannot use its enrolled key, or "" if it can.
 func (e *Enroller) invalid(ctx context.Context, ps *ipnstate.PeerStatus) string {
 	if ps == nil {
 		return "node left the tailnet"
+	}
+	if ps.Expired {
+		return "node key expired"
 	}
 	var tags []string
 	if ps.Tags != nil {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -223,7 +224,7 @@ func TestEnrollStoreSurvivesSIGKILL(t *testing.T) {
 			t.Fatalf("round %d: after SIGKILL the store does not load: %v", round, err)
 		}
 		n := int(keys[0].Enrolled.Unix())
-		if want := storeVersion(n); len(keys) != len(want) || keys[len(keys)-1] != want[len(want)-1] {
+		if want := storeVersion(n); len(keys) != len(want) || !reflect.DeepEqual(keys[len(keys)-1], want[len(want)-1]) {
 			t.Fatalf("round %d: the store is not a complete version (%d keys of version %d)", round, len(keys), n)
 		}
 	}
