@@ -88,6 +88,7 @@ type Enroller struct {
 	store   *keyStore
 	gen     uint64 // bumped by every stored change
 	buckets map[tailcfg.StableNodeID]*bucket
+	sess    sessions // ssh-gate sessions to end on revocation
 	// invalidSince is when ValidKeys first saw each stored key invalid;
 	// gone marks those whose node left the netmap or expired (pruned
 	// after PruneAfter).
@@ -114,6 +115,13 @@ type EnrolledKey struct {
 	// Addrs are the node's tailnet addresses now (set by ValidKeys only,
 	// never stored): sshd accepts the key only from them.
 	Addrs []string `json:"-"`
+}
+
+// KeyFingerprint is the fingerprint ssh-gate names a key by: the SHA256
+// one without its "SHA256:" prefix (base64 letters only, safe unquoted in
+// a forced command).
+func KeyFingerprint(k ssh.PublicKey) string {
+	return strings.TrimPrefix(ssh.FingerprintSHA256(k), "SHA256:")
 }
 
 // AuthorizedKey returns k in authorized_keys form without a comment.
