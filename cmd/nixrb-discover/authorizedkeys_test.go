@@ -104,3 +104,22 @@ func TestSafeCommandPath(t *testing.T) {
 		}
 	}
 }
+
+// FuzzFromPatterns: whatever the agent's answer holds as addresses, a
+// from="..." option that is accepted can neither end early (a quote), nor
+// add an option or a key (a comma inside one address, a space, a
+// newline).
+func FuzzFromPatterns(f *testing.F) {
+	for _, s := range []string{"100.64.0.1", "fd7a:115c:a1e0::1", "127.0.0.1", `100.64.0.1",command="sh`, "1.2.3.4 ,x", "a\nb", "*", "10.0.0.0/8", "!100.64.0.1", ""} {
+		f.Add(s, "100.64.0.2")
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		got, ok := fromPatterns([]string{a, b})
+		if !ok {
+			return
+		}
+		if strings.ContainsAny(got, "\" \t\r\n\\!") || strings.Count(got, ",") != 1 {
+			t.Fatalf("fromPatterns(%q, %q) = %q: unsafe in from=\"...\"", a, b, got)
+		}
+	})
+}
