@@ -47,9 +47,11 @@ root-owned and not group- or world-writable. /nix/store is
 group-writable: on NixOS point AuthorizedKeysCommand at a root-owned
 copy or a wrapper script outside the store (e.g. /etc/ssh, mode 0755)
 that runs 'nixrb-discover authorized-keys "$@"'. The forced command
-names this binary's own path. AuthorizedKeysCommandUser must be able to
-open the agent's socket (mode 0600): root, or the agent's user. The
-third line keeps the user's own authorized_keys working alongside.
+names this binary's own path and --socket. AuthorizedKeysCommandUser
+must be root or the agent's user: the socket (mode 0666, so that
+ssh-gate, running as the builder user, can ask about its own session)
+gives the key list to those only. The third line keeps the user's own
+authorized_keys working alongside.
 
 The agent answers on --socket for at most 5 s from one tailnet lookup.`),
 		FlagSet: fs,
