@@ -154,11 +154,11 @@ func (ss *sessions) live() bool {
 
 // end kills the sessions of nodes valid does not hold (SIGKILL: the
 // process is nix-daemon or nix-store by now, and the key is revoked) and
-// forgets those whose process is gone. It returns the PIDs it killed.
-func (ss *sessions) end(valid map[tailcfg.StableNodeID]bool) []int {
+// forgets those whose process is gone. It returns the PIDs it killed and
+// those it could not (without CAP_KILL, a process of the builder user).
+func (ss *sessions) end(valid map[tailcfg.StableNodeID]bool) (killed []int, failed []string) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	var killed []int
 	for pid, s := range ss.all {
 		if procStart(pid) != s.start {
 			delete(ss.all, pid)
@@ -169,8 +169,10 @@ func (ss *sessions) end(valid map[tailcfg.StableNodeID]bool) []int {
 		}
 		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
 			killed = append(killed, pid)
+		} else {
+			failed = append(failed, fmt.Sprintf("%d: %v", pid, err))
 		}
 		delete(ss.all, pid)
 	}
-	return killed
+	return killed, failed
 }

@@ -158,8 +158,12 @@ func (e *Enroller) ValidKeys(ctx context.Context) ([]EnrolledKey, error) {
 	for _, k := range valid {
 		validSet[k.NodeID] = true
 	}
-	if killed := e.sess.end(validSet); len(killed) > 0 {
+	killed, failed := e.sess.end(validSet)
+	if len(killed) > 0 {
 		log.Warn("ended sessions of revoked keys", "pids", killed)
+	}
+	if len(failed) > 0 {
+		log.Error("cannot end sessions of revoked keys (the agent needs CAP_KILL)", "pids", failed)
 	}
 	e.validAt, e.validGen, e.validKeys = now, gen, valid
 	return valid, nil
