@@ -1,6 +1,7 @@
 package advertise
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -27,6 +28,10 @@ const (
 	DefaultEnrollSocket = "/run/nixrb-discover-advertise/enroll.sock"
 	// DefaultEnrollCache is how long the valid-key list is reused.
 	DefaultEnrollCache = 5 * time.Second
+	// DefaultEnrollPruneAfter is how long a key of a node that left the
+	// tailnet (or whose node key expired) is kept before it is deleted:
+	// ephemeral nodes would otherwise fill the store for good.
+	DefaultEnrollPruneAfter = 24 * time.Hour
 	// DefaultEnrollRateEvery and DefaultEnrollRateBurst make the per-node
 	// rate limit: a burst of 3 requests, then one per 10 s.
 	DefaultEnrollRateEvery = 10 * time.Second
@@ -53,11 +58,21 @@ type Enroller struct {
 	// User is the builder's SSH user the keys are for.
 	User string
 	// MaxKeys bounds the enrolled nodes; 0 means DefaultEnrollMaxKeys.
+	// When it is reached, a new node's key replaces the key that has been
+	// invalid longest; only MaxKeys valid keys refuse a new node.
 	MaxKeys int
+	// PruneAfter is how long the key of a node gone from the netmap or
+	// expired is kept (it may come back); 0 means DefaultEnrollPruneAfter.
+	PruneAfter time.Duration
 	// RateEvery and RateBurst limit each node's requests; 0 means the
 	// defaults (1 per 10 s, burst 3).
 	RateEvery time.Duration
 	RateBurst int
+	// ExtraFrom are source addresses (sshd from= patterns) every key may
+	// also log in from besides its node's tailnet addresses: for a
+	// tailscaled in userspace-networking mode, whose connections reach
+	// sshd from 127.0.0.1. Empty: only the node's own addresses.
+	ExtraFrom []string
 	// LocalAPI tells which enrolled nodes are still on the tailnet, with
 	// which tags and capabilities (for ValidKeys and ServeSocket).
 	LocalAPI EnrollLocalAPI
@@ -73,6 +88,12 @@ type Enroller struct {
 	store   *keyStore
 	gen     uint64 // bumped by every stored change
 	buckets map[tailcfg.StableNodeID]*bucket
+	sess    sessions // ssh-gate sessions to end on revocation
+	// invalidSince is when ValidKeys first saw each stored key invalid;
+	// gone marks those whose node left the netmap or expired (pruned
+	// after PruneAfter).
+	invalidSince map[tailcfg.StableNodeID]time.Time
+	gone         map[tailcfg.StableNodeID]bool
 
 	vmu       sync.Mutex // serialises ValidKeys (one LocalAPI call at a time); taken before mu
 	validAt   time.Time
@@ -91,6 +112,16 @@ type EnrolledKey struct {
 	PublicKey string `json:"public_key"`
 	// Enrolled is when the key was stored.
 	Enrolled time.Time `json:"enrolled"`
+	// Addrs are the node's tailnet addresses now (set by ValidKeys only,
+	// never stored): sshd accepts the key only from them.
+	Addrs []string `json:"-"`
+}
+
+// KeyFingerprint is the fingerprint ssh-gate names a key by: the SHA256
+// one without its "SHA256:" prefix (base64 letters only, safe unquoted in
+// a forced command).
+func KeyFingerprint(k ssh.PublicKey) string {
+	return strings.TrimPrefix(ssh.FingerprintSHA256(k), "SHA256:")
 }
 
 // AuthorizedKey returns k in authorized_keys form without a comment.
@@ -134,12 +165,21 @@ func (e *Enroller) serveEnroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fp := ssh.FingerprintSHA256(k)
+	if e.full() {
+		// Learn which stored keys are invalid now: put evicts those.
+		vctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		e.refreshValidity(vctx)
+		cancel()
+	}
 	old, err := e.put(EnrolledKey{NodeID: c.NodeID, NodeName: c.Name, PublicKey: AuthorizedKey(k), Enrolled: e.clock().UTC()})
 	if err != nil {
 		log.Error("enrolment failed", "node", c.Name, "node_id", c.NodeID, "fingerprint", fp, "err", err)
 		code := http.StatusInternalServerError
-		if errors.Is(err, errStoreFull) {
+		switch {
+		case errors.Is(err, errStoreFull):
 			code = http.StatusInsufficientStorage
+		case errors.Is(err, errKeyTaken):
+			code = http.StatusConflict
 		}
 		writeJSONError(w, code, "enrolment failed: "+err.Error())
 		return

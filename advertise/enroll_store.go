@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/google/renameio/v2"
 	"github.com/nixrb-discover/nixrb-discover/wire"
@@ -16,8 +17,12 @@ import (
 	"tailscale.com/tailcfg"
 )
 
-// errStoreFull: MaxKeys nodes have enrolled already.
+// errStoreFull: MaxKeys nodes with valid keys have enrolled already.
 var errStoreFull = errors.New("key store is full")
+
+// errKeyTaken: another node enrolled this public key already. Two nodes
+// sharing one key would keep it valid while either keeps its tag.
+var errKeyTaken = errors.New("this public key is enrolled by another node")
 
 // storeFile is the JSON layout of the key store.
 type storeFile struct {
@@ -109,9 +114,20 @@ func (e *Enroller) put(k EnrolledKey) (replaced string, err error) {
 	if max <= 0 {
 		max = DefaultEnrollMaxKeys
 	}
+	for id, other := range e.store.keys {
+		if id != k.NodeID && other.PublicKey == k.PublicKey {
+			return "", fmt.Errorf("%w (%s)", errKeyTaken, other.NodeName)
+		}
+	}
 	old, had := e.store.keys[k.NodeID]
+	var evicted EnrolledKey
+	var evict bool
 	if !had && len(e.store.keys) >= max {
-		return "", fmt.Errorf("%w (%d nodes)", errStoreFull, max)
+		evicted, evict = e.evictable()
+		if !evict {
+			return "", fmt.Errorf("%w (%d nodes with valid keys)", errStoreFull, max)
+		}
+		delete(e.store.keys, evicted.NodeID)
 	}
 	e.store.keys[k.NodeID] = k
 	if err := saveEnrolledKeys(e.StorePath, e.snapshot()); err != nil {
@@ -120,7 +136,16 @@ func (e *Enroller) put(k EnrolledKey) (replaced string, err error) {
 		} else {
 			delete(e.store.keys, k.NodeID)
 		}
+		if evict {
+			e.store.keys[evicted.NodeID] = evicted
+		}
 		return "", err
+	}
+	if evict {
+		e.logger().Info("evicted an invalid key for a new node", "node", evicted.NodeName, "node_id", evicted.NodeID,
+			"invalid_since", e.invalidSince[evicted.NodeID], "for", k.NodeName)
+		delete(e.invalidSince, evicted.NodeID)
+		delete(e.gone, evicted.NodeID)
 	}
 	e.gen++ // the next ValidKeys sees the new key at once
 	if had {
@@ -129,6 +154,81 @@ func (e *Enroller) put(k EnrolledKey) (replaced string, err error) {
 		}
 	}
 	return replaced, nil
+}
+
+// evictable picks the stored key to make room for a new node: of those
+// the last ValidKeys found invalid, a departed (or expired) node's first,
+// then the one invalid longest. e.mu is held.
+func (e *Enroller) evictable() (EnrolledKey, bool) {
+	var best EnrolledKey
+	var bestGone, found bool
+	var bestSince time.Time
+	for id, since := range e.invalidSince {
+		k, ok := e.store.keys[id]
+		if !ok {
+			continue
+		}
+		g := e.gone[id]
+		if !found || g && !bestGone || g == bestGone && since.Before(bestSince) {
+			best, bestGone, bestSince, found = k, g, since, true
+		}
+	}
+	return best, found
+}
+
+// full reports whether the store holds MaxKeys keys.
+func (e *Enroller) full() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.load() != nil {
+		return false
+	}
+	max := e.MaxKeys
+	if max <= 0 {
+		max = DefaultEnrollMaxKeys
+	}
+	return len(e.store.keys) >= max
+}
+
+// prune deletes the keys of nodes gone (or expired) for PruneAfter and
+// saves the store; it returns how many went.
+func (e *Enroller) prune(now time.Time) int {
+	after := e.PruneAfter
+	if after <= 0 {
+		after = DefaultEnrollPruneAfter
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.load() != nil {
+		return 0
+	}
+	var gone []EnrolledKey
+	for id, since := range e.invalidSince {
+		if k, ok := e.store.keys[id]; ok && e.gone[id] && now.Sub(since) >= after {
+			gone = append(gone, k)
+		}
+	}
+	if len(gone) == 0 {
+		return 0
+	}
+	for _, k := range gone {
+		delete(e.store.keys, k.NodeID)
+	}
+	if err := saveEnrolledKeys(e.StorePath, e.snapshot()); err != nil {
+		for _, k := range gone {
+			e.store.keys[k.NodeID] = k
+		}
+		e.logger().Error("cannot prune departed nodes' keys", "err", err)
+		return 0
+	}
+	for _, k := range gone {
+		e.logger().Info("pruned the key of a departed node", "node", k.NodeName, "node_id", k.NodeID,
+			"invalid_since", e.invalidSince[k.NodeID])
+		delete(e.invalidSince, k.NodeID)
+		delete(e.gone, k.NodeID)
+	}
+	e.gen++
+	return len(gone)
 }
 
 // snapshot copies the stored keys; e.mu is held.

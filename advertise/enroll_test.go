@@ -172,11 +172,11 @@ func TestEnrollHandler(t *testing.T) {
 	})
 	t.Run("store-full", func(t *testing.T) {
 		e.MaxKeys = 2 // laptop and other are in
-		w := post(e, &Caller{Name: "n3", NodeID: "n3", Tags: []string{"tag:nix-client"}}, enrollBody(k1))
+		w := post(e, &Caller{Name: "n3", NodeID: "n3", Tags: []string{"tag:nix-client"}}, enrollBody(testKey(t, "ed25519")))
 		if w.Code != http.StatusInsufficientStorage {
 			t.Fatalf("got %d %s", w.Code, w.Body)
 		}
-		if w := post(e, &Caller{Name: "other.ts.net", NodeID: "nOther", Tags: []string{"tag:nix-client"}}, enrollBody(k2)); w.Code != http.StatusOK {
+		if w := post(e, &Caller{Name: "other.ts.net", NodeID: "nOther", Tags: []string{"tag:nix-client"}}, enrollBody(k1)); w.Code != http.StatusOK {
 			t.Fatalf("a known node could not re-enrol in a full store: %d %s", w.Code, w.Body)
 		}
 	})

@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -186,6 +186,11 @@ func (c *Client) Run(ctx context.Context) error {
 	if len(c.Sources) == 0 || c.Checker == nil || c.MachinesPath == "" {
 		return errors.New("client: Sources, Checker and MachinesPath are required")
 	}
+	// Whoever else may write in the directory could plant a symlink
+	// under the lock's or the file's name: refuse before touching either.
+	if err := render.CheckDir(filepath.Dir(c.MachinesPath)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("machines file %s: %w", c.MachinesPath, err)
+	}
 	// A file we did not write holds someone's builders: never replace it.
 	if err := checkOurs(c.MachinesPath); err != nil {
 		return err
@@ -279,7 +284,7 @@ func (l *loop) watchMachinesFile() (<-chan struct{}, func()) {
 
 // readFileIfExists returns the file's bytes, or nil.
 func readFileIfExists(path string) []byte {
-	b, err := os.ReadFile(path)
+	b, err := render.ReadNoFollow(path)
 	if err != nil {
 		return nil
 	}

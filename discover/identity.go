@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/google/renameio/v2"
 	"golang.org/x/crypto/ssh"
@@ -36,7 +37,9 @@ type Identity struct {
 // LoadOrCreateIdentity reads the OpenSSH private key at path, or creates
 // an ed25519 one (mode 0600, its directory 0700, the public key next to it
 // as path.pub) if there is none. A passphrase-protected key is an error:
-// nix-daemon cannot type a passphrase.
+// nix-daemon cannot type a passphrase. So is a key of ours that group or
+// others may read: OpenSSH (so Nix) ignores it ("UNPROTECTED PRIVATE KEY
+// FILE") while our own checks, which read it directly, would pass.
 func LoadOrCreateIdentity(path, comment string) (*Identity, error) {
 	pemBytes, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -44,6 +47,9 @@ func LoadOrCreateIdentity(path, comment string) (*Identity, error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ssh identity %s: %w", path, err)
+	}
+	if err := checkKeyMode(path); err != nil {
+		return nil, err
 	}
 	signer, err := ssh.ParsePrivateKey(pemBytes)
 	var missing *ssh.PassphraseMissingError
@@ -88,4 +94,19 @@ func identityOf(path string, s ssh.Signer, comment string, created bool) *Identi
 		line += " " + comment
 	}
 	return &Identity{Path: path, Signer: s, AuthorizedKey: line, Fingerprint: ssh.FingerprintSHA256(s.PublicKey()), Created: created}
+}
+
+// checkKeyMode refuses a private key that ssh would ignore: owned by this
+// user (OpenSSH's sshkey_perm_ok looks only at those) and readable or
+// writable by group or others.
+func checkKeyMode(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("ssh identity %s: %w", path, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o077 == 0 {
+		return nil
+	}
+	return fmt.Errorf("ssh identity %s: mode %04o lets group or others read it, so ssh (and Nix) would ignore it (\"UNPROTECTED PRIVATE KEY FILE\"); fix: chmod 600 %s", path, fi.Mode().Perm(), path)
 }

@@ -46,3 +46,31 @@ func TestLoadIdentityRefusesPassphrase(t *testing.T) {
 func execCommand(name string, args ...string) ([]byte, error) {
 	return exec.Command(name, args...).CombinedOutput()
 }
+
+// TestLoadIdentityRefusesAKeyOthersCanRead: a client key left at mode
+// 0644 is one OpenSSH ignores (so Nix cannot log in with it) while a
+// check that reads it directly would pass; the client refuses it at start
+// and says which file and how to fix it.
+func TestLoadIdentityRefusesAKeyOthersCanRead(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "id_ed25519")
+	if _, err := LoadOrCreateIdentity(path, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// What OpenSSH itself makes of it (ssh-keygen shares ssh's check).
+	if out, err := execCommand("ssh-keygen", "-y", "-f", path); err == nil || !strings.Contains(string(out), "UNPROTECTED PRIVATE KEY FILE") {
+		t.Logf("ssh-keygen -y on a 0644 key: %v %s (expected it to refuse too)", err, out)
+	}
+	_, err := LoadOrCreateIdentity(path, "")
+	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "chmod 600 "+path) || !strings.Contains(err.Error(), "0644") {
+		t.Fatalf("LoadOrCreateIdentity of a 0644 key = %v, want an error naming the file, its mode and the fix", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateIdentity(path, ""); err != nil {
+		t.Fatalf("after chmod 600: %v", err)
+	}
+}

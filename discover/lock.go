@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,7 +32,12 @@ var errNoLock = errors.New("cannot create the lock file")
 // next one. The returned func releases it.
 func lockMachines(path string) (func(), error) {
 	lp := lockPath(path)
-	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE, 0o644)
+	// O_NOFOLLOW: a symlink planted at the lock's name must not make us
+	// truncate and write whatever it points to.
+	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0o644)
+	if errors.Is(err, syscall.ELOOP) {
+		return nil, fmt.Errorf("lock machines file %s: %s is a symlink; nixrb-discover never makes one: remove it", path, lp)
+	}
 	if err != nil {
 		return func() {}, fmt.Errorf("lock machines file %s: %w: %w", path, errNoLock, err)
 	}

@@ -54,6 +54,9 @@ func CheckMachinesPath(path string) error {
 	if err := syscall.Access(dir, 2 /* W_OK */); err != nil {
 		return fmt.Errorf("machines file %s: directory %s is not writable (%v): run the client as root, or choose a writable --machines such as /var/lib/nixrb-discover/machines", path, dir, err)
 	}
+	if err := render.CheckDir(dir); err != nil {
+		return fmt.Errorf("machines file %s: %w", path, err)
+	}
 	return checkOurs(path)
 }
 
@@ -62,7 +65,7 @@ func checkOurs(path string) error {
 	if err := render.CheckSymlink(path); err != nil {
 		return fmt.Errorf("machines file %s: %w", path, err)
 	}
-	b, err := os.ReadFile(path)
+	b, err := render.ReadNoFollow(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return nil
@@ -98,7 +101,7 @@ func Adopt(path, staticPath string, opts render.ParseOptions) (AdoptResult, erro
 	if err := render.CheckSymlink(path); err != nil {
 		return res, fmt.Errorf("adopt %s: %w", path, err)
 	}
-	orig, err := os.ReadFile(path)
+	orig, err := render.ReadNoFollow(path)
 	if errors.Is(err, fs.ErrNotExist) || err == nil && Ours(orig) {
 		return res, nil
 	}
@@ -181,7 +184,10 @@ func appendFile(path, text string) error {
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 		return fmt.Errorf("%s: %w", path, render.ErrSymlink)
 	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, render.DefaultMode)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, render.DefaultMode)
+	if errors.Is(err, syscall.ELOOP) {
+		return fmt.Errorf("%s: %w", path, render.ErrSymlink)
+	}
 	if err != nil {
 		return err
 	}

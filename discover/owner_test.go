@@ -128,3 +128,54 @@ func (nopChecker) Ping(context.Context, health.Target) (health.Result, bool) {
 	return health.Result{}, false
 }
 func (nopChecker) Forget(string) {}
+
+// TestClientNeverWritesThroughAPlantedSymlink: root runs the client on a
+// machines path whose directory a non-root user owns, and that user
+// planted machines (and the lock's name) -> a root-owned file. The
+// client refuses at start with an error naming the directory and the
+// fix; the root-owned file is untouched. In a directory of ours, a
+// symlink at the lock's name is refused too, never truncated through.
+func TestClientNeverWritesThroughAPlantedSymlink(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown a directory to another user")
+	}
+	victim := filepath.Join(t.TempDir(), "root-owned")
+	write(t, victim, "keep me\n")
+	dir := filepath.Join(t.TempDir(), "user-dir")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "machines")
+	for _, name := range []string{path, lockPath(path)} {
+		if err := os.Symlink(victim, name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckMachinesPath(path); !errors.Is(err, render.ErrUnsafeDir) || !strings.Contains(err.Error(), dir) {
+		t.Errorf("CheckMachinesPath = %v, want ErrUnsafeDir naming %s", err, dir)
+	}
+	c := &Client{Sources: []Source{nil}, Checker: nopChecker{}, MachinesPath: path, Once: true}
+	if err := c.Run(context.Background()); !errors.Is(err, render.ErrUnsafeDir) || !strings.Contains(err.Error(), "chown root "+dir) {
+		t.Errorf("Run = %v, want ErrUnsafeDir with the fix", err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep me\n" {
+		t.Fatalf("the root-owned file changed: %q", b)
+	}
+
+	// Our own directory, a symlink only at the lock's name.
+	own := t.TempDir()
+	path = filepath.Join(own, "machines")
+	if err := os.Symlink(victim, lockPath(path)); err != nil {
+		t.Fatal(err)
+	}
+	c = &Client{Sources: []Source{nil}, Checker: nopChecker{}, MachinesPath: path, Once: true}
+	if err := c.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "is a symlink") {
+		t.Errorf("Run with a symlinked lock = %v, want a symlink refusal", err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "keep me\n" {
+		t.Fatalf("the root-owned file changed through the lock: %q", b)
+	}
+}

@@ -1,6 +1,7 @@
 package render
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -8,7 +9,6 @@ import (
 	"io/fs"
 	"math"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -18,6 +18,30 @@ import (
 
 // MaxFileSize bounds a machines file (and each @include) that Parse reads.
 const MaxFileSize = 4 << 20
+
+// Bounds on one whole expansion of @includes: a file that includes
+// another N times, which includes a third N times, would otherwise make
+// N*N lines (N=2000: 4 million, minutes and gigabytes). Past any of them
+// the parse stops with ErrIncludeBudget.
+const (
+	// MaxIncludeDepth bounds how deep @includes nest (the top file is 1).
+	MaxIncludeDepth = 8
+	// MaxIncludes bounds how many @include lines are followed in all.
+	MaxIncludes = 256
+	// MaxTotalBytes bounds the bytes read over all files, the top one
+	// included.
+	MaxTotalBytes = 16 << 20
+	// MaxTotalSpecs bounds the builder specifications (and @include
+	// lines) read over all files.
+	MaxTotalSpecs = 100_000
+	// maxErrors bounds the problems kept; the rest are counted.
+	maxErrors = 1000
+)
+
+// ErrIncludeBudget is the problem reported (once) when a parse reaches
+// one of MaxIncludeDepth, MaxIncludes, MaxTotalBytes or MaxTotalSpecs;
+// what comes after it is not read.
+var ErrIncludeBudget = errors.New("@include expansion too large")
 
 // ParseOptions say which Nix the text is read as.
 type ParseOptions struct {
@@ -65,6 +89,15 @@ func (e *LineError) Unwrap() error { return e.Err }
 // ParseErrors is every problem Parse found, in file order.
 type ParseErrors []*LineError
 
+// Unwrap lets errors.Is and errors.As look into each problem.
+func (es ParseErrors) Unwrap() []error {
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
+	}
+	return out
+}
+
 func (es ParseErrors) Error() string {
 	msgs := make([]string, len(es))
 	for i, e := range es {
@@ -77,40 +110,85 @@ func (es ParseErrors) Error() string {
 // following @includes. It returns every machine it could read and, if any
 // line is invalid, a ParseErrors listing each problem. Reading the file
 // itself failing is returned as a plain error.
+//
+// Only regular files are read (a FIFO or device is an error, never waited
+// on), and the whole expansion is bounded (see MaxIncludeDepth and the
+// limits next to it).
 func ParseFile(path string, opts ParseOptions) ([]Entry, error) {
+	return ParseFileContext(context.Background(), path, opts)
+}
+
+// ParseFileContext is ParseFile that stops, returning ctx's error, once
+// ctx is done.
+func ParseFileContext(ctx context.Context, path string, opts ParseOptions) ([]Entry, error) {
 	data, err := readBounded(path)
 	if err != nil {
 		return nil, err
 	}
-	p := parser{opts: opts, stack: []string{abs(path)}}
+	p := parser{ctx: ctx, opts: opts, stack: []string{abs(path)}, bytes: len(data)}
 	p.text(path, data)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("read machines file %s: %w", path, err)
+	}
 	return p.entries, p.result()
 }
 
 // Parse reads machines-file text (the value of Nix's `builders` setting
 // or a file's content) as Nix does. Errors are as for ParseFile.
 func Parse(text []byte, opts ParseOptions) ([]Entry, error) {
-	p := parser{opts: opts}
+	return ParseContext(context.Background(), text, opts)
+}
+
+// ParseContext is Parse that stops, returning ctx's error, once ctx is
+// done.
+func ParseContext(ctx context.Context, text []byte, opts ParseOptions) ([]Entry, error) {
+	p := parser{ctx: ctx, opts: opts, bytes: len(text)}
 	p.text("", text)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("parse machines: %w", err)
+	}
 	return p.entries, p.result()
 }
 
 type parser struct {
+	ctx     context.Context
 	opts    ParseOptions
 	stack   []string // absolute paths of the files being read, for cycles
 	entries []Entry
 	errs    ParseErrors
+	dropped int // problems past maxErrors
+
+	// The budget spent so far, and whether it ran out (then nothing more
+	// is read).
+	bytes, specs, includes int
+	over                   bool
 }
 
 func (p *parser) result() error {
 	if len(p.errs) == 0 {
 		return nil
 	}
+	if p.dropped > 0 {
+		errs := append(p.errs[:len(p.errs):len(p.errs)], &LineError{Err: fmt.Errorf("and %d more problems", p.dropped)})
+		return errs
+	}
 	return p.errs
 }
 
 func (p *parser) fail(path string, line int, err error) {
+	if len(p.errs) >= maxErrors {
+		p.dropped++
+		return
+	}
 	p.errs = append(p.errs, &LineError{Path: path, Line: line, Err: err})
+}
+
+// overBudget marks the budget spent, reporting what ran out once.
+func (p *parser) overBudget(path string, line int, what string) {
+	if !p.over {
+		p.over = true
+		p.fail(path, line, fmt.Errorf("%w: %s; the rest is not read (flatten the @includes)", ErrIncludeBudget, what))
+	}
 }
 
 // text splits text into builder specifications the way Nix does: on
@@ -119,6 +197,9 @@ func (p *parser) fail(path string, line int, err error) {
 func (p *parser) text(path string, data []byte) {
 	for i, physical := range strings.Split(string(data), "\n") {
 		lineNo := i + 1
+		if p.over || p.ctx.Err() != nil {
+			return
+		}
 		if p.opts.NixVersion.CommentEndsAtNewline() {
 			physical, _, _ = strings.Cut(physical, "#")
 		}
@@ -127,6 +208,10 @@ func (p *parser) text(path string, data []byte) {
 			spec = strings.Trim(spec, " \t\r\n")
 			if spec == "" {
 				continue
+			}
+			if p.specs++; p.specs > MaxTotalSpecs {
+				p.overBudget(path, lineNo, fmt.Sprintf("more than %d lines in all", MaxTotalSpecs))
+				return
 			}
 			if spec[0] == '@' {
 				p.include(path, lineNo, strings.Trim(spec[1:], " \t\r\n"))
@@ -143,6 +228,14 @@ func (p *parser) text(path string, data []byte) {
 }
 
 func (p *parser) include(from string, line int, target string) {
+	if p.includes++; p.includes > MaxIncludes {
+		p.overBudget(from, line, fmt.Sprintf("more than %d @includes in all", MaxIncludes))
+		return
+	}
+	if len(p.stack) >= MaxIncludeDepth {
+		p.overBudget(from, line, fmt.Sprintf("@includes nested deeper than %d", MaxIncludeDepth))
+		return
+	}
 	a := abs(target)
 	for _, s := range p.stack {
 		if s == a {
@@ -162,13 +255,17 @@ func (p *parser) include(from string, line int, target string) {
 		p.fail(from, line, &FieldError{Builder: "@" + target, Field: "include", Value: target, Reason: err.Error()})
 		return
 	}
+	if p.bytes += len(data); p.bytes > MaxTotalBytes {
+		p.overBudget(from, line, fmt.Sprintf("more than %d bytes in all", MaxTotalBytes))
+		return
+	}
 	p.stack = append(p.stack, a)
 	p.text(target, data)
 	p.stack = p.stack[:len(p.stack)-1]
 }
 
 func readBounded(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	f, err := openRegular(path)
 	if err != nil {
 		return nil, fmt.Errorf("read machines file: %w", err)
 	}

@@ -52,20 +52,30 @@ type WriteResult struct {
 // existing file's mode and owner are kept (DefaultMode for a new file).
 // On any error (ENOSPC, EROFS, EACCES) the old file is left intact and no
 // temporary file remains. A symlink is never followed: one into the Nix
-// store is refused with ErrStoreSymlink, any other with ErrSymlink.
+// store is refused with ErrStoreSymlink, any other with ErrSymlink, and
+// the file is read with O_NOFOLLOW, so one swapped in after the check is
+// refused too. A directory another user owns or others may write to is
+// refused with ErrUnsafeDir (see CheckDir): its writers could plant or
+// swap in a symlink or a file of their own; so is a FIFO or device at
+// path (ErrNotRegular).
 //
 // WriteAtomic is not safe for concurrent use on the same path.
 func WriteAtomic(path string, content []byte) (WriteResult, error) {
+	if err := CheckDir(filepath.Dir(path)); err != nil {
+		return WriteResult{Path: path}, fmt.Errorf("write %s: %w", path, err)
+	}
 	if err := CheckSymlink(path); err != nil {
 		return WriteResult{Path: path}, fmt.Errorf("write %s: %w", path, err)
 	}
 	target := path
 	res := WriteResult{Path: target}
-	old, err := os.ReadFile(target)
+	old, err := ReadNoFollow(target)
 	switch {
 	case err == nil && bytes.Equal(old, content):
 		return res, nil
-	case err != nil && !errors.Is(err, fs.ErrNotExist):
+	case errors.Is(err, ErrSymlink) || errors.Is(err, ErrStoreSymlink) || errors.Is(err, ErrNotRegular):
+		return res, fmt.Errorf("write %s: %w", target, err)
+	case err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, errTooLarge):
 		return res, fmt.Errorf("write %s: read current file: %w", target, err)
 	}
 	var uid, gid = -1, -1

@@ -249,7 +249,7 @@ func mountTmpfs(t *testing.T, size string) string {
 		t.Skip("needs root to mount a tmpfs (CI runs as root)")
 	}
 	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0755", "tmpfs", dir).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount tmpfs here: %v: %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
@@ -295,5 +295,75 @@ func TestWriteAtomicReadOnlyDirectory(t *testing.T) {
 	}
 	if got, _ := os.ReadFile(path); !bytes.Equal(got, old) {
 		t.Error("old file damaged")
+	}
+}
+
+// TestWriteAtomicRefusesADirectoryAnotherUserOwns: a non-root user who
+// owns the machines file's directory plants machines -> a root-owned
+// file; the root client's write is refused with an error that names the
+// directory and the fix, and the root-owned file is untouched. A
+// world-writable directory is refused the same way.
+func TestWriteAtomicRefusesADirectoryAnotherUserOwns(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown a directory to another user")
+	}
+	victim := filepath.Join(t.TempDir(), "shadow")
+	if err := os.WriteFile(victim, []byte("root:secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "nix")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil { // nobody
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "machines")
+	if err := os.Symlink(victim, path); err != nil {
+		t.Fatal(err)
+	}
+	_, err := WriteAtomic(path, []byte("ssh://evil x86_64-linux\n"))
+	if !errors.Is(err, ErrUnsafeDir) || !strings.Contains(err.Error(), dir) || !strings.Contains(err.Error(), "uid 65534") || !strings.Contains(err.Error(), "chown root "+dir) {
+		t.Fatalf("WriteAtomic into a directory uid 65534 owns = %v, want ErrUnsafeDir naming it and the fix", err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "root:secret\n" {
+		t.Fatalf("the symlink's target was changed: %q", b)
+	}
+	// The same with a plain file planted there, owned by that user: not
+	// replaced (and never chowned to the new file) either.
+	os.Remove(path)
+	if err := os.WriteFile(path, []byte("mine\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := WriteAtomic(path, []byte("x\n")); !errors.Is(err, ErrUnsafeDir) {
+		t.Fatalf("WriteAtomic over a planted file = %v, want ErrUnsafeDir", err)
+	}
+
+	open := filepath.Join(t.TempDir(), "open")
+	if err := os.Mkdir(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(open, 0o1777)
+	if _, err := WriteAtomic(filepath.Join(open, "machines"), []byte("x\n")); !errors.Is(err, ErrUnsafeDir) || !strings.Contains(err.Error(), "chmod go-w "+open) {
+		t.Fatalf("WriteAtomic into a mode 1777 directory = %v, want ErrUnsafeDir and the chmod fix", err)
+	}
+}
+
+// TestWriteAtomicRefusesAFIFO: a FIFO at the machines path is refused at
+// once, not waited on.
+func TestWriteAtomicRefusesAFIFO(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "machines")
+	if err := syscall.Mkfifo(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := WriteAtomic(path, []byte("x\n")); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrNotRegular) {
+			t.Fatalf("WriteAtomic on a FIFO = %v, want ErrNotRegular", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("WriteAtomic blocked on a FIFO")
 	}
 }

@@ -107,7 +107,9 @@ func TestUnitDirectives(t *testing.T) {
 
 		// Hardening. Root without capabilities: it owns what it writes
 		// and connects to tailscaled's root-owned socket.
-		{both, "Service", "CapabilityBoundingSet", ""},
+		{systemd.ClientUnit, "Service", "CapabilityBoundingSet", ""},
+		// The agent may kill the sessions of a revoked enrolled key.
+		{systemd.AdvertiseUnit, "Service", "CapabilityBoundingSet", "CAP_KILL"},
 		{both, "Service", "AmbientCapabilities", ""},
 		{both, "Service", "NoNewPrivileges", "yes"},
 		// Everything read-only but the state directory (and /run/…).

@@ -38,6 +38,7 @@ type advertiseFlags struct {
 	nixPath, nixStateDir                 string
 	logLevel                             string
 	enrollTags, enrollCaps               repeated
+	enrollExtraFrom                      repeated
 	enrollStore, enrollSocket            string
 }
 
@@ -71,6 +72,7 @@ func newAdvertiseCmd(e *env) *ffcli.Command {
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.Var(&f.enrollTags, "enroll-allow-tag", "accept SSH key enrolment (POST /v1/enroll) from tailnet callers with this tag (repeatable)")
 	fs.Var(&f.enrollCaps, "enroll-allow-cap", "accept SSH key enrolment from tailnet callers granted this peer capability (repeatable)")
+	fs.Var(&f.enrollExtraFrom, "enroll-extra-from", "also accept enrolled keys from this source address (sshd from= pattern), e.g. 127.0.0.1 when tailscaled runs with --tun=userspace-networking (repeatable)")
 	fs.StringVar(&f.enrollStore, "enroll-store", advertise.DefaultEnrollStore, "file the enrolled keys are kept in")
 	fs.StringVar(&f.enrollSocket, "enroll-socket", advertise.DefaultEnrollSocket, "unix socket 'nixrb-discover authorized-keys' asks for the valid keys")
 	fs.String("config", "", "JSON file whose keys are these flag names")
@@ -92,7 +94,9 @@ stalls on this builder (from when sshd is first seen listening; with
 Tailscale SSH, which has no sshd, use --watch-sshd=false).
 With --enroll-allow-tag or --enroll-allow-cap, tailnet clients with that
 tag or capability enrol their SSH keys themselves (POST /v1/enroll); sshd
-reads them with 'nixrb-discover authorized-keys' (see its help).
+reads them with 'nixrb-discover authorized-keys' (see its help). Each key
+logs in only from its node's tailnet addresses (and --enroll-extra-from);
+a revoked key's open sessions are ended.
 
 Example:
   nixrb-discover advertise --ssh-user nixrb-builder --features kvm,big-parallel`),
@@ -169,6 +173,9 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 		log.Warn("advertising by mDNS without --sign-key: clients accept the advert only if they pin this builder's host key")
 	}
 	enrolling := len(f.enrollTags) > 0 || len(f.enrollCaps) > 0
+	if _, ok := fromPatterns(f.enrollExtraFrom); len(f.enrollExtraFrom) > 0 && !ok {
+		return usageError("--enroll-extra-from %q: want addresses or CIDRs (letters, digits and .:*?/-)", f.enrollExtraFrom.String())
+	}
 	if enrolling && !f.tailnet {
 		return usageError("--enroll-allow-tag and --enroll-allow-cap need the tailnet")
 	}
@@ -199,6 +206,7 @@ func runAdvertise(ctx context.Context, e *env, f *advertiseFlags) error {
 				User:      f.sshUser,
 				LocalAPI:  lc,
 				Logger:    log,
+				ExtraFrom: f.enrollExtraFrom,
 			}
 			if _, err := enr.Keys(); err != nil {
 				return err

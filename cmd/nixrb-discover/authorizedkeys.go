@@ -29,8 +29,10 @@ func newAuthorizedKeysCmd(e *env) *ffcli.Command {
 Run by sshd for each login. When USER is the builder's SSH user (the
 agent's --ssh-user), prints the keys tailnet clients enrolled with
 'advertise --enroll-allow-tag/--enroll-allow-cap' whose node is still on
-the tailnet with an allowed tag or capability, each restricted to the
-Nix commands by a forced 'nixrb-discover ssh-gate'. For any other user,
+the tailnet with an allowed tag or capability, each accepted only from
+its node's tailnet addresses (from="...") and restricted to the Nix
+commands by a forced 'nixrb-discover ssh-gate', which asks the agent
+again at the start of every session. For any other user,
 or when the agent cannot be asked within 2 s, it prints nothing: sshd
 then falls back to the user's authorized_keys files alone.
 
@@ -45,9 +47,11 @@ root-owned and not group- or world-writable. /nix/store is
 group-writable: on NixOS point AuthorizedKeysCommand at a root-owned
 copy or a wrapper script outside the store (e.g. /etc/ssh, mode 0755)
 that runs 'nixrb-discover authorized-keys "$@"'. The forced command
-names this binary's own path. AuthorizedKeysCommandUser must be able to
-open the agent's socket (mode 0600): root, or the agent's user. The
-third line keeps the user's own authorized_keys working alongside.
+names this binary's own path and --socket. AuthorizedKeysCommandUser
+must be root or the agent's user: the socket (mode 0666, so that
+ssh-gate, running as the builder user, can ask about its own session)
+gives the key list to those only. The third line keeps the user's own
+authorized_keys working alongside.
 
 The agent answers on --socket for at most 5 s from one tailnet lookup.`),
 		FlagSet: fs,
@@ -77,13 +81,21 @@ func runAuthorizedKeys(ctx context.Context, e *env, socket, user string) error {
 	if ans.User == "" || user != ans.User {
 		return nil
 	}
+	if !safeCommandPath(socket) {
+		return fmt.Errorf("the socket path %q is unsafe in a forced command (want letters, digits and /._+-)", socket)
+	}
 	var out strings.Builder
-	for _, k := range ans.Keys {
-		pk, err := wire.ParseEnrollKey(k)
+	for _, en := range ans.Entries {
+		pk, err := wire.ParseEnrollKey(en.Key)
 		if err != nil {
 			return &exitError{code: 1, err: errors.New("the agent sent a key that does not parse (deny)")}
 		}
-		fmt.Fprintf(&out, "restrict,command=\"%s ssh-gate\" %s\n", self, advertise.AuthorizedKey(pk))
+		from, ok := fromPatterns(en.From)
+		if !ok {
+			continue // no address to accept it from, or one sshd could misread: leave the key out
+		}
+		fmt.Fprintf(&out, "restrict,from=\"%s\",command=\"%s ssh-gate --socket %s --key %s\" %s\n",
+			from, self, socket, advertise.KeyFingerprint(pk), advertise.AuthorizedKey(pk))
 	}
 	_, err = fmt.Fprint(e.stdout, out.String())
 	return err
@@ -102,4 +114,25 @@ func safeCommandPath(p string) bool {
 		}
 	}
 	return true
+}
+
+// fromPatterns joins addresses for from="...": each an IP address or
+// CIDR (or, from ExtraFrom, a plain pattern of letters, digits and
+// .:*?/-), none empty.
+func fromPatterns(addrs []string) (string, bool) {
+	if len(addrs) == 0 {
+		return "", false
+	}
+	for _, a := range addrs {
+		if a == "" {
+			return "", false
+		}
+		for _, r := range a {
+			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune(".:*?/-", r)
+			if !ok {
+				return "", false
+			}
+		}
+	}
+	return strings.Join(addrs, ","), true
 }

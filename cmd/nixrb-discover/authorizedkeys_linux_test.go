@@ -12,7 +12,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,6 +121,11 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 			LocalAPI:  bnode.LocalClient,
 			CacheFor:  time.Second,
 			Logger:    log,
+			// The tailnet here is tsnet in this process, forwarding to
+			// sshd from the root namespace's address on the builder's link
+			// (as a userspace-networking tailscaled forwards from
+			// 127.0.0.1): accept that source too, as ExtraFrom is for.
+			ExtraFrom: []string{b.HostAddr.String()},
 		}
 	}
 	enr := newEnroller("state")
@@ -337,6 +344,106 @@ func TestEnrollmentOnTailnet(t *testing.T) {
 				t.Fatalf("the untagged laptop's client does not say why: reason %q", reason)
 			}
 			time.Sleep(50 * time.Millisecond)
+		}
+	})
+
+	// from=: the enrolled, tagged laptop's key is accepted only from its
+	// node's tailnet addresses. Without ExtraFrom the same login, arriving
+	// from the forwarder's address, is refused by sshd itself.
+	t.Run("key-only-from-its-nodes-addresses", func(t *testing.T) {
+		strict := newEnroller("state")
+		strict.ExtraFrom = nil
+		stopSocket()
+		stopSocket = serveSocket(strict)
+		defer func() { stopSocket(); stopSocket = serveSocket(enr) }()
+		if r := check(laptop, laptopID, health.ProtocolSSHNG); r.Reason != health.ReasonAuthRefused {
+			t.Fatalf("a login from %s (not the laptop's tailnet address) = %+v, want auth refused", b.HostAddr, r)
+		}
+		keys, err := advertise.FetchAuthorizedKeys(context.Background(), sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := strings.Join(strings.Fields(laptopID.AuthorizedKey)[:2], " ")
+		var from []string
+		for _, en := range keys.Entries {
+			if en.Key == want {
+				from = en.From
+			}
+		}
+		if !slices.Contains(from, laptop.IPv4.String()) || slices.Contains(from, b.HostAddr.String()) {
+			t.Fatalf("the laptop's key may log in from %v, want its tailnet addresses only (%s, ...)", from, laptop.IPv4)
+		}
+	})
+
+	// The review's attack: the laptop keeps a real OpenSSH ControlMaster
+	// open, runs nix-daemon over it, then loses its tag. The running
+	// nix-daemon is ended by the agent, and a new nix-daemon over the
+	// still open master is refused by ssh-gate.
+	t.Run("revocation-ends-sessions-over-an-open-controlmaster", func(t *testing.T) {
+		cdir, err := os.MkdirTemp("", "cm") // short: a ControlPath is a unix socket path
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(cdir)
+		ctl, kh := filepath.Join(cdir, "ctl"), filepath.Join(cdir, "known_hosts")
+		if err := os.WriteFile(kh, []byte(b.Addr.String()+" "+b.HostKey()+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		sshArgs := func(extra ...string) []string {
+			return append([]string{"-F", "/dev/null", "-i", laptopID.Path, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+				"-o", "UserKnownHostsFile=" + kh, "-o", "StrictHostKeyChecking=yes", "-S", ctl, "-l", b.User}, extra...)
+		}
+		master := exec.Command("ssh", sshArgs("-M", "-N", "-o", "ControlPersist=no", b.Addr.String())...)
+		var mlog clienttest.SyncBuffer
+		master.Stdout, master.Stderr = &mlog, &mlog
+		if err := master.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { master.Process.Kill(); master.Wait() }()
+		deadline := time.Now().Add(tailnettest.Timeout)
+		for exec.Command("ssh", sshArgs("-O", "check", b.Addr.String())...).Run() != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("the ControlMaster never came up:\n%s\nbuilder logs:\n%s", mlog.String(), b.Logs())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		// A nix-daemon session over the master, its stdin held open.
+		sess := exec.Command("ssh", sshArgs(b.Addr.String(), "nix-daemon --stdio")...)
+		stdin, err := sess.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sessOut clienttest.SyncBuffer
+		sess.Stdout, sess.Stderr = &sessOut, &sessOut
+		if err := sess.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer stdin.Close()
+		ended := make(chan error, 1)
+		go func() { ended <- sess.Wait() }()
+		select {
+		case err := <-ended:
+			t.Fatalf("the nix-daemon session over the master ended while the laptop was tagged: %v\n%s", err, sessOut.String())
+		case <-time.After(2 * time.Second):
+		}
+
+		tn.SetTags(t, laptop)
+		select {
+		case <-ended:
+		case <-time.After(tailnettest.Timeout):
+			sess.Process.Kill()
+			t.Fatalf("the nix-daemon session over the master outlived the revocation:\n%s", logBuf.String())
+		}
+		if !strings.Contains(logBuf.String(), "ended sessions of revoked keys") {
+			t.Errorf("no audit line for the ended session:\n%s", logBuf.String())
+		}
+		if exec.Command("ssh", sshArgs("-O", "check", b.Addr.String())...).Run() != nil {
+			t.Skip("the master closed too; nothing left to open a session over")
+		}
+		out, err := exec.Command("ssh", sshArgs(b.Addr.String(), "nix-daemon --stdio")...).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "refused") {
+			t.Fatalf("a new nix-daemon over the open master after revocation: %v %q; want exit 1 and a refusal", err, out)
 		}
 	})
 

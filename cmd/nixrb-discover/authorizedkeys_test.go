@@ -48,11 +48,13 @@ func runAK(t *testing.T, args ...string) (string, error) {
 
 func TestAuthorizedKeys(t *testing.T) {
 	const k = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKuQNWRb4HT2KmI1rmjbWoNeP/sfmom8RX9eHRIRYTVg"
-	sock := fakeEnrollSocket(t, advertise.AuthorizedKeys{User: "nix-ssh", Keys: []string{k}})
+	sock := fakeEnrollSocket(t, advertise.AuthorizedKeys{User: "nix-ssh", Keys: []string{k},
+		Entries: []advertise.AuthorizedEntry{{Key: k, From: []string{"100.64.0.7", "fd7a:115c:a1e0::7"}}}})
 	self, _ := os.Executable()
 
 	out, err := runAK(t, "--socket", sock, "nix-ssh")
-	if want := `restrict,command="` + self + ` ssh-gate" ` + k + "\n"; err != nil || out != want {
+	if want := `restrict,from="100.64.0.7,fd7a:115c:a1e0::7",command="` + self + ` ssh-gate --socket ` + sock +
+		` --key rLy8/JcNNrCF/LwYk/0qh/HMcwEHLQlc0mhSoCOyttI" ` + k + "\n"; err != nil || out != want {
 		t.Fatalf("builder user: %q, %v; want %q", out, err, want)
 	}
 	if out, err := runAK(t, "--socket", sock, "alice"); err != nil || out != "" {
@@ -69,9 +71,22 @@ func TestAuthorizedKeys(t *testing.T) {
 }
 
 func TestAuthorizedKeysRefusesBadKeyFromAgent(t *testing.T) {
-	sock := fakeEnrollSocket(t, advertise.AuthorizedKeys{User: "nix-ssh", Keys: []string{`ssh-ed25519 AAAA" ,command="sh`}})
+	sock := fakeEnrollSocket(t, advertise.AuthorizedKeys{User: "nix-ssh", Entries: []advertise.AuthorizedEntry{{Key: `ssh-ed25519 AAAA" ,command="sh`, From: []string{"100.64.0.1"}}}})
 	if out, err := runAK(t, "--socket", sock, "nix-ssh"); err == nil || out != "" {
 		t.Fatalf("bad key: %q, %v; want nothing printed and an error", out, err)
+	}
+}
+
+// TestAuthorizedKeysLeavesOutKeysWithoutSafeFrom: a key with no address
+// to accept it from, or with a from pattern that could break out of the
+// option, is left out (never printed without from=).
+func TestAuthorizedKeysLeavesOutKeysWithoutSafeFrom(t *testing.T) {
+	const k = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKuQNWRb4HT2KmI1rmjbWoNeP/sfmom8RX9eHRIRYTVg"
+	for _, from := range [][]string{nil, {""}, {`100.64.0.1",command="sh`}, {"100.64.0.1 ,x"}} {
+		sock := fakeEnrollSocket(t, advertise.AuthorizedKeys{User: "nix-ssh", Keys: []string{k}, Entries: []advertise.AuthorizedEntry{{Key: k, From: from}}})
+		if out, err := runAK(t, "--socket", sock, "nix-ssh"); err != nil || out != "" {
+			t.Errorf("from %q: %q, %v; want the key left out", from, out, err)
+		}
 	}
 }
 
@@ -88,4 +103,23 @@ func TestSafeCommandPath(t *testing.T) {
 			t.Errorf("safeCommandPath(%q) = %v, want %v", p, got, want)
 		}
 	}
+}
+
+// FuzzFromPatterns: whatever the agent's answer holds as addresses, a
+// from="..." option that is accepted can neither end early (a quote), nor
+// add an option or a key (a comma inside one address, a space, a
+// newline).
+func FuzzFromPatterns(f *testing.F) {
+	for _, s := range []string{"100.64.0.1", "fd7a:115c:a1e0::1", "127.0.0.1", `100.64.0.1",command="sh`, "1.2.3.4 ,x", "a\nb", "*", "10.0.0.0/8", "!100.64.0.1", ""} {
+		f.Add(s, "100.64.0.2")
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		got, ok := fromPatterns([]string{a, b})
+		if !ok {
+			return
+		}
+		if strings.ContainsAny(got, "\" \t\r\n\\!") || strings.Count(got, ",") != 1 {
+			t.Fatalf("fromPatterns(%q, %q) = %q: unsafe in from=\"...\"", a, b, got)
+		}
+	})
 }

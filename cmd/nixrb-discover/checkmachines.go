@@ -35,7 +35,9 @@ CppNix 2.20; a port in the store URI is host:port from CppNix 2.31 and
 ?port=N from Lix 2.93; a '#' comment ends at the next ';' before CppNix
 2.29 and in every Lix. A host key must be the base64 of one SSH public key
 line. Every FILE is checked, even after one that cannot be read; '-'
-reads standard input. Exit status: 0 valid, 1 invalid, 2 usage or I/O
+reads standard input. Only regular files are read (a FIFO is refused),
+and @includes are followed at most 8 deep, 256 in all, over 16 MiB and
+100000 lines in all. Exit status: 0 valid, 1 invalid, 2 usage or I/O
 error.
 
 Example:
@@ -63,7 +65,10 @@ Example:
 			}
 			invalid, ioFailed := false, false
 			for _, path := range args {
-				entries, problems, err := checkOneMachinesFile(path, opts)
+				entries, problems, err := checkOneMachinesFile(ctx, path, opts)
+				if ctx.Err() != nil {
+					return &exitError{code: 2, err: fmt.Errorf("check-machines: interrupted: %w", ctx.Err())}
+				}
 				if err != nil {
 					// Go on: every file given is checked.
 					printError(e.stderr, err, "")
@@ -94,18 +99,20 @@ Example:
 }
 
 // checkOneMachinesFile parses path ("-": standard input) and validates
-// each machine; err is only for a file that could not be read.
-func checkOneMachinesFile(path string, opts render.ParseOptions) ([]render.Entry, render.ParseErrors, error) {
+// each machine; err is only for a file that could not be read. It stops
+// when ctx is done (SIGINT, SIGTERM), even while standard input is still
+// open.
+func checkOneMachinesFile(ctx context.Context, path string, opts render.ParseOptions) ([]render.Entry, render.ParseErrors, error) {
 	var entries []render.Entry
 	var err error
 	if path == "-" {
-		data, rerr := io.ReadAll(io.LimitReader(os.Stdin, 16<<20))
+		data, rerr := readStdin(ctx)
 		if rerr != nil {
-			return nil, nil, fmt.Errorf("read standard input: %w", rerr)
+			return nil, nil, rerr
 		}
-		entries, err = render.Parse(data, opts)
+		entries, err = render.ParseContext(ctx, data, opts)
 	} else {
-		entries, err = render.ParseFile(path, opts)
+		entries, err = render.ParseFileContext(ctx, path, opts)
 	}
 	var problems render.ParseErrors
 	if err != nil && !errors.As(err, &problems) {
@@ -122,6 +129,29 @@ func checkOneMachinesFile(path string, opts render.ParseOptions) ([]render.Entry
 		}
 	}
 	return entries, problems, nil
+}
+
+// readStdin reads standard input (at most 16 MiB) until EOF or ctx is
+// done; a reader left blocked then ends with the process.
+func readStdin(ctx context.Context) ([]byte, error) {
+	type result struct {
+		b   []byte
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		b, err := io.ReadAll(io.LimitReader(os.Stdin, 16<<20))
+		ch <- result{b, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, fmt.Errorf("read standard input: %w", r.err)
+		}
+		return r.b, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("read standard input: %w", ctx.Err())
+	}
 }
 
 // displayPath names standard input "-".

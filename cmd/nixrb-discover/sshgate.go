@@ -10,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/nixrb-discover/nixrb-discover/advertise"
 	"github.com/peterbourgon/ff/v3/ffcli"
 )
 
@@ -22,16 +23,23 @@ var gateCommands = [][]string{
 
 func newSSHGateCmd(e *env) *ffcli.Command {
 	fs := flag.NewFlagSet("nixrb-discover ssh-gate", flag.ContinueOnError)
+	socket := fs.String("socket", advertise.DefaultEnrollSocket, "the agent's enrolment socket, asked whether --key is still valid")
+	keyFP := fs.String("key", "", "the SHA256 fingerprint (without \"SHA256:\") of the key this session logged in with")
 	return &ffcli.Command{
 		Name:       "ssh-gate",
-		ShortUsage: "nixrb-discover ssh-gate",
+		ShortUsage: "nixrb-discover ssh-gate [flags]",
 		ShortHelp:  "Run only what Nix asks for, as the forced command of enrolled keys",
 		LongHelp: strings.TrimSpace(`
 The forced command of enrolled keys (see 'nixrb-discover authorized-keys').
 It reads the command the client asked for from SSH_ORIGINAL_COMMAND and
 runs it, found on PATH, only if it is exactly 'nix-daemon --stdio'
 (ssh-ng://) or 'nix-store --serve --write' (ssh://). Anything else, a
-shell included, is refused with exit status 1.`),
+shell included, is refused with exit status 1. With --key (as
+'authorized-keys' writes it) it first asks the agent whether that key is
+still valid, and refuses if not or if the agent cannot answer within 2 s:
+a session opened over a connection that logged in before the key was
+revoked (an SSH ControlMaster) is refused too, and the agent ends the
+sessions it admitted once their key is revoked.`),
 		FlagSet: fs,
 		Exec: func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
@@ -40,6 +48,14 @@ shell included, is refused with exit status 1.`),
 			argv, err := gateCommand(os.Getenv("SSH_ORIGINAL_COMMAND"))
 			if err != nil {
 				return err
+			}
+			if *keyFP != "" {
+				cctx, cancel := context.WithTimeout(ctx, authorizedKeysTimeout)
+				err := advertise.CheckSession(cctx, *socket, *keyFP)
+				cancel()
+				if err != nil {
+					return fmt.Errorf("refused: this key may not run Nix now: %w", err)
+				}
 			}
 			path, err := exec.LookPath(argv[0])
 			if err != nil {

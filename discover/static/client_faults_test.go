@@ -178,7 +178,7 @@ func TestClientKeepsRunningWhenFileUnwritable(t *testing.T) {
 	dir := t.TempDir()
 	ro := filepath.Join(dir, "ro")
 	os.Mkdir(ro, 0o755)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k,ro", "tmpfs", ro).CombinedOutput(); err != nil {
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=64k,ro,mode=0755", "tmpfs", ro).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount tmpfs: %v %s", err, out)
 	}
 	t.Cleanup(func() { exec.Command("umount", "-l", ro).Run() })
