@@ -366,8 +366,16 @@ func (l *tnLoop) onResult(r fetchResult, now time.Time) {
 		if e.advert != nil {
 			// A builder that answered before (its long poll broke with
 			// the laptop's network, say) is asked at least every Refresh,
-			// so that it is long-polled again soon after it is back.
+			// so that it is long-polled again soon after it is back;
+			// within a minute of its last answer (the fast window opened
+			// when it failed), every second: the laptop's network coming
+			// back from a suspend, or the builder's from a reboot, is
+			// seen within about a second, at one attempt a second for
+			// builders that were just answering, never for dead peers.
 			wait = min(wait, l.refresh)
+			if now.Before(e.fastUntil) {
+				wait = min(wait, tnRetryBackoff(1))
+			}
 		}
 		e.due = now.Add(wait)
 	}

@@ -27,7 +27,9 @@ import (
 //     an answer that is not an advert. Each attempt holds a fetch slot for
 //     up to FetchTimeout, so these back off (1 s doubling to 60 s) in a
 //     small share of the pool, as do quick failures after the window;
-//     a builder that answered before backs off to at most Refresh.
+//     a builder that answered before backs off to at most Refresh, and
+//     to 1 s within tnFastWindow of its agent going away (a suspended
+//     laptop resuming, a builder rebooting).
 //
 // The window bounds what a tagged peer without an agent costs: per window
 // about 60 s / 375 ms = 160 connection attempts, that is ~320 packets
