@@ -98,6 +98,23 @@ func TestParseFileRefusesAFIFO(t *testing.T) {
 	}
 }
 
+// TestParseFileTakesDevNullAsEmpty: /dev/null, a character device, is
+// how users say "no builders here" (--static /dev/null, @/dev/null): it
+// reads as an empty file, while other devices stay refused.
+func TestParseFileTakesDevNullAsEmpty(t *testing.T) {
+	if es, err := ParseFile(os.DevNull, ParseOptions{}); err != nil || len(es) != 0 {
+		t.Errorf("ParseFile(%s) = %d machines, %v; want none, no error", os.DevNull, len(es), err)
+	}
+	top := filepath.Join(t.TempDir(), "machines")
+	writeFile(t, top, "ssh://b1 x86_64-linux\n@"+os.DevNull+"\n")
+	if es, err := ParseFile(top, ParseOptions{}); err != nil || len(es) != 1 {
+		t.Errorf("ParseFile with @%s = %d machines, %v; want b1, no error", os.DevNull, len(es), err)
+	}
+	if _, err := ParseFile("/dev/zero", ParseOptions{}); !errors.Is(err, ErrNotRegular) {
+		t.Errorf("ParseFile(/dev/zero) = %v, want ErrNotRegular", err)
+	}
+}
+
 // TestParseFileContextCancelled: a cancelled parse returns the context's
 // error, not a partial list.
 func TestParseFileContextCancelled(t *testing.T) {

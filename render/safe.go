@@ -15,8 +15,8 @@ import (
 var ErrUnsafeDir = errors.New("directory is writable by another user")
 
 // ErrNotRegular is returned for a machines file (or an @include) that is
-// not a regular file: a FIFO would block the reader forever, a device
-// would feed it without end.
+// not a regular file (or /dev/null): a FIFO would block the reader
+// forever, a device would feed it without end.
 var ErrNotRegular = errors.New("not a regular file")
 
 // errTooLarge: a file over MaxFileSize.
@@ -88,6 +88,11 @@ func regular(f *os.File) error {
 		return err
 	}
 	if !fi.Mode().IsRegular() {
+		// /dev/null is how users say "no builders here" (--static
+		// /dev/null, @/dev/null): its reads end at once.
+		if null, err := os.Stat(os.DevNull); err == nil && os.SameFile(fi, null) {
+			return nil
+		}
 		return fmt.Errorf("%s: %w (%s)", f.Name(), ErrNotRegular, fi.Mode().Type())
 	}
 	return nil
