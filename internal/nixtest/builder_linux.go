@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -11,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -109,7 +109,8 @@ type Builder struct {
 	sshd      *proc
 	holderPID int // a sleep in the builder's namespaces, for nsenter
 
-	firstBuildUID int // see BuildUIDs
+	firstBuildUID int      // see BuildUIDs
+	uidLock       *os.File // holds the UID range (closed at cleanup)
 }
 
 // StartBuilder starts a builder and waits (bounded) until its nix-daemon
@@ -229,8 +230,32 @@ const BuildUsersGroup = "nixtestbld"
 // user ranges.
 const buildUsersBase = 30000
 
-// buildUIDRanges hands each builder with build users its own UID range.
-var buildUIDRanges atomic.Int64
+// uidRangeLockDir holds one lock file per UID range: a builder with build
+// users holds its range's lock for its life, so that no other builder on
+// the machine, in this test process or another (go test runs packages in
+// parallel), gets the same UIDs. Builders share the host's /proc, and Nix
+// kills every process of a build user before and after a build: two
+// builders with one UID kill each other's builds.
+const uidRangeLockDir = "/run/nixrb-nixtest/uid-ranges"
+
+// uidRanges is how many 100-UID ranges there are above buildUsersBase.
+const uidRanges = 300
+
+// claimUIDRange takes a free UID range (its lock stays held until lock
+// is closed) and returns its index.
+func claimUIDRange() (idx int, lock *os.File, err error) {
+	if err := os.MkdirAll(uidRangeLockDir, 0o755); err != nil {
+		return 0, nil, fmt.Errorf("build users: %w", err)
+	}
+	start := rand.IntN(uidRanges)
+	for i := range uidRanges {
+		idx := (start + i) % uidRanges
+		if lock, err := lockFile(filepath.Join(uidRangeLockDir, strconv.Itoa(idx)+".lock"), 0); err == nil {
+			return idx, lock, nil
+		}
+	}
+	return 0, nil, fmt.Errorf("build users: all %d UID ranges in use", uidRanges)
+}
 
 // BuildUIDs is the first and last UID of the builder's build users (0, 0
 // without [BuilderOptions.BuildUsers]).
@@ -257,7 +282,12 @@ func (b *Builder) writeUserFiles() error {
 	if err != nil {
 		return fmt.Errorf("build users: %w", err)
 	}
-	b.firstBuildUID = buildUsersBase + 1 + int(buildUIDRanges.Add(1)-1)*100
+	idx, lock, err := claimUIDRange()
+	if err != nil {
+		return err
+	}
+	b.uidLock = lock
+	b.firstBuildUID = buildUsersBase + 1 + idx*100
 	var users, members strings.Builder
 	for i := 1; i <= b.opts.BuildUsers; i++ {
 		name := fmt.Sprintf("%s%d", BuildUsersGroup, i)
@@ -353,6 +383,18 @@ func (b *Builder) startScript() string {
 		// A /run of its own: sshd's privilege separation directory is
 		// then the builder's, so nothing that resets the host's
 		// /run/sshd (scripts/fresh-check.sh, a test) breaks its sshd.
+		if b.opts.BuildUsers > 0 {
+			// An /etc of its own with the build users: a bind mount on
+			// /etc/passwd itself would vanish the moment the host's
+			// file is replaced (useradd renames a new one in), which
+			// unmounts a mountpoint in every other namespace.
+			s.WriteString(`rm -rf "$D/etc"
+cp -a /etc "$D/etc"
+cp "$D/passwd" "$D/etc/passwd"
+cp "$D/group" "$D/etc/group"
+mount --bind "$D/etc" /etc
+`)
+		}
 		s.WriteString(`mkdir -p /nix /etc/nix
 mount --bind "$D/nix" /nix
 mount --bind "$D/etc-nix" /etc/nix
@@ -360,9 +402,6 @@ mount --bind "$D/tmp" /tmp
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -m 0755 /run/sshd
 `)
-		if b.opts.BuildUsers > 0 {
-			s.WriteString("mount --bind \"$D/passwd\" /etc/passwd\nmount --bind \"$D/group\" /etc/group\n")
-		}
 	} else {
 		fmt.Fprintf(&s, "R=%s\n", q(b.Root))
 		s.WriteString(`mount -t proc proc "$R/proc"
@@ -468,5 +507,8 @@ func (b *Builder) cleanup(t testing.TB) {
 		case <-time.After(5 * time.Second):
 			t.Errorf("nixtest: builder %s: sshd %d not reaped", b.Hostname, p.cmd.Process.Pid)
 		}
+	}
+	if b.uidLock != nil { // its processes are gone: the UIDs are free
+		b.uidLock.Close()
 	}
 }

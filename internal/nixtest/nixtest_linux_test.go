@@ -371,6 +371,43 @@ func TestBuildUsersRunBuildsAsThemselves(t *testing.T) {
 	}
 }
 
+// TestBuildUsersOutliveTheHostsUseradd: the host's /etc/group replaced
+// by a new file (as useradd or groupadd does, renaming it in; other tests
+// do this while builders run) leaves a builder's build users in place,
+// and two builders never share a UID (their build users would kill each
+// other's builds: Nix kills a build user's processes, and builders
+// share the host's /proc).
+func TestBuildUsersOutliveTheHostsUseradd(t *testing.T) {
+	a := startTimed(t, BuilderOptions{Version: V28, BuildUsers: 2})
+	b := startTimed(t, BuilderOptions{Version: V28, BuildUsers: 2})
+	if af, al := a.BuildUIDs(); func() bool { bf, bl := b.BuildUIDs(); return af <= bl && bf <= al }() {
+		t.Errorf("two builders share UIDs: %d-%d and %v", af, al, fmt.Sprint(b.BuildUIDs()))
+	}
+	// Replace the host's /etc/group with a copy of itself, by rename.
+	g, err := os.ReadFile("/etc/group")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat("/etc/group")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmp := "/etc/group.nixtest-" + strconv.Itoa(os.Getpid())
+	if err := os.WriteFile(tmp, g, fi.Mode().Perm()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, "/etc/group"); err != nil {
+		os.Remove(tmp)
+		t.Fatal(err)
+	}
+	for _, bb := range []*Builder{a, b} {
+		group, err := bb.Exec(buildCtx(t), "getent", "group", BuildUsersGroup)
+		if err != nil || !strings.Contains(group, BuildUsersGroup+"1,"+BuildUsersGroup+"2") {
+			t.Errorf("after the host's /etc/group was replaced, inside builder %s getent group %s = %q, %v; want both members", bb.Hostname, BuildUsersGroup, group, err)
+		}
+	}
+}
+
 // TestBuilderHasARunOfItsOwn: a V28 builder's /run (and so sshd's
 // privilege separation directory /run/sshd) is its own, so a reset of the
 // host's /run/sshd (scripts/fresh-check.sh) cannot break its sshd, and
